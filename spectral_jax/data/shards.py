@@ -1,0 +1,241 @@
+"""modded-nanogpt / llm.c token shards, token streams, and the three fixed data views.
+
+Shard format: 256 int32 header (header[0] = 20240520 magic, header[1] = version 1, header[2] = token
+count) followed by the tokens as uint16 (or uint32 when the payload is 4 bytes per token). Shards are
+memory-mapped; nothing is read into RAM until a window is asked for.
+
+Views of a dataset (PROTOCOL §1.2, §3.2, §5), for a sequence length T:
+- train: sequences of T+1 tokens at stride T (consecutive windows share one token, as the reference
+  loader), in a seeded random order that is reshuffled every epoch (seed=None keeps the reference's
+  contiguous order). Batch k of the stream is a pure function of (seed, k), so the data position saved in a
+  checkpoint is just the step.
+- validation: the first `val_tokens` tokens of the val split, as windows of T+1 at stride T.
+- measurement pool: windows of T+1 at stride T+1 ("streamshift"), read from the `pool` split when the
+  dataset has one, else from the val split STARTING AFTER the validation-loss tokens. Unlike the reference
+  (whose pool is the first 33.6M val tokens and so contains the whole validation-loss set) the pool is
+  disjoint from the validation set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+SPLITS = ("train", "val", "pool")
+
+
+class ShardError(ValueError):
+    """A shard or shard directory that cannot be read; the message names the file and the fix."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Write via a temp file in the same directory + rename, so readers never see a partial file."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_shard(path: str | os.PathLike, tokens) -> pathlib.Path:
+    """Write tokens (< 65,536) as a version-1 uint16 shard, atomically."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2 ** 16):
+        raise ValueError(f"token ids must lie in [0, 65535] for a uint16 shard, got [{tokens.min()}, {tokens.max()}]")
+    header = np.zeros(HEADER_INTS, dtype=np.int32)
+    header[:3] = (MAGIC, VERSION, tokens.size)
+    atomic_write_bytes(path, header.tobytes() + tokens.astype(np.uint16).tobytes())
+    return pathlib.Path(path)
+
+
+def read_shard(path: str | os.PathLike) -> np.ndarray:
+    """Memory-map a shard's tokens (uint16 or uint32), validating header, magic, version and length."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ShardError(f"shard {path} does not exist")
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise ShardError(f"shard {path} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte "
+                         "header; re-download or regenerate it")
+    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    if header[0] != MAGIC:
+        raise ShardError(f"shard {path} has magic {header[0]}, expected {MAGIC}: not a modded-nanogpt/llm.c "
+                         "token shard (or corrupt); regenerate it with spectral_jax.data.write_shard")
+    if header[1] != VERSION:
+        raise ShardError(f"shard {path} has version {header[1]}; only version {VERSION} is supported")
+    ntok = int(header[2])
+    payload = size - HEADER_BYTES
+    if payload == 2 * ntok:
+        dtype = np.uint16
+    elif payload == 4 * ntok and ntok > 0:
+        dtype = np.uint32
+    else:
+        raise ShardError(f"shard {path}: header says {ntok} tokens but the file holds {payload} payload bytes "
+                         f"(expected {2 * ntok}); the file is truncated or corrupt — regenerate it")
+    if ntok == 0:
+        return np.zeros((0,), np.uint16)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(ntok,))
+
+
+class TokenStream:
+    """Several shards read as one virtual 1-D token array (windows may cross shard boundaries)."""
+
+    def __init__(self, shards: list[np.ndarray], names: list[str] | None = None):
+        self.shards = [s for s in shards if len(s)]
+        self.names = names or []
+        self._starts = np.cumsum([0] + [len(s) for s in self.shards])
+
+    @classmethod
+    def from_files(cls, paths) -> "TokenStream":
+        paths = [pathlib.Path(p) for p in paths]
+        return cls([read_shard(p) for p in paths], [p.name for p in paths])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) as int32."""
+        if start < 0 or stop > len(self) or stop < start:
+            raise IndexError(f"token window [{start}, {stop}) outside a stream of {len(self)} tokens")
+        out = np.empty(stop - start, dtype=np.int32)
+        pos = start
+        k = int(np.searchsorted(self._starts, start, side="right")) - 1
+        while pos < stop:
+            shard, base = self.shards[k], int(self._starts[k])
+            take = min(stop, base + len(shard)) - pos
+            out[pos - start:pos - start + take] = shard[pos - base:pos - base + take]
+            pos += take
+            k += 1
+        return out
+
+
+class SequenceSource:
+    """grain random-access source: item i = tokens[start + i*stride : start + i*stride + T + 1] (int32)."""
+
+    def __init__(self, stream: TokenStream, seq_len: int, *, stride: int | None = None, start: int = 0,
+                 num_sequences: int | None = None):
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be positive, got {seq_len}")
+        self.stream, self.seq_len = stream, seq_len
+        self.stride = seq_len if stride is None else stride
+        self.start = start
+        available = (len(stream) - start - (seq_len + 1)) // self.stride + 1 if len(stream) - start > seq_len else 0
+        if num_sequences is None:
+            num_sequences = available
+        if num_sequences > available or num_sequences < 1:
+            raise ValueError(f"need {num_sequences} sequences of {seq_len + 1} tokens (stride {self.stride}) from "
+                             f"token {start}, but the stream has {len(stream)} tokens ({max(available, 0)} "
+                             "sequences); use more data, a shorter seq_len or fewer sequences")
+        self._len = num_sequences
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        i = int(i)
+        if not 0 <= i < self._len:
+            raise IndexError(f"sequence {i} out of range [0, {self._len})")
+        a = self.start + i * self.stride
+        return self.stream.read(a, a + self.seq_len + 1)
+
+    def as_array(self) -> np.ndarray:
+        """All sequences stacked, (N, T+1) int32."""
+        return np.stack([self[i] for i in range(self._len)]) if self._len else np.zeros((0, self.seq_len + 1), np.int32)
+
+    def __repr__(self) -> str:
+        return f"SequenceSource(n={self._len}, T={self.seq_len}, stride={self.stride}, start={self.start})"
+
+
+@dataclasses.dataclass
+class TokenDataset:
+    """Train / val / (optional) pool token streams of one dataset, plus its metadata."""
+
+    train: TokenStream
+    val: TokenStream
+    pool: TokenStream | None = None
+    metadata: dict = dataclasses.field(default_factory=dict)
+    root: pathlib.Path | None = None
+
+    def validation_set(self, seq_len: int, val_tokens: int) -> np.ndarray:
+        """The fixed validation-loss set: the first val_tokens tokens of val as (N, T+1) windows, stride T."""
+        n = val_tokens // seq_len
+        if n < 1:
+            raise ValueError(f"val_tokens={val_tokens} is shorter than one sequence of {seq_len} tokens")
+        return SequenceSource(self.val, seq_len, num_sequences=n).as_array()
+
+    def measurement_pool(self, seq_len: int, num_sequences: int, *, val_tokens: int) -> np.ndarray:
+        """The fixed spectral pool, (N, T+1), disjoint from the validation set (see module docstring)."""
+        if self.pool is not None:
+            src = SequenceSource(self.pool, seq_len, stride=seq_len + 1, num_sequences=num_sequences)
+        else:
+            start = (val_tokens // seq_len) * seq_len + 1
+            src = SequenceSource(self.val, seq_len, stride=seq_len + 1, start=start, num_sequences=num_sequences)
+        return src.as_array()
+
+    def train_dataset(self, seq_len: int, batch_size: int, *, seed: int | None = 0):
+        """grain MapDataset: item k = batch k, (batch_size, T+1) int32, infinite, reshuffled per epoch."""
+        import grain
+
+        ds = grain.MapDataset.source(SequenceSource(self.train, seq_len))
+        if seed is not None:
+            ds = ds.shuffle(seed=seed)
+        return ds.repeat().batch(batch_size, batch_fn=np.stack)
+
+
+def find_shards(directory: str | os.PathLike, split: str) -> list[pathlib.Path]:
+    """Sorted shard files whose underscore-separated name holds the split: fineweb_train_000001.bin, val_000000.bin."""
+    return sorted(p for p in pathlib.Path(directory).glob("*.bin") if split in p.stem.split("_"))
+
+
+def load_shard_dir(directory: str | os.PathLike) -> TokenDataset:
+    """Open a directory of shards (train and val required, pool optional) with its dataset.json if any."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise ShardError(f"data directory {directory} does not exist")
+    if not any(directory.glob("*.bin")):
+        raise ShardError(f"data directory {directory} holds no .bin shards; point --data at a directory of "
+                         "modded-nanogpt shards (fineweb_train_*.bin, fineweb_val_*.bin) or at text files")
+    streams = {}
+    for split in SPLITS:
+        files = find_shards(directory, split)
+        if not files and split != "pool":
+            raise ShardError(f"data directory {directory} has no '{split}' shards (expected names like "
+                             f"fineweb_{split}_000000.bin)")
+        streams[split] = TokenStream.from_files(files) if files else None
+    meta_path = directory / "dataset.json"
+    metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return TokenDataset(streams["train"], streams["val"], streams["pool"], metadata, directory)
+
+
+def write_dataset(directory: str | os.PathLike, splits: dict[str, np.ndarray], metadata: dict,
+                  shard_tokens: int = 100_000_000) -> pathlib.Path:
+    """Write split token arrays as shards `{split}_{k:06d}.bin` plus dataset.json (written last, atomically,
+    so a directory with dataset.json is complete)."""
+    directory = pathlib.Path(directory)
+    counts = {}
+    for split, tokens in splits.items():
+        counts[split] = int(len(tokens))
+        for k, a in enumerate(range(0, max(len(tokens), 1), shard_tokens)):
+            write_shard(directory / f"{split}_{k:06d}.bin", tokens[a:a + shard_tokens])
+    meta = dict(metadata, tokens=counts)
+    atomic_write_bytes(directory / "dataset.json", json.dumps(meta, indent=2, sort_keys=True).encode())
+    return directory

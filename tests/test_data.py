@@ -1,0 +1,148 @@
+"""Shards, tokenisation, data views and the embedded corpus."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from spectral_jax.data import (EOT_ID, MAGIC, SequenceSource, ShardError, TokenStream, Tokenizer, load_data,
+                               load_shard_dir, read_shard, write_dataset, write_shard)
+from spectral_jax.data import corpus, tokenize
+
+
+def test_gpt2_tokenizer_offline():
+    tok = Tokenizer(allow_fallback=False)
+    assert tok.name == "gpt2"
+    assert tok.encode("Hello world") == [15496, 995]
+    ids = tok.encode_documents(["Hello world", "a"])
+    assert ids.dtype == np.uint16 and list(ids[:3]) == [EOT_ID, 15496, 995] and ids[3] == EOT_ID
+    assert tok.decode([15496, 995]) == "Hello world"
+
+
+def test_byte_fallback_is_loud(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DATA_GYM_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SPECTRAL_JAX_VOCAB", raising=False)
+    monkeypatch.setattr(tokenize.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(tokenize, "_REPO_ROOT", tmp_path / "nowhere" / "repo")
+    with pytest.warns(RuntimeWarning, match="NO GPT-2 VOCABULARY FOUND"):
+        tok = Tokenizer()
+    assert tok.name == "bytes" and tok.metadata()["tokenizer"] == "bytes"
+    assert tok.encode("Hi") == [72, 105]
+    with pytest.raises(FileNotFoundError, match="no GPT-2 vocabulary found"):
+        Tokenizer(allow_fallback=False)
+
+
+def test_explicit_vocab_file_must_exist_and_be_gpt2(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Tokenizer(tmp_path / "missing.tiktoken")
+    bogus = tmp_path / "bogus.tiktoken"
+    bogus.write_text("aGVsbG8= 0\n")
+    with pytest.raises(ValueError, match="not the r50k_base/gpt2 BPE"):
+        Tokenizer(bogus)
+
+
+def test_shard_roundtrip_and_header(tmp_path):
+    toks = np.arange(1000, dtype=np.uint16) * 7
+    path = write_shard(tmp_path / "x_train_000000.bin", toks)
+    header = np.fromfile(path, dtype=np.int32, count=256)
+    assert list(header[:3]) == [MAGIC, 1, 1000] and path.stat().st_size == 1024 + 2000
+    got = read_shard(path)
+    assert isinstance(got, np.memmap)
+    np.testing.assert_array_equal(got, toks)
+
+
+def test_shard_errors_name_the_problem(tmp_path):
+    good = write_shard(tmp_path / "a.bin", np.arange(100))
+    raw = good.read_bytes()
+    (tmp_path / "magic.bin").write_bytes(np.int32(123).tobytes() + raw[4:])
+    with pytest.raises(ShardError, match="magic 123, expected 20240520"):
+        read_shard(tmp_path / "magic.bin")
+    (tmp_path / "trunc.bin").write_bytes(raw[:-10])
+    with pytest.raises(ShardError, match="header says 100 tokens but the file holds 190"):
+        read_shard(tmp_path / "trunc.bin")
+    (tmp_path / "short.bin").write_bytes(raw[:100])
+    with pytest.raises(ShardError, match="truncated"):
+        read_shard(tmp_path / "short.bin")
+    with pytest.raises(ValueError, match=r"\[0, 65535\]"):
+        write_shard(tmp_path / "big.bin", np.array([70000]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardError, match="holds no .bin shards"):
+        load_shard_dir(tmp_path / "empty")
+    only_train = tmp_path / "only_train"
+    write_shard(only_train / "fineweb_train_000001.bin", np.arange(10))
+    with pytest.raises(ShardError, match="no 'val' shards"):
+        load_shard_dir(only_train)
+
+
+def test_token_stream_crosses_shards_and_sources(tmp_path):
+    a, b = np.arange(0, 50), np.arange(50, 120)
+    stream = TokenStream.from_files([write_shard(tmp_path / "s0.bin", a), write_shard(tmp_path / "s1.bin", b)])
+    assert len(stream) == 120
+    np.testing.assert_array_equal(stream.read(45, 55), np.arange(45, 55))
+    src = SequenceSource(stream, 10)  # stride T: consecutive windows share one token
+    assert len(src) == 11 and list(src[1][[0, -1]]) == [10, 20]
+    pool = SequenceSource(stream, 10, stride=11, start=5, num_sequences=3)
+    assert list(pool[2][[0, -1]]) == [27, 37]
+    with pytest.raises(ValueError, match="need 20 sequences"):
+        SequenceSource(stream, 10, num_sequences=20)
+
+
+def make_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    splits = {"train": rng.integers(0, 50257, 20_000), "val": np.arange(5_000) % 50257}
+    return load_shard_dir(write_dataset(tmp_path / "ds", splits, {"tokenizer": "test"}, shard_tokens=7_000))
+
+
+def test_train_stream_deterministic_per_seed(tmp_path):
+    ds = make_dataset(tmp_path)
+    a, b, c = (ds.train_dataset(64, 4, seed=s) for s in (1, 1, 2))
+    np.testing.assert_array_equal(a[3], b[3])
+    assert a[0].shape == (4, 65) and a[0].dtype == np.int32
+    assert not np.array_equal(a[0], c[0])
+    contiguous = ds.train_dataset(64, 2, seed=None)
+    np.testing.assert_array_equal(contiguous[0][1], ds.train.read(64, 129))
+    epoch = len(SequenceSource(ds.train, 64))
+    first = {tuple(a[k][i][:4]) for k in range(epoch // 4) for i in range(4)}
+    assert len(first) == (epoch // 4) * 4  # one epoch visits distinct sequences
+
+
+def test_validation_set_and_pool_are_fixed_and_disjoint(tmp_path):
+    ds = make_dataset(tmp_path)
+    val = ds.validation_set(100, 2_000)
+    pool = ds.measurement_pool(100, 10, val_tokens=2_000)
+    assert val.shape == (20, 101) and pool.shape == (10, 101)
+    np.testing.assert_array_equal(val, ds.validation_set(100, 2_000))
+    val_positions = set(range(0, 2_001))
+    pool_start = int(pool[0, 0])  # val tokens are arange, so a token is its own position
+    assert pool_start == 2_001 and not (set(range(pool_start, pool_start + 10 * 101)) & val_positions)
+    with pytest.raises(ValueError, match="need 100 sequences"):
+        ds.measurement_pool(100, 100, val_tokens=2_000)
+
+
+def test_embedded_corpus_builds_fast_and_deterministically(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRAL_JAX_CACHE", str(tmp_path / "cache"))
+    t0 = time.time()
+    ds = load_data("embedded")
+    assert time.time() - t0 < 120
+    meta = json.loads((ds.root / "dataset.json").read_text())
+    assert meta["tokenizer"] == "gpt2" and meta["source"] == "python-stdlib"
+    assert len(ds.train) > 1_000_000 and len(ds.val) > 50_000 and len(ds.pool) > 50_000
+    again = load_data("embedded")
+    assert again.root == ds.root
+    np.testing.assert_array_equal(again.val.read(0, 1000), ds.val.read(0, 1000))
+    assert ds.val.read(0, 1)[0] == EOT_ID
+    assert corpus.split_of("json/decoder.py") == corpus.split_of("json/decoder.py")
+
+
+def test_user_text_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRAL_JAX_CACHE", str(tmp_path / "cache"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(300):
+        (docs / f"doc{i:03d}.txt").write_text(f"document number {i}: " + "lorem ipsum " * (i % 17 + 1))
+    ds = load_data(str(docs))
+    assert ds.metadata["source"] == "text-docs" and len(ds.val) > 0 and len(ds.pool) > 0
+    with pytest.raises(FileNotFoundError, match="no shards"):
+        load_data(str(tmp_path / "nothing-here" / "*.txt"))
