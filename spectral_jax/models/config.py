@@ -1,0 +1,379 @@
+"""Model configuration: one frozen ModelConfig, tier presets, and the intervention chain as deltas.
+
+`FAMILIES` is the modded-nanogpt chain of PROTOCOL §4 as an ordered mapping family -> Family(parent,
+delta, note). `make_config(family, tier)` starts from the tier's base config (baseline architecture at the
+tier's dimensions) and folds every delta from the root down to `family`. A delta maps field names to
+values; the key "optim" holds a dict of OptimConfig field deltas; a `Derived` value is computed from the
+partially folded config and the tier (e.g. the trunk sequence length, the scaled no-attention layer).
+
+Tiers (PROTOCOL §4 "Tier dimensions"):
+  d12  12 layers, 6 heads x 128 = 768; T 1024 for the prefix families (baseline..unet), 65,536 from fixedwin.
+  d36  36 layers, 20 heads x 64 = 1280; T 32,768 for trunk families (prefix families keep 1024).
+  d48  48 layers, 25 heads x 64 = 1600; T 32,768 likewise.
+  tiny CPU preset that runs every code path: 8 layers, 2 heads x 32 = 64, full 50,304 vocabulary (the data
+       is GPT-2 BPE and document masks need EOT id 50256). Prefix T 128, trunk T 512. The attention block
+       size and every window length are the d12 values divided by 8: block 16 (d12 128), window 8..224
+       tokens (64..1792), window quantum 8 (64), fixed window 128 (1024); so the band reaches 14 blocks as
+       at d12, and T 512 holds 32 blocks. 8 layers (not 6) so that the scaled sparse value-embedding
+       pattern keeps its middle None layers (k = clamp(round(2), 3, 4) = 3 -> [0,1,2,None,None,0,1,2]);
+       the no-attention layer is min(7, 5) = 5 and LSWA is L S S S | S S S L. Compute in float32 (CPU).
+       The FP8 head's gradient scale is 2^16, not 2^29: 2^29 is sized for dlogits of a 524,288-token optimizer
+       step (|g| <= 1/524,288) and overflows float8_e5m2 (max 57,344) at tiny batches; with 2^16, |g * s| <=
+       2^16/N stays finite for every batch of N >= 2 tokens.
+
+Scaled rules for any even L (PROTOCOL §4): no-attention layer min(L-1, L//2+1); sparse value-embedding
+pattern k = clamp(round(L/4), 3, L//2) front layers cycling tables 0,1,2,..., then L-2k None, then the same
+k-cycle; BetterWin value chunks L/2, decoder layer L/2+i reuses chunk L/2-1-i. LSWA generalisation: layer
+i is long iff its mirrored encoder index e = min(i, L-1-i) satisfies e % 4 == 0; for L=12 this gives the
+reference pattern L S S S L S | S L S S S L, and the last layer is always long.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from collections import OrderedDict
+from typing import Any, Callable, Mapping
+
+from spectral_jax.optim import OptimConfig
+
+POSITIONS = ("learned", "rope", "trunc_rope")
+VALUE_MIXES = ("none", "block0", "vte", "vte_half", "sparse")
+WINDOWS = ("none", "fixed", "token", "block", "lswa")
+LOGIT_HEADS = ("none", "tanh", "sigmoid")
+INITS = ("pytorch", "gpt2")
+DTYPES = ("float32", "bfloat16")
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"ModelConfig.{name}={value!r} is not one of {choices}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Dimensions plus one switch per intervention; defaults are the Baseline architecture at d12.
+
+    Window lengths are in tokens. `window` picks the mask: "none" dense causal; "fixed" a constant
+    token window `fixed_window`; "token" a run-time token window in [window_min, window_max];
+    "block" a run-time window of whole `attn_block_size` blocks; "lswa" the same with long/short layers.
+    """
+
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 6
+    d_model: int = 768
+    head_dim: int = 128
+    seq_len: int = 1024
+    mlp_ratio: int = 4
+    eot_id: int = 50256
+    compute_dtype: str = "float32"  # matmul dtype; parameters and the residual stream stay float32
+    # attention
+    pos: str = "learned"
+    rope_base: float = 10000.0
+    qk_norm: bool = False  # parameter-free per-head RMSNorm of q and k before rotary
+    fused_qkv: bool = True
+    attn_scale: float | None = None  # None -> 1/sqrt(head_dim)
+    no_attn_layer: int | None = None  # that block keeps only its MLP
+    # embeddings, value mixing, skips, head
+    tied_head: bool = True
+    embed_norm: bool = False  # rms_norm right after the embedding (from Untied on)
+    value_mix: str = "none"
+    value_embed_tables: int = 3  # value_mix == "sparse"
+    x0_lambdas: bool = False  # per-block lambdas [1, 0]: x <- l0 x + l1 x0
+    unet: bool = False  # learnable skip_weights ones(L/2), decoder block L/2+i <- encoder L/2-1-i
+    logit_head: str = "none"  # "tanh": cap*tanh(z/cap); "sigmoid": cap*sigmoid(z/(cap/4*sqrt(d_model)))
+    logit_cap: float = 30.0
+    fp8_head: bool = False
+    fp8_x_scale: float = 2.0
+    fp8_w_scale: float = 32.0
+    fp8_grad_scale: float = float(2**29)
+    init: str = "pytorch"  # "pytorch": U(+-1/sqrt(fan_in)), N(0,1) embeds; "gpt2": N(0,0.02)
+    # masking and windows
+    window: str = "none"
+    doc_mask: bool = False
+    attn_block_size: int = 128
+    window_min: int = 64
+    window_max: int = 1792
+    window_quantum: int = 64
+    fixed_window: int = 1024
+    window_warmup_steps: int = 0  # optimizer steps at optim.reference_batch
+    probe_layers: tuple[int, ...] = (-1,)  # blocks whose matrices sow inputs / perturb outputs
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        _choice("pos", self.pos, POSITIONS)
+        _choice("value_mix", self.value_mix, VALUE_MIXES)
+        _choice("window", self.window, WINDOWS)
+        _choice("logit_head", self.logit_head, LOGIT_HEADS)
+        _choice("init", self.init, INITS)
+        _choice("compute_dtype", self.compute_dtype, DTYPES)
+        if self.n_head * self.head_dim != self.d_model:
+            raise ValueError(
+                f"n_head*head_dim = {self.n_head}*{self.head_dim} != d_model {self.d_model}; "
+                "set head_dim = d_model // n_head"
+            )
+        if self.pos != "learned" and self.head_dim % 4:
+            raise ValueError(f"rotary needs head_dim divisible by 4, got {self.head_dim}")
+        if (self.unet or self.value_mix == "vte_half") and self.n_layer % 2:
+            raise ValueError(
+                f"U-Net skips and mirrored value chunks need an even n_layer, got {self.n_layer}")
+        if self.value_mix == "vte_half" and not self.unet:
+            raise ValueError("value_mix='vte_half' mirrors the U-Net decoder: set unet=True")
+        if self.no_attn_layer is not None and not 0 <= self.no_attn_layer < self.n_layer:
+            raise ValueError(f"no_attn_layer={self.no_attn_layer} outside [0, {self.n_layer})")
+        if self.no_attn_layer == 0 and self.value_mix == "block0":
+            raise ValueError("value_mix='block0' needs attention in block 0; move no_attn_layer")
+        if not all(-self.n_layer <= i < self.n_layer for i in self.probe_layers):
+            raise ValueError(f"probe_layers {self.probe_layers} outside [-{self.n_layer}, {self.n_layer})")
+        if self.window != "none":
+            self._check_windows()
+
+    def _check_windows(self):
+        bs = self.attn_block_size
+        if self.seq_len % bs:
+            raise ValueError(
+                f"seq_len {self.seq_len} is not a multiple of attn_block_size {bs}; "
+                f"use seq_len {math.ceil(self.seq_len / bs) * bs} or another block size"
+            )
+        if not 1 <= self.window_min <= self.window_max:
+            raise ValueError(f"need 1 <= window_min <= window_max, got {self.window_min}, {self.window_max}")
+        if self.window in ("block", "lswa") and self.window_max % bs:
+            raise ValueError(f"block windows need window_max ({self.window_max}) to be a multiple of {bs}")
+        if self.max_window > self.seq_len:
+            raise ValueError(
+                f"attention window {self.max_window} tokens is wider than seq_len {self.seq_len}; "
+                "raise seq_len or lower window_max / fixed_window"
+            )
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---- derived layout -------------------------------------------------------------------------
+    @property
+    def max_window(self) -> int:
+        """Widest attention window in tokens (seq_len for dense attention)."""
+        return {"none": self.seq_len, "fixed": self.fixed_window}.get(self.window, self.window_max)
+
+    @property
+    def scale(self) -> float:
+        return self.attn_scale if self.attn_scale is not None else 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def n_value_chunks(self) -> int:
+        return {"vte": self.n_layer, "vte_half": self.n_layer // 2}.get(self.value_mix, 0)
+
+    def value_embed_layout(self) -> tuple[int | None, ...]:
+        """Per layer: which value chunk (vte) or table (sparse) mixes into v; None for no value embed."""
+        L = self.n_layer
+        if self.value_mix == "vte":
+            return tuple(range(L))
+        if self.value_mix == "vte_half":
+            return tuple(i if i < L // 2 else L - 1 - i for i in range(L))
+        if self.value_mix == "sparse":
+            k = min(max(round(0.25 * L), 3), L // 2)
+            cycle = [i % self.value_embed_tables for i in range(k)]
+            return tuple(cycle + [None] * (L - 2 * k) + cycle)
+        return (None,) * L
+
+    def long_window_layers(self) -> tuple[bool, ...]:
+        """Per layer: True for the long window (every layer unless window == 'lswa')."""
+        L = self.n_layer
+        if self.window != "lswa":
+            return (True,) * L
+        return tuple(min(i, L - 1 - i) % 4 == 0 for i in range(L))
+
+    def resolved_probe_layers(self) -> tuple[int, ...]:
+        return tuple(sorted({i % self.n_layer for i in self.probe_layers}))
+
+    # ---- presets ---------------------------------------------------------------------------------
+    @classmethod
+    def tiny(cls, **override) -> ModelConfig:
+        return TIERS["tiny"].base(**override)
+
+    @classmethod
+    def d12(cls, **override) -> ModelConfig:
+        return TIERS["d12"].base(**override)
+
+    @classmethod
+    def d36(cls, **override) -> ModelConfig:
+        return TIERS["d36"].base(**override)
+
+    @classmethod
+    def d48(cls, **override) -> ModelConfig:
+        return TIERS["d48"].base(**override)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tier:
+    """Dimensions, sequence lengths and window geometry of one model size."""
+
+    name: str
+    n_layer: int
+    n_head: int
+    head_dim: int
+    prefix_seq_len: int
+    trunk_seq_len: int
+    attn_block_size: int = 128
+    window_min: int = 64
+    window_max: int = 1792
+    window_quantum: int = 64
+    fixed_window: int = 1024
+    compute_dtype: str = "bfloat16"
+    fp8_grad_scale: float = float(2**29)
+
+    def base(self, **override) -> ModelConfig:
+        fields = dict(
+            n_layer=self.n_layer, n_head=self.n_head, head_dim=self.head_dim,
+            d_model=self.n_head * self.head_dim, seq_len=self.prefix_seq_len,
+            attn_block_size=self.attn_block_size, window_min=self.window_min, window_max=self.window_max,
+            window_quantum=self.window_quantum, fixed_window=self.fixed_window,
+            compute_dtype=self.compute_dtype, fp8_grad_scale=self.fp8_grad_scale,
+        )
+        return ModelConfig(**{**fields, **override})
+
+
+TIERS: Mapping[str, Tier] = types.MappingProxyType({
+    "tiny": Tier("tiny", 8, 2, 32, prefix_seq_len=128, trunk_seq_len=512, attn_block_size=16,
+                 window_min=8, window_max=224, window_quantum=8, fixed_window=128,
+                 compute_dtype="float32", fp8_grad_scale=float(2**16)),
+    "d12": Tier("d12", 12, 6, 128, prefix_seq_len=1024, trunk_seq_len=65_536),
+    "d36": Tier("d36", 36, 20, 64, prefix_seq_len=1024, trunk_seq_len=32_768),
+    "d48": Tier("d48", 48, 25, 64, prefix_seq_len=1024, trunk_seq_len=32_768),
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class Derived:
+    """A delta value computed from the config folded so far and the tier."""
+
+    fn: Callable[[ModelConfig, Tier], Any]
+    text: str
+
+    def __repr__(self) -> str:
+        return f"Derived({self.text})"
+
+
+TRUNK_SEQ_LEN = Derived(lambda cfg, tier: tier.trunk_seq_len, "tier trunk seq_len")
+SCALED_NO_ATTN = Derived(lambda cfg, tier: min(cfg.n_layer - 1, cfg.n_layer // 2 + 1), "min(L-1, L//2+1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One link of the chain: the parent it extends, the fields it changes, and why."""
+
+    parent: str | None
+    delta: Mapping[str, Any]
+    note: str
+
+
+def _family(parent: str | None, note: str, **delta) -> Family:
+    return Family(parent, types.MappingProxyType(delta), note)
+
+
+_MUON_LRS = dict(lr_embed=0.6, lr_head=0.008, lr_matrix=0.04, lr_scalar=0.04)
+
+FAMILIES: Mapping[str, Family] = OrderedDict([
+    ("baseline", _family(
+        None, "GPT-2 small: learned positions, fused qkv, tied head; AdamW 6e-4 wd 0.1, no clip (paper LR)",
+        pos="learned", fused_qkv=True, tied_head=True, init="pytorch",
+        optim=dict(kind="adamw", lr=6e-4, weight_decay=0.1, grad_clip=None, schedule="cosine",
+                   num_iterations=60_000, reference_batch=512))),
+    ("rope", _family(
+        "baseline", "rotary + per-head QK RMSNorm, separate q/k/v, GPT-2 N(0,0.02) init; c_proj bias omitted",
+        pos="rope", qk_norm=True, fused_qkv=False, init="gpt2",
+        optim=dict(weight_decay=0.0, grad_clip=1.0, num_iterations=50_000))),
+    ("muon", _family(
+        "rope", "Muon on block matrices (0.00036), AdamW 0.0036 on the tied embedding/head",
+        init="pytorch",
+        optim=dict(kind="muon", lr_embed=0.0036, lr_head=0.0036, lr_matrix=0.00036, schedule="warmdown",
+                   warmdown_frac=0.1, momentum=0.95, momentum_start=0.95, momentum_warmup_steps=0))),
+    ("untied", _family(
+        "muon", "untied zero-init lm_head, N(0,1) embedding, rms_norm after the embedding",
+        tied_head=False, embed_norm=True,
+        optim=dict(lr_embed=0.3, lr_head=0.002, lr_matrix=0.02, num_iterations=30_000))),
+    ("valuemix", _family(
+        "untied", "block-0 value mixing (lamb 0.5), x0 lambdas [1,0], 30*tanh logit cap, momentum warmup",
+        value_mix="block0", x0_lambdas=True, logit_head="tanh", logit_cap=30.0,
+        optim=dict(**_MUON_LRS, momentum_start=0.85, momentum_warmup_steps=500, warmdown_frac=0.03,
+                   num_iterations=50_000))),
+    ("unet", _family(
+        "valuemix", "U-Net skips with learnable skip_weights ones(L/2)",
+        unet=True, optim=dict(warmdown_frac=0.1, num_iterations=20_000))),
+    ("fixedwin", _family(
+        "unet", "trunk sequence length, document-aware causal window of fixed_window tokens",
+        seq_len=TRUNK_SEQ_LEN, window="fixed", doc_mask=True,
+        optim=dict(reference_batch=8, num_iterations=20_000))),
+    ("flexwin", _family(
+        "fixedwin", "token window warmed up window_min -> window_max in window_quantum steps",
+        window="token", window_warmup_steps=4000, optim=dict(num_iterations=40_000))),
+    ("vte", _family(
+        "flexwin", "value token embeddings: L chunks of d, one per layer, replace block-0 values",
+        value_mix="vte", optim=dict(num_iterations=10_000))),
+    ("betterwin", _family(
+        "vte", "L/2 value chunks with mirrored decoder reuse; block-sparse window (same token semantics)",
+        value_mix="vte_half", optim=dict(num_iterations=20_000))),
+    ("sparsev", _family(
+        "betterwin", "3 value tables in the scaled sparse pattern, mix [0.5,0.5], no-attention layer, "
+        "block-granular windows, Adam betas (0.8,0.95) for embed/scalar",
+        value_mix="sparse", no_attn_layer=SCALED_NO_ATTN, window="block", window_warmup_steps=2000,
+        optim=dict(betas_embed=(0.8, 0.95), betas_scalar=(0.8, 0.95), momentum_warmup_steps=300,
+                   num_iterations=3000))),
+    ("truncrope", _family(
+        "sparsev", "truncated rotary: head_dim/4 frequencies 1..1/1024 then head_dim/4 identity pairs",
+        pos="trunc_rope", window_warmup_steps=3000, optim=dict(num_iterations=10_000))),
+    ("softcap", _family("truncrope", "logit cap 15*tanh(z/15)", logit_cap=15.0)),
+    ("fp8head", _family("softcap", "FP8 lm_head matmul (e4m3 forward, e5m2 gradient)", fp8_head=True)),
+    ("lswa", _family("fp8head", "long/short block windows by layer (short = max(1, long//2))",
+                     window="lswa")),
+    ("attnscale", _family("lswa", "attention scale 0.12 (scale_training/18)", attn_scale=0.12)),
+    ("sublr", _family(
+        "lswa", "attention scale 0.12 + 30*sigmoid(z/(7.5*sqrt(d))) head; sub-LRs are dead code upstream",
+        attn_scale=0.12, logit_head="sigmoid", logit_cap=30.0)),
+    ("lswa_adam", _family(
+        "lswa", "control: Adam(0.004, (0.9,0.95)) on block matrices instead of Muon",
+        optim=dict(kind="adam", lr_matrix=0.004, betas_matrix=(0.9, 0.95), momentum_warmup_steps=0))),
+])
+
+
+def family_chain(family: str) -> list[str]:
+    """Family names from the root down to `family`."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {list(FAMILIES)}")
+    chain = []
+    name: str | None = family
+    while name is not None:
+        chain.append(name)
+        name = FAMILIES[name].parent
+    return chain[::-1]
+
+
+def _fold(cfg: ModelConfig, delta: Mapping[str, Any], tier: Tier) -> ModelConfig:
+    changes = {}
+    for key, value in delta.items():
+        if isinstance(value, Derived):
+            value = value.fn(cfg, tier)
+        if key == "optim" and isinstance(value, Mapping):
+            value = dataclasses.replace(cfg.optim, **value)
+        changes[key] = value
+    return cfg.replace(**changes)
+
+
+_DIMENSION_FIELDS = frozenset({
+    "vocab_size", "eot_id", "n_layer", "n_head", "head_dim", "d_model", "mlp_ratio", "compute_dtype",
+})
+
+
+def make_config(family: str, tier: str, **override) -> ModelConfig:
+    """Fold the chain of deltas from the root down to `family` onto `tier`'s base, then `override`.
+
+    Dimension overrides (n_layer, d_model, vocab_size, ...) also go into the base, so derived deltas such as
+    the no-attention layer follow them."""
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; choose one of {list(TIERS)}")
+    tier_spec = TIERS[tier]
+    cfg = tier_spec.base(**{k: v for k, v in override.items() if k in _DIMENSION_FIELDS})
+    for name in family_chain(family):
+        cfg = _fold(cfg, FAMILIES[name].delta, tier_spec)
+    return _fold(cfg, override, tier_spec) if override else cfg

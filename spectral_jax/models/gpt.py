@@ -1,0 +1,419 @@
+"""One NNX GPT whose ModelConfig switches realise every family of the modded-nanogpt chain.
+
+Parameters are float32; matmuls run in `config.compute_dtype`; the residual stream stays float32 and
+`__call__` returns float32 logits after the logit head. Parameter names (the optimizer groups by path):
+`embed` (token embedding; the tied head is `embed.attend`), `pos_embed`, `vte` / `value_embeds`,
+`lm_head` (kernel (d, V)), `blocks` (nnx.List of Block: `attn.{c_attn | c_q,c_k,c_v}`, `attn.c_proj`,
+`mlp.c_fc`, `mlp.c_proj`, all kernels laid out (in, out)), and scalars `attn.lamb` (0-D), `attn.mix` (2,),
+`lambdas` (2,), `skip_weights` (L/2,).
+
+Probes (no forked model). Every block sows its residual output as `block_out`; the blocks listed in
+`config.probe_layers` (default: the last) also sow the INPUT of each probed matrix and perturb its OUTPUT:
+  attn: `attn_in` (input of W_Q/W_K/W_V), `c_q_out`, `c_v_out` (or `c_attn_out` when fused),
+        `c_proj_in` / `c_proj_out` (W_O);   mlp: `c_proj_in` / `c_proj_out` (MLP output projection).
+Sow and perturb only act inside `nnx.capture` (elsewhere they are skipped, so a plain jitted train step
+never mutates the module and never retraces). Block outputs of a forward pass:
+
+    logits, acts = nnx.capture(model, nnx.Intermediate)(tokens_BxT)
+    block_out = acts["blocks"][l]["block_out"][0]          # (B, T, D); sow stores a 1-tuple
+
+W_O input and output gradient from one batched backward:
+
+    _, zeros = nnx.capture(model, nnx.Perturbation)(tokens_BxT)           # perturbation slots
+    def loss_fn(model, perturb):
+        logits, acts = nnx.capture(model, nnx.Intermediate, init=perturb)(tokens_BxT)
+        return cross_entropy(logits, targets_BxT), acts
+    (_, g), acts = nnx.grad(loss_fn, argnums=(0, 1), has_aux=True)(model, zeros)
+    a_BxTxD = acts["blocks"][L-1]["attn"]["c_proj_in"][0]
+    g_BxTxD = g["blocks"][L-1]["attn"]["c_proj_out"][...]  # = dL/d(W_O output) of the batch-mean loss
+    grad_W_O[b] = B * a[b].T @ g[b]      # per-sequence mean-CE gradient, kernel layout (in, out)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from spectral_jax.models import attention
+from spectral_jax.models.config import ModelConfig
+
+
+# ---- small pure helpers -----------------------------------------------------------------------
+def rms_norm(x: jax.Array) -> jax.Array:
+    """Parameter-free RMSNorm over the last axis, eps = finfo(x.dtype).eps (torch's default)."""
+    eps = jnp.finfo(x.dtype).eps
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
+def rotary_frequencies(head_dim: int, pos: str, base: float) -> jax.Array:
+    """head_dim/2 inverse frequencies: base^(-2i/hd), or truncated (1/1024)^linspace(0,1,hd/4) ++ zeros."""
+    if pos == "rope":
+        return base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    quarter = head_dim // 4
+    return jnp.concatenate([(1.0 / 1024) ** jnp.linspace(0.0, 1.0, quarter), jnp.zeros(quarter)])
+
+
+def apply_rotary(x_BxTxHxK: jax.Array, inv_freq_F: jax.Array, sign: float) -> jax.Array:
+    """Half-split rotation by sign*theta in float32 (sign -1 is TruncRoPE's convention)."""
+    T = x_BxTxHxK.shape[1]
+    theta_TxF = jnp.arange(T, dtype=jnp.float32)[:, None] * inv_freq_F[None, :]
+    cos, sin = jnp.cos(theta_TxF)[None, :, None, :], sign * jnp.sin(theta_TxF)[None, :, None, :]
+    x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
+    y = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return y.astype(x_BxTxHxK.dtype)
+
+
+def logit_head(z: jax.Array, config: ModelConfig) -> jax.Array:
+    """Logit soft-cap in float32: none, cap*tanh(z/cap) or cap*sigmoid(z/(cap/4*sqrt(d)))."""
+    z = z.astype(jnp.float32)
+    cap = config.logit_cap
+    if config.logit_head == "tanh":
+        return cap * jnp.tanh(z / cap)
+    if config.logit_head == "sigmoid":
+        return cap * jax.nn.sigmoid(z / (0.25 * cap * math.sqrt(config.d_model)))
+    return z
+
+
+def cross_entropy_per_sequence(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Mean token cross-entropy of each sequence in float32; targets < 0 are ignored."""
+    logits = logits_BxTxV.astype(jnp.float32)
+    valid_BxT = targets_BxT >= 0
+    safe_BxT = jnp.where(valid_BxT, targets_BxT, 0)
+    picked_BxT = jnp.take_along_axis(logits, safe_BxT[..., None], axis=-1)[..., 0]
+    nll_BxT = jnp.where(valid_BxT, jax.nn.logsumexp(logits, axis=-1) - picked_BxT, 0.0)
+    return nll_BxT.sum(-1) / jnp.maximum(valid_BxT.sum(-1), 1)
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Mean token cross-entropy over every valid token of the batch, float32."""
+    logits = logits_BxTxV.astype(jnp.float32)
+    valid_BxT = targets_BxT >= 0
+    safe_BxT = jnp.where(valid_BxT, targets_BxT, 0)
+    picked_BxT = jnp.take_along_axis(logits, safe_BxT[..., None], axis=-1)[..., 0]
+    nll_BxT = jnp.where(valid_BxT, jax.nn.logsumexp(logits, axis=-1) - picked_BxT, 0.0)
+    return nll_BxT.sum() / jnp.maximum(valid_BxT.sum(), 1)
+
+
+# ---- FP8 head -----------------------------------------------------------------------------------
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def fp8_matmul(x_NxD, w_DxV, x_scale: float, w_scale: float, grad_scale: float) -> jax.Array:
+    """x @ w through float8 like record 19: e4m3fn operands scaled by x_scale / w_scale, bf16 out.
+
+    The backward casts the output gradient (times grad_scale) to e5m2 and forms dX (bf16) and dW (fp32)
+    from fp8 products with the reference's scales. One code path: XLA accepts fp8 dot_general with float32
+    accumulation on CPU too, where it upcasts the fp8 operands exactly (a faithful emulation); on GPUs with
+    fp8 units XLA may lower the same dot_general to an fp8 GEMM.
+    """
+    return _fp8_forward(x_NxD, w_DxV, x_scale, w_scale, grad_scale)[0]
+
+
+def _dot(a, b, contract):
+    return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _fp8_forward(x_NxD, w_DxV, x_scale, w_scale, grad_scale):
+    x_f8 = (x_NxD * x_scale).astype(jnp.float8_e4m3fn)
+    w_f8 = (w_DxV * w_scale).astype(jnp.float8_e4m3fn)
+    out_NxV = (_dot(x_f8, w_f8, ((1,), (0,))) * (1.0 / (x_scale * w_scale))).astype(jnp.bfloat16)
+    return out_NxV, (x_f8, w_f8, jnp.zeros((), x_NxD.dtype), jnp.zeros((), w_DxV.dtype))
+
+
+def _fp8_backward(x_scale, w_scale, grad_scale, residuals, g_NxV):
+    x_f8, w_f8, x_proto, w_proto = residuals
+    g_f8 = (g_NxV.astype(jnp.float32) * grad_scale).astype(jnp.float8_e5m2)
+    dx_NxD = (_dot(g_f8, w_f8, ((1,), (1,))) * (1.0 / (grad_scale * w_scale))).astype(jnp.bfloat16)
+    dw_DxV = _dot(x_f8, g_f8, ((0,), (0,))) * (1.0 / (grad_scale * x_scale))
+    return dx_NxD.astype(x_proto.dtype), dw_DxV.astype(w_proto.dtype)
+
+
+fp8_matmul.defvjp(_fp8_forward, _fp8_backward)
+
+
+# ---- initialisers -------------------------------------------------------------------------------
+def _uniform(bound: float):
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _fan_in_uniform(key, shape, dtype=jnp.float32):
+    """PyTorch nn.Linear default, for an (in, out) kernel."""
+    return _uniform(1.0 / math.sqrt(shape[0]))(key, shape, dtype)
+
+
+def _normal(std: float):
+    return jax.nn.initializers.normal(std)
+
+
+_zeros = jax.nn.initializers.zeros
+
+
+def _hidden_init(config: ModelConfig):
+    return _normal(0.02) if config.init == "gpt2" else _fan_in_uniform
+
+
+def _out_proj_init(config: ModelConfig):
+    """Attention/MLP output projections: zero (pytorch families) or N(0, 0.02/sqrt(2L)) (GPT-2 init)."""
+    return _normal(0.02 / math.sqrt(2 * config.n_layer)) if config.init == "gpt2" else _zeros
+
+
+def _embed_init(config: ModelConfig):
+    """Token embedding: N(0,0.02) (GPT-2), the tied Linear's U(+-1/sqrt(d)), or N(0,1) when untied."""
+    if config.init == "gpt2":
+        return _normal(0.02)
+    return _uniform(1.0 / math.sqrt(config.d_model)) if config.tied_head else _normal(1.0)
+
+
+def _aux_embed_init(config: ModelConfig):
+    """Learned positions and value embeddings: N(0,1) (torch Embedding) or N(0,0.02) (GPT-2)."""
+    return _normal(0.02) if config.init == "gpt2" else _normal(1.0)
+
+
+def _linear(d_in, d_out, config, init, rngs):
+    return nnx.Linear(d_in, d_out, use_bias=False, kernel_init=init, dtype=jnp.dtype(config.compute_dtype),
+                      param_dtype=jnp.float32, rngs=rngs)
+
+
+# ---- capture helpers ----------------------------------------------------------------------------
+def _capturing(module: nnx.Module) -> bool:
+    """True only inside nnx.capture (which sets `__captures__`); outside it sow/perturb would add
+    attributes to the module, change its graph and make every jitted step retrace."""
+    return hasattr(module, "__captures__")
+
+
+def _sow(module: nnx.Module, name: str, x: jax.Array) -> None:
+    if _capturing(module):
+        module.sow(nnx.Intermediate, name, x)
+
+
+def _perturb(module: nnx.Module, name: str, x: jax.Array) -> jax.Array:
+    return module.perturb(name, x) if _capturing(module) else x
+
+
+# ---- modules ------------------------------------------------------------------------------------
+class MLP(nnx.Module):
+    """Linear(d, r*d) -> ReLU^2 -> Linear(r*d, d), no biases."""
+
+    def __init__(self, config: ModelConfig, *, probe: bool, rngs: nnx.Rngs):
+        hidden = config.mlp_ratio * config.d_model
+        self.c_fc = _linear(config.d_model, hidden, config, _hidden_init(config), rngs)
+        self.c_proj = _linear(hidden, config.d_model, config, _out_proj_init(config), rngs)
+        self.probe = probe
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        h_BxTxF = jnp.square(jax.nn.relu(self.c_fc(x_BxTxD)))
+        if self.probe:
+            _sow(self, "c_proj_in", h_BxTxF)
+        y_BxTxD = self.c_proj(h_BxTxF)
+        return _perturb(self, "c_proj_out", y_BxTxD) if self.probe else y_BxTxD
+
+
+class CausalSelfAttention(nnx.Module):
+    """Multi-head attention with the configured positions, value mixing, mask and scale."""
+
+    def __init__(self, config: ModelConfig, *, probe: bool, rngs: nnx.Rngs):
+        d = config.d_model
+        init = _hidden_init(config)
+        if config.fused_qkv:
+            self.c_attn = _linear(d, 3 * d, config, init, rngs)
+        else:
+            self.c_q = _linear(d, d, config, init, rngs)
+            self.c_k = _linear(d, d, config, init, rngs)
+            self.c_v = _linear(d, d, config, init, rngs)
+        self.c_proj = _linear(d, d, config, _out_proj_init(config), rngs)
+        if config.value_mix in ("block0", "vte", "vte_half"):
+            self.lamb = nnx.Param(jnp.asarray(0.5, jnp.float32))
+        elif config.value_mix == "sparse":
+            self.mix = nnx.Param(jnp.asarray([0.5, 0.5], jnp.float32))
+        self.config = config
+        self.probe = probe
+
+    def _qkv(self, x_BxTxD):
+        if self.probe:
+            _sow(self, "attn_in", x_BxTxD)
+        if self.config.fused_qkv:
+            qkv = self.c_attn(x_BxTxD)
+            qkv = _perturb(self, "c_attn_out", qkv) if self.probe else qkv
+            return jnp.split(qkv, 3, axis=-1)
+        q, k, v = self.c_q(x_BxTxD), self.c_k(x_BxTxD), self.c_v(x_BxTxD)
+        if self.probe:
+            q, v = _perturb(self, "c_q_out", q), _perturb(self, "c_v_out", v)
+        return q, k, v
+
+    def _mix_values(self, v, v1, ve):
+        """block0: (1-lamb) v + lamb v1 (block 0's raw v); vte: same with the layer's chunk;
+        sparse: mix0 v + mix1 ve (mix0 v where the layer has no table)."""
+        mix = self.config.value_mix
+        if mix == "sparse":
+            m = self.mix[...].astype(v.dtype)
+            return m[0] * v + (0 if ve is None else m[1] * ve.astype(v.dtype))
+        other = (v if v1 is None else v1) if mix == "block0" else ve
+        if mix == "none" or other is None:
+            return v
+        lamb = self.lamb[...].astype(v.dtype)
+        return (1 - lamb) * v + lamb * other.astype(v.dtype)
+
+    def __call__(self, x_BxTxD, *, window, docs_BxT, v1_BxTxHxK=None, ve_BxTxD=None):
+        """Returns (attention output, this layer's raw values for block-0 value mixing)."""
+        cfg = self.config
+        B, T, _ = x_BxTxD.shape
+        heads = lambda t: t.reshape(B, T, cfg.n_head, cfg.head_dim)
+        q, k, v = map(heads, self._qkv(x_BxTxD))
+        v_raw = v
+        ve = None if ve_BxTxD is None else heads(ve_BxTxD)
+        v = self._mix_values(v, v1_BxTxHxK, ve)
+        if cfg.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
+        if cfg.pos != "learned":
+            inv_freq = rotary_frequencies(cfg.head_dim, cfg.pos, cfg.rope_base)
+            sign = -1.0 if cfg.pos == "trunc_rope" else 1.0
+            q, k = apply_rotary(q, inv_freq, sign), apply_rotary(k, inv_freq, sign)
+        if cfg.window == "none":
+            y = attention.dense_attention(q, k, v, scale=cfg.scale, docs_BxT=docs_BxT)
+        else:
+            y = attention.banded_attention(
+                q, k, v, window=cfg.fixed_window if cfg.window == "fixed" else window,
+                max_window=cfg.max_window, block_size=cfg.attn_block_size,
+                granularity="token" if cfg.window in ("fixed", "token") else "block",
+                docs_BxT=docs_BxT, scale=cfg.scale,
+            )
+        y_BxTxD = y.reshape(B, T, cfg.d_model)
+        if self.probe:
+            _sow(self, "c_proj_in", y_BxTxD)
+        out = self.c_proj(y_BxTxD)
+        return (_perturb(self, "c_proj_out", out) if self.probe else out), v_raw
+
+
+class Block(nnx.Module):
+    """Pre-norm block: optional x0 lambdas, attention (absent in the no-attention layer), ReLU^2 MLP."""
+
+    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        probe = layer in config.resolved_probe_layers()
+        has_attn = layer != config.no_attn_layer
+        self.attn = CausalSelfAttention(config, probe=probe, rngs=rngs) if has_attn else None
+        self.mlp = MLP(config, probe=probe, rngs=rngs)
+        if config.x0_lambdas:
+            self.lambdas = nnx.Param(jnp.asarray([1.0, 0.0], jnp.float32))
+
+    def __call__(self, x_BxTxD, x0_BxTxD, *, window, docs_BxT, v1_BxTxHxK=None, ve_BxTxD=None):
+        if hasattr(self, "lambdas"):
+            lam = self.lambdas[...]
+            x_BxTxD = lam[0] * x_BxTxD + lam[1] * x0_BxTxD
+        v = None
+        if self.attn is not None:
+            y, v = self.attn(rms_norm(x_BxTxD), window=window, docs_BxT=docs_BxT,
+                             v1_BxTxHxK=v1_BxTxHxK, ve_BxTxD=ve_BxTxD)
+            x_BxTxD = x_BxTxD + y
+        x_BxTxD = x_BxTxD + self.mlp(rms_norm(x_BxTxD))
+        _sow(self, "block_out", x_BxTxD)
+        return x_BxTxD, v
+
+
+class GPT(nnx.Module):
+    """Decoder-only LM; `config` switches select the family (see spectral_jax.models.config)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, V, L = config.d_model, config.vocab_size, config.n_layer
+        self.config = config
+        self.embed = nnx.Embed(V, d, embedding_init=_embed_init(config), param_dtype=jnp.float32, rngs=rngs)
+        if config.pos == "learned":
+            self.pos_embed = nnx.Embed(config.seq_len, d, embedding_init=_aux_embed_init(config), rngs=rngs)
+        if config.n_value_chunks:
+            self.vte = nnx.Embed(V, d * config.n_value_chunks, embedding_init=_aux_embed_init(config),
+                                 rngs=rngs)
+        if config.value_mix == "sparse":
+            self.value_embeds = nnx.List([
+                nnx.Embed(V, d, embedding_init=_aux_embed_init(config), rngs=rngs)
+                for _ in range(config.value_embed_tables)
+            ])
+        self.blocks = nnx.List([Block(config, i, rngs=rngs) for i in range(L)])
+        if config.unet:
+            self.skip_weights = nnx.Param(jnp.ones(L // 2, jnp.float32))
+        if not config.tied_head:
+            head_init = _normal(0.02) if config.init == "gpt2" else _zeros
+            self.lm_head = _linear(d, V, config, head_init, rngs)
+
+    # -- input checks -----------------------------------------------------------------------------
+    def _check_inputs(self, T: int, window) -> None:
+        cfg = self.config
+        if T > cfg.seq_len:
+            raise ValueError(f"sequence length {T} exceeds config.seq_len {cfg.seq_len}; "
+                             "feed shorter sequences or build the model with a larger seq_len")
+        if cfg.window != "none":
+            attention.check_blocked(T, cfg.attn_block_size)
+        if window is None or cfg.window in ("none", "fixed"):
+            return
+        try:
+            w = int(window)
+        except jax.errors.JAXTypeError:
+            return
+        if not 1 <= w <= cfg.window_max:
+            raise ValueError(f"window {w} outside [1, window_max={cfg.window_max}]; "
+                             "use a schedule value (attention.scheduled_window) or raise window_max")
+
+    def _layer_windows(self, window) -> list:
+        """Run-time window (tokens) of every layer; LSWA short layers get max(1, long//2) blocks."""
+        cfg = self.config
+        if cfg.window in ("none", "fixed"):
+            return [None] * cfg.n_layer
+        w = jnp.asarray(cfg.window_max if window is None else window, jnp.int32)
+        if cfg.window != "lswa":
+            return [w] * cfg.n_layer
+        bs = cfg.attn_block_size
+        long_blocks = jnp.maximum(1, w // bs)
+        short = attention.short_window_blocks(long_blocks) * bs
+        return [long_blocks * bs if is_long else short for is_long in cfg.long_window_layers()]
+
+    def _value_embeds(self, tokens_BxT) -> list:
+        cfg = self.config
+        layout = cfg.value_embed_layout()
+        if cfg.n_value_chunks:
+            chunks = jnp.split(self.vte(tokens_BxT), cfg.n_value_chunks, axis=-1)
+            return [None if i is None else chunks[i] for i in layout]
+        if cfg.value_mix == "sparse":
+            tables = [emb(tokens_BxT) for emb in self.value_embeds]
+            return [None if i is None else tables[i] for i in layout]
+        return [None] * cfg.n_layer
+
+    def _head(self, x_BxTxD) -> jax.Array:
+        cfg = self.config
+        if cfg.fp8_head:
+            w_DxV = self.embed.embedding[...].T if cfg.tied_head else self.lm_head.kernel[...]
+            B, T, D = x_BxTxD.shape
+            z = fp8_matmul(x_BxTxD.reshape(B * T, D), w_DxV, cfg.fp8_x_scale, cfg.fp8_w_scale,
+                           cfg.fp8_grad_scale).reshape(B, T, -1)
+        elif cfg.tied_head:
+            z = self.embed.attend(x_BxTxD)
+        else:
+            z = self.lm_head(x_BxTxD)
+        return logit_head(z, cfg)
+
+    def __call__(self, tokens_BxT: jax.Array, *, window: jax.Array | int | None = None) -> jax.Array:
+        """Logits (B, T, V) float32. `window`: current attention window in tokens (traced int32 is fine;
+        None = window_max; ignored by dense and fixed-window models)."""
+        cfg = self.config
+        T = tokens_BxT.shape[1]
+        self._check_inputs(T, window)
+        x = self.embed(tokens_BxT).astype(jnp.float32)
+        if cfg.pos == "learned":
+            x = x + self.pos_embed(jnp.arange(T))[None]
+        if cfg.embed_norm:
+            x = rms_norm(x)
+        x0 = x
+        docs = attention.document_ids(tokens_BxT, cfg.eot_id) if cfg.doc_mask else None
+        windows = self._layer_windows(window)
+        value_embeds = self._value_embeds(tokens_BxT)
+        half = cfg.n_layer // 2
+        skips, v1 = [], None
+        for i, block in enumerate(self.blocks):
+            if cfg.unet and i >= half:
+                x = x + self.skip_weights[...][i - half] * skips.pop()
+            x, v = block(x, x0, window=windows[i], docs_BxT=docs, v1_BxTxHxK=v1, ve_BxTxD=value_embeds[i])
+            if i == 0 and cfg.value_mix == "block0":
+                v1 = v
+            if cfg.unet and i < half:
+                skips.append(x)
+        return self._head(rms_norm(x))

@@ -1,0 +1,291 @@
+"""The NNX GPT: every family trains at tier tiny, probes capture, FP8 head, no retracing, long-context shapes.
+
+XLA's per-program compile time dominates on CPU, so the per-family training test shrinks tier tiny to 2 layers
+(one U-Net encoder and decoder block) and a 512-token vocabulary (EOT id 0), and compiles all 18 loops as one
+program. The full tiny tier (8 layers: sparse None layers, middle no-attention layer, LSWA short layers, FP8
+head) runs forward and backward for lswa and is shape-checked for several other families.
+"""
+
+import ml_dtypes
+import numpy as np
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from flax import nnx
+
+from spectral_jax.models import FAMILIES, GPT, abstract_model, attention, make_config
+from spectral_jax.models.gpt import (apply_rotary, cross_entropy, cross_entropy_per_sequence, fp8_matmul,
+                                     logit_head, rms_norm, rotary_frequencies)
+
+SMALL = dict(n_layer=4, vocab_size=512, eot_id=0)
+TRAIN = dict(n_layer=2, vocab_size=512, eot_id=0)
+
+
+def _batch(cfg, batch, length, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, cfg.vocab_size, (batch, length + 1))
+    tokens[:, [5, length // 3, 2 * length // 3 + 1]] = cfg.eot_id
+    return jnp.asarray(tokens[:, :-1], jnp.int32), jnp.asarray(tokens[:, 1:], jnp.int32)
+
+
+def _adam_loop(graphdef, params, x, y, window, steps, tx):
+    """Forward logits at init, then `steps` Adam steps on one batch; returns (logits0, losses, finite)."""
+    logits0 = nnx.merge(graphdef, params)(x, window=window)
+    loss_fn = lambda p: cross_entropy(nnx.merge(graphdef, p)(x, window=window), y)
+
+    def step(i, carry):
+        p, opt_state, losses = carry
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, opt_state = tx.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, losses.at[i].set(loss)
+
+    p, _, losses = jax.lax.fori_loop(0, steps, step, (params, tx.init(params), jnp.zeros(steps)))
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(p)]))
+    return logits0, losses, finite
+
+
+@pytest.fixture(scope="module")
+def trained_families():
+    """All families' training loops in ONE compiled program (XLA's per-program cost dominates on CPU)."""
+    models = {}
+    for family in FAMILIES:
+        cfg = make_config(family, "tiny", **TRAIN)
+        graphdef, params = nnx.split(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+        models[family] = (graphdef, params, attention.scheduled_window(cfg, 0.1))
+    x, y = _batch(make_config("baseline", "tiny", **TRAIN), 2, 64)
+    tx = optax.adam(1e-3)
+
+    @jax.jit
+    def run_all(params, x, y):
+        return {f: _adam_loop(g, params[f], x, y, jnp.int32(w), 50, tx) for f, (g, _, w) in models.items()}
+
+    results = run_all({f: p for f, (_, p, _) in models.items()}, x, y)
+    return jax.tree.map(np.asarray, results)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_trains_at_tiny(family, trained_families):
+    logits0, losses, finite = trained_families[family]
+    assert logits0.shape == (2, 64, 512) and logits0.dtype == np.float32
+    assert np.all(np.isfinite(logits0)), "forward at init"
+    assert np.isfinite(losses[1]), "first Adam step"
+    assert finite and np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0] - 0.3, f"loss did not fall: {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def test_full_tiny_tier_forward_and_gradient():
+    cfg = make_config("lswa", "tiny")
+    graphdef, params = nnx.split(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    x, y = _batch(cfg, 1, 64)
+
+    @jax.jit
+    def loss_and_grad(params, x, y):
+        return jax.value_and_grad(lambda p: cross_entropy(nnx.merge(graphdef, p)(x), y))(params)
+
+    loss, grads = loss_and_grad(params, x, y)
+    assert abs(float(loss) - np.log(50_304)) < 0.5  # zero-init head: near-uniform prediction
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    assert float(jnp.abs(grads["lm_head"]["kernel"][...]).max()) > 0
+
+
+@pytest.mark.parametrize("family", ["baseline", "unet", "betterwin", "sublr"])
+def test_full_tiny_tier_shapes(family):
+    cfg = make_config(family, "tiny")
+    graphdef, state = nnx.split(abstract_model(cfg))
+    tokens = jax.ShapeDtypeStruct((2, cfg.seq_len), jnp.int32)
+    out = jax.eval_shape(lambda s, t: nnx.merge(graphdef, s)(t), state, tokens)
+    assert out.shape == (2, cfg.seq_len, 50_304) and out.dtype == jnp.float32
+
+
+def test_d12_betterwin_at_65536_tokens_shape_only():
+    cfg = make_config("betterwin", "d12")
+    graphdef, state = nnx.split(abstract_model(cfg))
+    tokens = jax.ShapeDtypeStruct((1, 65_536), jnp.int32)
+    window = jax.ShapeDtypeStruct((), jnp.int32)
+    out = jax.eval_shape(lambda s, t, w: nnx.merge(graphdef, s)(t, window=w), state, tokens, window)
+    assert out.shape == (1, 65_536, 50_304) and out.dtype == jnp.float32
+
+
+def test_lswa_layer_windows():
+    cfg = make_config("lswa", "tiny")
+    model = abstract_model(cfg)
+    window = attention.scheduled_window(cfg, 0.1)  # ceil(216 * 0.1 / 16) = 2 blocks
+    assert window == 32
+    assert [int(w) for w in model._layer_windows(jnp.int32(window))] == [32, 16, 16, 16, 16, 16, 16, 32]
+    assert [int(w) for w in model._layer_windows(None)] == [224, 112, 112, 112, 112, 112, 112, 224]
+    assert model._layer_windows(jnp.int32(16))[1] == 16  # short never drops below one block
+
+
+def test_jitted_train_step_never_retraces():
+    cfg = make_config("lswa", "tiny", **{**SMALL, "n_layer": 2})
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    graph_before = nnx.graphdef(model)
+    traces = []
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y, window):
+        traces.append(1)
+        loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x, window=window), y))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    x, y = _batch(cfg, 2, 32)
+    for f in (0.0, 0.5, 1.0):
+        train_step(model, optimizer, x, y, jnp.int32(attention.scheduled_window(cfg, f)))
+    assert len(traces) == 1
+    assert nnx.graphdef(model) == graph_before
+
+
+def test_capture_gives_block_outputs_and_w_o_per_sample_gradients():
+    cfg = make_config("unet", "tiny", **{**SMALL, "n_layer": 2})
+    model = GPT(cfg, rngs=nnx.Rngs(1))
+    for layer, block in enumerate(model.blocks):  # zero-init W_O and head would give zero gradients
+        shape = block.attn.c_proj.kernel.shape
+        block.attn.c_proj.kernel[...] = 0.05 * jax.random.normal(jax.random.key(layer), shape)
+    model.lm_head.kernel[...] = 0.05 * jax.random.normal(jax.random.key(9), model.lm_head.kernel.shape)
+    x, y = _batch(cfg, 3, 32, seed=4)
+    L = cfg.n_layer
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def probe(state, x, y):
+        m = nnx.merge(graphdef, state)
+        _, zeros = nnx.capture(m, nnx.Perturbation)(x)
+
+        def loss_fn(m, perturb):
+            logits, acts = nnx.capture(m, nnx.Intermediate, init=perturb)(x)
+            return cross_entropy(logits, y), (logits, acts)
+
+        (_, g), (logits, acts) = nnx.grad(loss_fn, argnums=(0, 1), has_aux=True)(m, zeros)
+        a_BxTxD = acts["blocks"][L - 1]["attn"]["c_proj_in"][0]
+        g_BxTxD = g["blocks"][L - 1]["attn"]["c_proj_out"][...]
+        grads_BxDxD = x.shape[0] * jnp.einsum("btd,bte->bde", a_BxTxD, g_BxTxD)
+        outs = [acts["blocks"][i]["block_out"][0] for i in range(L)]
+        return logits, outs, grads_BxDxD
+
+    logits, block_outs, per_sample = probe(state, x, y)
+    assert len(block_outs) == L and all(o.shape == (3, 32, cfg.d_model) for o in block_outs)
+    head = logit_head(model.lm_head(rms_norm(block_outs[-1])), cfg)
+    np.testing.assert_allclose(head, logits, atol=1e-5)
+
+    is_w_o = lambda path, _: path == ("blocks", L - 1, "attn", "c_proj", "kernel")
+    graphdef2, w_o, rest = nnx.split(model, is_w_o, ...)
+
+    def sequence_loss(w_o, x1, y1):
+        return cross_entropy(nnx.merge(graphdef2, w_o, rest)(x1[None]), y1[None])
+
+    reference = jax.jit(jax.vmap(jax.grad(sequence_loss), in_axes=(None, 0, 0)))(w_o, x, y)
+    reference = jax.tree.leaves(reference)[0]
+    assert float(jnp.abs(reference).max()) > 0
+    np.testing.assert_allclose(per_sample, reference, atol=1e-6, rtol=1e-4)
+
+
+def test_fp8_matmul_matches_numpy_cast_reference():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 32)).astype(np.float32)
+    w = (0.05 * rng.normal(size=(32, 10))).astype(np.float32)
+    g = (1e-3 * rng.normal(size=(6, 10))).astype(np.float32)
+    xs, ws, gs = 2.0, 32.0, float(2**16)
+    f8 = lambda a, t: a.astype(t).astype(np.float64)
+    x8, w8, g8 = f8(x * xs, ml_dtypes.float8_e4m3fn), f8(w * ws, ml_dtypes.float8_e4m3fn), f8(
+        g.astype(ml_dtypes.bfloat16).astype(np.float32) * gs, ml_dtypes.float8_e5m2)
+    bf16 = lambda a: a.astype(ml_dtypes.bfloat16).astype(np.float64)
+
+    out, vjp = jax.vjp(lambda a, b: fp8_matmul(a, b, xs, ws, gs), jnp.asarray(x), jnp.asarray(w))
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float64), bf16(x8 @ w8 / (xs * ws)), rtol=1e-2, atol=1e-4)
+    assert np.abs(np.asarray(out, np.float64) - x @ w).max() > 1e-3, "fp8 rounding must be visible"
+
+    dx, dw = vjp(jnp.asarray(g, jnp.bfloat16))
+    assert dx.dtype == jnp.float32 and dw.dtype == jnp.float32
+    np.testing.assert_allclose(dx, bf16(g8 @ w8.T / (gs * ws)), rtol=1e-2, atol=1e-6)
+    np.testing.assert_allclose(dw, x8.T @ g8 / (gs * xs), rtol=1e-5, atol=1e-9)
+
+
+def test_fp8_head_gradients_reach_the_head_and_the_trunk():
+    cfg = make_config("fp8head", "tiny", **{**SMALL, "n_layer": 2})
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    model.lm_head.kernel[...] = 0.02 * jax.random.normal(jax.random.key(0), model.lm_head.kernel.shape)
+    x, y = _batch(cfg, 2, 32)
+    grads = nnx.jit(nnx.grad(lambda m: cross_entropy(m(x), y)))(model)
+    assert float(jnp.abs(grads["lm_head"]["kernel"][...]).max()) > 0
+    assert float(jnp.abs(grads["blocks"][0]["mlp"]["c_proj"]["kernel"][...]).max()) > 0
+    assert float(jnp.abs(grads["embed"]["embedding"][...]).max()) > 0
+
+
+def test_bad_inputs_name_the_problem():
+    cfg = make_config("flexwin", "tiny", **SMALL)
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="exceeds config.seq_len 512"):
+        model(jnp.zeros((1, 528), jnp.int32))
+    with pytest.raises(ValueError, match="not a multiple of the attention block size 16"):
+        model(jnp.zeros((1, 40), jnp.int32))
+    with pytest.raises(ValueError, match="window 300 outside"):
+        model(jnp.zeros((1, 32), jnp.int32), window=300)
+
+
+def test_parameter_names_layouts_and_init():
+    cfg = make_config("sparsev", "tiny", **SMALL)
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    names = {"/".join(map(str, path)) for path in params}
+    assert {"embed/embedding", "lm_head/kernel", "skip_weights", "value_embeds/0/embedding",
+            "blocks/0/attn/c_q/kernel", "blocks/0/attn/mix", "blocks/0/lambdas",
+            "blocks/0/mlp/c_proj/kernel"} <= names
+    assert not any(name.startswith(f"blocks/{cfg.no_attn_layer}/attn") for name in names)
+    assert params[("blocks", 0, "mlp", "c_fc", "kernel")].shape == (64, 256)  # (in, out)
+    for path, p in params.items():
+        if path[0] == "blocks":
+            assert p.ndim <= 1 or p.ndim == 2
+    assert float(jnp.abs(model.lm_head.kernel[...]).max()) == 0  # untied head zero-init
+    assert float(jnp.abs(model.blocks[0].attn.c_proj.kernel[...]).max()) == 0
+    assert 0.9 < float(jnp.std(model.embed.embedding[...])) < 1.1
+
+    rope = GPT(make_config("rope", "tiny", **SMALL), rngs=nnx.Rngs(0))
+    assert not hasattr(rope, "lm_head") and not hasattr(rope, "pos_embed")
+    assert 0.018 < float(jnp.std(rope.embed.embedding[...])) < 0.022
+    assert 0.018 / 8**0.5 < float(jnp.std(rope.blocks[0].mlp.c_proj.kernel[...])) < 0.022 / 8**0.5
+    base = GPT(make_config("baseline", "tiny", **SMALL), rngs=nnx.Rngs(0))
+    assert float(jnp.abs(base.embed.embedding[...]).max()) <= 64 ** -0.5
+    assert base.pos_embed.embedding.shape == (128, 64)
+    assert base.blocks[0].attn.c_attn.kernel.shape == (64, 192)
+
+
+def test_rotary_is_relative_and_truncated_pairs_are_identity():
+    rng = np.random.default_rng(0)
+    v = jnp.asarray(rng.normal(size=(1, 1, 1, 32)), jnp.float32)
+    x = jnp.tile(v, (1, 40, 1, 1))
+    rotate = jax.jit(lambda x, pos, sign: apply_rotary(x, rotary_frequencies(32, pos, 10000.0), sign),
+                     static_argnums=(1, 2))
+    for pos, sign in (("rope", 1.0), ("trunc_rope", -1.0)):
+        r = rotate(x, pos, sign)[0, :, 0]
+        dots = r @ r.T
+        np.testing.assert_allclose(dots[5, 2], dots[30, 27], rtol=1e-4)
+        np.testing.assert_allclose(dots[7, 7], float(v[0, 0, 0] @ v[0, 0, 0]), rtol=1e-4)
+    truncated = rotate(x, "trunc_rope", -1.0)
+    np.testing.assert_allclose(truncated[0, 17, 0, 8:16], x[0, 17, 0, 8:16])
+    np.testing.assert_allclose(truncated[0, 17, 0, 24:], x[0, 17, 0, 24:])
+    assert not np.allclose(truncated[0, 17, 0, :8], x[0, 17, 0, :8])
+
+
+def test_cross_entropy_matches_optax_and_ignores_negative_targets():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 5, 11)), jnp.bfloat16)
+    targets = jnp.asarray(rng.integers(0, 11, (2, 5)))
+    ref = np.asarray(jax.jit(optax.softmax_cross_entropy_with_integer_labels)(logits.astype(jnp.float32),
+                                                                              targets))
+    np.testing.assert_allclose(jax.jit(cross_entropy)(logits, targets), ref.mean(), rtol=1e-6)
+    masked = targets.at[1, 3:].set(-1)
+    np.testing.assert_allclose(jax.jit(cross_entropy_per_sequence)(logits, masked),
+                               [ref[0].mean(), ref[1, :3].mean()], rtol=1e-6)
+
+
+def test_logit_heads():
+    z = jnp.asarray([-1e4, 0.0, 1e4])
+    cfg = make_config("softcap", "tiny")
+    np.testing.assert_allclose(logit_head(z, cfg), [-15, 0, 15], atol=1e-4)
+    sub = make_config("sublr", "d12")
+    np.testing.assert_allclose(logit_head(jnp.asarray([0.0, 7.5 * 768**0.5]), sub),
+                               [15.0, 30 * jax.nn.sigmoid(1.0)], rtol=1e-6)
