@@ -79,23 +79,24 @@ def logit_head(z: jax.Array, config: ModelConfig) -> jax.Array:
     return z
 
 
-def cross_entropy_per_sequence(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-    """Mean token cross-entropy of each sequence in float32; targets < 0 are ignored."""
+def _token_nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token negative log-likelihood in float32 (0 where target < 0) and the validity mask."""
     logits = logits_BxTxV.astype(jnp.float32)
     valid_BxT = targets_BxT >= 0
     safe_BxT = jnp.where(valid_BxT, targets_BxT, 0)
     picked_BxT = jnp.take_along_axis(logits, safe_BxT[..., None], axis=-1)[..., 0]
-    nll_BxT = jnp.where(valid_BxT, jax.nn.logsumexp(logits, axis=-1) - picked_BxT, 0.0)
+    return jnp.where(valid_BxT, jax.nn.logsumexp(logits, axis=-1) - picked_BxT, 0.0), valid_BxT
+
+
+def cross_entropy_per_sequence(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Mean token cross-entropy of each sequence in float32; targets < 0 are ignored."""
+    nll_BxT, valid_BxT = _token_nll(logits_BxTxV, targets_BxT)
     return nll_BxT.sum(-1) / jnp.maximum(valid_BxT.sum(-1), 1)
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
     """Mean token cross-entropy over every valid token of the batch, float32."""
-    logits = logits_BxTxV.astype(jnp.float32)
-    valid_BxT = targets_BxT >= 0
-    safe_BxT = jnp.where(valid_BxT, targets_BxT, 0)
-    picked_BxT = jnp.take_along_axis(logits, safe_BxT[..., None], axis=-1)[..., 0]
-    nll_BxT = jnp.where(valid_BxT, jax.nn.logsumexp(logits, axis=-1) - picked_BxT, 0.0)
+    nll_BxT, valid_BxT = _token_nll(logits_BxTxV, targets_BxT)
     return nll_BxT.sum() / jnp.maximum(valid_BxT.sum(), 1)
 
 

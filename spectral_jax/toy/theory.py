@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from spectral_jax import spectra
 from spectral_jax.toy import fourier
 
 # ---------------------------------------------------------------------------------------- Z_n basics
@@ -109,13 +110,10 @@ def rk4(f: Callable[[np.ndarray], np.ndarray], y0: np.ndarray, t_T: Sequence[flo
 def rank_decay_exponent(values: np.ndarray, window: tuple[int, int]) -> float:
     """α = −OLS slope of (ln j, ln λ_j), j = lo..hi (1-indexed, inclusive) of the descending values.
 
-    Same definition as spectral_jax.spectra.alpha.
+    spectral_jax.spectra.alpha with hi capped at the spectrum's length (as the reference toy code).
     """
-    lam = np.sort(np.asarray(values, dtype=np.float64))[::-1]
     lo, hi = window
-    j = np.arange(lo, min(hi, lam.size) + 1)
-    slope, _ = np.polyfit(np.log(j), np.log(lam[j - 1]), 1)
-    return float(-slope)
+    return spectra.alpha(values, (lo, min(hi, np.size(values)))).alpha
 
 
 # ------------------------------------------------------------------------ (a) one-layer linear flow
