@@ -146,3 +146,24 @@ def test_user_text_files(tmp_path, monkeypatch):
     assert ds.metadata["source"] == "text-docs" and len(ds.val) > 0 and len(ds.pool) > 0
     with pytest.raises(FileNotFoundError, match="no shards"):
         load_data(str(tmp_path / "nothing-here" / "*.txt"))
+
+
+def test_compact_vocabulary_maps_frequent_tokens_eot_and_unk(tmp_path):
+    from spectral_jax.data.vocab import fit_vocab
+
+    rng = np.random.default_rng(0)
+    body = rng.zipf(1.5, 20_000) % 50_000 + 1
+    tokens = np.concatenate([[50256], body, [50256], body[:500]]).astype(np.uint16)
+    write_dataset(tmp_path, {"train": tokens, "val": tokens[:3000]}, {"eot_id": 50256})
+    ds = load_shard_dir(tmp_path)
+    same, none = fit_vocab(ds, 50304, 50256)
+    assert same is ds and none is None, "a vocabulary that holds every id reads the data unchanged"
+    small, vmap = fit_vocab(ds, 64, 0)
+    out = small.train.read(0, len(tokens))
+    assert out.max() < 64 and out[0] == 0 and out[20_001] == 0, "EOT -> 0"
+    counts = np.bincount(tokens[tokens != 50256])
+    top = np.argsort(-counts, kind="stable")[:62]
+    kept = np.isin(tokens, top)
+    assert np.all(out[kept] >= 2) and np.all(out[~kept & (tokens != 50256)] == 1), "top 62 keep ids, rest UNK"
+    assert vmap.coverage == pytest.approx((kept.sum() + 2) / len(tokens))
+    assert small.val.read(0, 10).max() < 64 and small.metadata["vocab_map"]["unk_id"] == 1

@@ -73,7 +73,9 @@ def test_tier_dimensions_and_sequence_lengths():
     assert make_config("betterwin", "d36").seq_len == make_config("sparsev", "d48").seq_len == 32_768
     tiny = make_config("lswa", "tiny")
     assert (tiny.seq_len, tiny.attn_block_size, tiny.window_max // tiny.attn_block_size) == (512, 16, 14)
-    assert make_config("unet", "tiny").seq_len == 128 and tiny.vocab_size == 50_304
+    assert make_config("unet", "tiny").seq_len == 128
+    assert (tiny.vocab_size, tiny.eot_id) == (8192, 0), "tiny reads data through a compact vocabulary"
+    assert make_config("betterwin", "d12").vocab_size == 50_304 and make_config("betterwin", "d12").eot_id == 50_256
 
 
 def test_scaled_rules():

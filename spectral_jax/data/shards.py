@@ -99,10 +99,15 @@ def read_shard(path: str | os.PathLike) -> np.ndarray:
 class TokenStream:
     """Several shards read as one virtual 1-D token array (windows may cross shard boundaries)."""
 
-    def __init__(self, shards: list[np.ndarray], names: list[str] | None = None):
+    def __init__(self, shards: list[np.ndarray], names: list[str] | None = None, lut: np.ndarray | None = None):
         self.shards = [s for s in shards if len(s)]
         self.names = names or []
+        self.lut = lut  # optional token-id map applied on read (see spectral_jax.data.vocab)
         self._starts = np.cumsum([0] + [len(s) for s in self.shards])
+
+    def mapped(self, lut: np.ndarray) -> "TokenStream":
+        """The same tokens read through the id map `lut` (lut[old_id] = new_id)."""
+        return TokenStream(self.shards, self.names, np.asarray(lut, np.int32))
 
     @classmethod
     def from_files(cls, paths) -> "TokenStream":
@@ -125,7 +130,7 @@ class TokenStream:
             out[pos - start:pos - start + take] = shard[pos - base:pos - base + take]
             pos += take
             k += 1
-        return out
+        return self.lut[out] if self.lut is not None else out
 
 
 class SequenceSource:

@@ -10,8 +10,11 @@ Tiers (PROTOCOL §4 "Tier dimensions"):
   d12  12 layers, 6 heads x 128 = 768; T 1024 for the prefix families (baseline..unet), 65,536 from fixedwin.
   d36  36 layers, 20 heads x 64 = 1280; T 32,768 for trunk families (prefix families keep 1024).
   d48  48 layers, 25 heads x 64 = 1600; T 32,768 likewise.
-  tiny CPU preset that runs every code path: 8 layers, 2 heads x 32 = 64, full 50,304 vocabulary (the data
-       is GPT-2 BPE and document masks need EOT id 50256). Prefix T 128, trunk T 512. The attention block
+  tiny CPU preset that runs every code path: 8 layers, 2 heads x 32 = 64, a compact 8,192-token vocabulary
+       (EOT id 0): the data layer maps the 8,190 most frequent GPT-2 tokens of the train split to their own ids
+       and the rest to one UNK id (spectral_jax.data.vocab; 99.2 % of the embedded corpus keeps its id). With
+       the full 50,304 vocabulary the LM head and its softmax were 60 % of a CPU step (520 tokens/s), too slow
+       for a six-tier sweep on two cores. Prefix T 128, trunk T 512. The attention block
        size and every window length are the d12 values divided by 8: block 16 (d12 128), window 8..224
        tokens (64..1792), window quantum 8 (64), fixed window 128 (1024); so the band reaches 14 blocks as
        at d12, and T 512 holds 32 blocks. 8 layers (not 6) so that the scaled sparse value-embedding
@@ -222,6 +225,8 @@ class Tier:
     fixed_window: int = 1024
     compute_dtype: str = "bfloat16"
     fp8_grad_scale: float = float(2**29)
+    vocab_size: int = 50304
+    eot_id: int = 50256
 
     def base(self, **override) -> ModelConfig:
         fields = dict(
@@ -230,6 +235,7 @@ class Tier:
             attn_block_size=self.attn_block_size, window_min=self.window_min, window_max=self.window_max,
             window_quantum=self.window_quantum, fixed_window=self.fixed_window,
             compute_dtype=self.compute_dtype, fp8_grad_scale=self.fp8_grad_scale,
+            vocab_size=self.vocab_size, eot_id=self.eot_id,
         )
         return ModelConfig(**{**fields, **override})
 
@@ -237,7 +243,7 @@ class Tier:
 TIERS: Mapping[str, Tier] = types.MappingProxyType({
     "tiny": Tier("tiny", 8, 2, 32, prefix_seq_len=128, trunk_seq_len=512, attn_block_size=16,
                  window_min=8, window_max=224, window_quantum=8, fixed_window=128,
-                 compute_dtype="float32", fp8_grad_scale=float(2**16)),
+                 compute_dtype="float32", fp8_grad_scale=float(2**16), vocab_size=8192, eot_id=0),
     "d12": Tier("d12", 12, 6, 128, prefix_seq_len=1024, trunk_seq_len=65_536),
     "d36": Tier("d36", 36, 20, 64, prefix_seq_len=1024, trunk_seq_len=32_768),
     "d48": Tier("d48", 48, 25, 64, prefix_seq_len=1024, trunk_seq_len=32_768),

@@ -1,0 +1,53 @@
+"""Main job: one family across batch tiers -> T(B), eps_tok, early alpha_tail, Spearman, figures.
+
+    python -m experiments.batch_sweep --family=betterwin                 # tiny preset, embedded corpus, CPU
+    python -m experiments.batch_sweep --family=betterwin --preset=d12 --data=/data/fineweb10B --out=runs/bw
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from experiments._cli import int_list, user_errors_exit_2
+from spectral_jax.runs import DEFAULT_TIERS, SweepConfig, run_batch_sweep
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("family", "betterwin", "family of the chain (spectral_jax.models.FAMILIES)")
+flags.DEFINE_string("tiers", ",".join(map(str, DEFAULT_TIERS)), "batch tiers B (sequences per step)")
+flags.DEFINE_string("preset", "tiny", "model/training preset: tiny (CPU), d12, d36, d48")
+flags.DEFINE_string("data", "embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
+flags.DEFINE_string("lr", "sqrt", "LR rule per tier: sqrt | linear | none (scaling of the family anchors with "
+                    "B/B0), a float multiplier, a JSON table {family: {B: multiplier or {group: lr}}}, or auto")
+flags.DEFINE_string("out", None, "results directory (default results/batch_sweep/<family>_<preset>)")
+flags.DEFINE_bool("resume", True, "reuse finished tiers and resume interrupted ones from their checkpoints")
+flags.DEFINE_string("layers", "-1", "probe layers for activation spectra (block indices; -1 = deepest)")
+flags.DEFINE_string("matrices", "final_attn_out", "gradient-probe matrices: final_attn_out, attn_out, attn_q, "
+                    "attn_v, mlp_out (comma-separated)")
+flags.DEFINE_integer("pool_sequences", None, "sequences in the measurement pool (preset default)")
+flags.DEFINE_integer("grad_samples", None, "M, sequences for per-sample gradients (preset default)")
+flags.DEFINE_float("target_loss", None, "stop at the first eval at or below this val loss (preset default)")
+flags.DEFINE_integer("max_tokens", None, "per-tier token budget (preset default)")
+flags.DEFINE_integer("eval_every_tokens", None, "eval cadence in training tokens (preset default)")
+flags.DEFINE_integer("micro_batch", None, "sequences per forward/backward (default: fit to the preset)")
+flags.DEFINE_float("early_fraction", 0.2, "early checkpoint as a fraction of each tier's T(B)")
+flags.DEFINE_integer("seed", 42, "model init seed")
+
+
+@user_errors_exit_2
+def main(argv):
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}")
+    train_overrides = {k: v for k, v in dict(
+        target_loss=FLAGS.target_loss, max_tokens=FLAGS.max_tokens, eval_every_tokens=FLAGS.eval_every_tokens,
+        micro_batch=FLAGS.micro_batch, seed=FLAGS.seed).items() if v is not None}
+    cfg = SweepConfig(
+        family=FLAGS.family, preset=FLAGS.preset, tiers=int_list(FLAGS.tiers), data=FLAGS.data, lr=FLAGS.lr,
+        out=FLAGS.out, resume=FLAGS.resume, layers=int_list(FLAGS.layers),
+        matrices=tuple(m for m in FLAGS.matrices.split(",") if m), pool_sequences=FLAGS.pool_sequences,
+        grad_samples=FLAGS.grad_samples, early_fraction=FLAGS.early_fraction, train_overrides=train_overrides)
+    run_batch_sweep(cfg)
+    print(f"results in {cfg.out_dir()}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,487 @@
+"""Training to a target loss with gradient accumulation, evals, probes, orbax checkpoints and resume.
+
+One run = one family at one batch tier B (sequences per optimizer step). The loop (PROTOCOL §3.1, §3.2):
+- the family's optimizer groups and schedules (spectral_jax.optim.make_optimizer); every step count of the
+  family (window warmup, momentum warmup, num_iterations) is token-normalised to B, step_B =
+  round(step_ref * reference_batch / B * schedule_scale) (`schedule_scale` compresses the reference's
+  schedules for short CPU runs; 1 on GPU presets);
+- at the top of step s (before its update), when s is a multiple of the eval cadence, evaluate on the fixed
+  validation set, run the probe callbacks, and stop at the first eval (s > 0) with val loss <= target:
+  T(B) = training tokens at that eval = s * B * T;
+- a step = B / micro_batch forward/backward passes whose mean gradient feeds one optimizer update; batch k
+  of the data stream is a pure function of (data seed, k), so the data position is the step;
+- throughput Q = timed training tokens / timed step seconds, excluding eval, probe and checkpoint time and
+  the first `skip_throughput_steps` steps of every (re)start (compilation);
+- orbax checkpoints (params + optimizer state + step + RNG-free data position + timer totals) at a token
+  cadence and at the stop; a restarted run resumes from the last one and reproduces the uninterrupted run's
+  records (metrics beyond the checkpoint are dropped and recomputed);
+- a NaN/inf loss stops the run with TrainingDiverged: result.json says "diverged", no probe runs on it.
+
+Run directory (self-describing): run.json (resolved model/optimizer/train config, git SHA, versions,
+devices, data description), metrics.jsonl (one row per eval), whatever callbacks write (probes.jsonl,
+spectra/*.npz), result.json (written last, atomically), checkpoints/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from spectral_jax.data.shards import TokenDataset, atomic_write_bytes
+from spectral_jax.models import attention
+from spectral_jax.models.config import ModelConfig
+from spectral_jax.models.gpt import GPT, cross_entropy
+from spectral_jax.optim import group_learning_rates, make_optimizer, scaled_steps
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; nothing downstream of that point is measured."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How one batch tier trains. Token quantities are training tokens (B * T per optimizer step)."""
+
+    batch_size: int = 8  # B, sequences per optimizer step
+    micro_batch: int | None = None  # sequences per forward/backward (None: min(B, max_micro_batch))
+    max_micro_batch: int = 8
+    lr: float | Mapping[str, float] | None = None  # None: family anchors; float: multiplier; mapping: per group
+    target_loss: float = 3.2
+    max_tokens: int = 10_000_000_000  # budget: stop without reaching the target
+    eval_every_tokens: int = 52_428_800  # reference: 100 steps at 8 x 65,536
+    val_tokens: int = 10_485_760
+    eval_batch: int = 8  # sequences per eval forward
+    probe_every_evals: int = 1  # probe callbacks at every k-th eval (and at the stop eval)
+    checkpoint_every_tokens: int = 209_715_200  # reference: 400 steps at 8 x 65,536
+    keep_checkpoints: int = 1
+    schedule_scale: float = 1.0  # extra factor on every family step count (see module docstring)
+    seed: int = 42  # model init
+    data_seed: int | None = 0  # train-stream shuffle (None: contiguous reference order)
+    skip_throughput_steps: int = 2
+    log_every_seconds: float = 10.0
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        mb = self.resolved_micro_batch
+        if self.batch_size % mb:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch {mb}; "
+                             "pick a micro_batch that divides it")
+        for name in ("eval_every_tokens", "val_tokens", "checkpoint_every_tokens", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def resolved_micro_batch(self) -> int:
+        if self.micro_batch is not None:
+            if self.micro_batch < 1:
+                raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
+            return self.micro_batch
+        return math.gcd(self.batch_size, self.max_micro_batch) if self.batch_size > self.max_micro_batch \
+            else self.batch_size
+
+
+# Per-preset training defaults. The tiny target is calibrated on the embedded corpus so every tier 1..32
+# reaches it within the CPU budget (BUILD_NOTES.md "Tiny preset calibration").
+TRAIN_PRESETS: Mapping[str, dict] = {
+    "tiny": dict(target_loss=5.0, max_tokens=1_500_000, eval_every_tokens=8_192, val_tokens=16_384,
+                 eval_batch=16, checkpoint_every_tokens=131_072, schedule_scale=0.05, micro_batch=None,
+                 max_micro_batch=8, probe_every_evals=2, log_every_seconds=15.0),
+    "d12": dict(target_loss=3.2, eval_every_tokens=52_428_800, val_tokens=10_485_760, eval_batch=1,
+                max_micro_batch=1, checkpoint_every_tokens=209_715_200),
+    "d36": dict(target_loss=3.2, eval_every_tokens=52_428_800, val_tokens=10_485_760, eval_batch=1,
+                max_micro_batch=1, checkpoint_every_tokens=209_715_200),
+    "d48": dict(target_loss=3.2, eval_every_tokens=52_428_800, val_tokens=10_485_760, eval_batch=1,
+                max_micro_batch=1, checkpoint_every_tokens=209_715_200),
+}
+
+
+def train_config(preset: str, **override) -> TrainConfig:
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    return TrainConfig(**{**TRAIN_PRESETS[preset], **override})
+
+
+def lr_multiplier_for_batch(batch: int, reference_batch: int, rule: str = "sqrt") -> float:
+    """The reference's batch-scaling centres (PROTOCOL §3.3): sqrt(B/B0) or B/B0 (or 1 for "none")."""
+    r = batch / reference_batch
+    rules = {"sqrt": math.sqrt(r), "linear": r, "none": 1.0}
+    if rule not in rules:
+        raise ValueError(f"unknown LR scaling rule {rule!r}; choose one of {sorted(rules)}")
+    return rules[rule]
+
+
+# ---- run-directory records ---------------------------------------------------------------------------
+def _jsonable(x: Any) -> Any:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (crash mid-append) is dropped."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def append_jsonl(path: str | os.PathLike, row: Mapping) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+        f.flush()
+
+
+def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> None:
+    """Atomically rewrite a JSONL file with only the rows `keep` accepts (used on resume)."""
+    path = pathlib.Path(path)
+    if path.exists():
+        rows = [r for r in read_jsonl(path) if keep(r)]
+        atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pathlib.Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=pathlib.Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return sha + ("-dirty" if dirty.stdout.strip() else "") if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    """Versions and devices for run.json."""
+    import flax
+    import orbax.checkpoint
+
+    return dict(
+        git_sha=git_sha(), python=platform.python_version(), platform=platform.platform(),
+        jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
+        orbax=getattr(orbax.checkpoint, "__version__", "unknown"), numpy=np.__version__,
+        devices=[str(d) for d in jax.devices()], backend=jax.default_backend(),
+    )
+
+
+# ---- jitted pieces (module-level so every tier of a sweep shares the compiled programs) -------------------
+@functools.partial(jax.jit, static_argnums=0)
+def _loss_and_grad(graphdef, params, x_BxT, y_BxT, window):
+    def loss_fn(p):
+        return cross_entropy(nnx.merge(graphdef, p)(x_BxT, window=window), y_BxT)
+
+    return jax.value_and_grad(loss_fn)(params)
+
+
+@jax.jit
+def _accumulate(acc, grads, loss_acc, loss):
+    return jax.tree.map(jnp.add, acc, grads), loss_acc + loss
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_loss(graphdef, params, x_BxT, y_BxT, window):
+    return cross_entropy(nnx.merge(graphdef, params)(x_BxT, window=window), y_BxT)
+
+
+def _make_apply(tx: optax.GradientTransformation, accum: int):
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def apply(params, opt_state, grads):
+        if accum > 1:
+            grads = jax.tree.map(lambda g: g / accum, grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return apply
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunState:
+    """What a callback sees at an eval point (host values only, plus the live model)."""
+
+    step: int
+    tokens: int
+    val_loss: float
+    window: int
+    model: GPT
+    config: ModelConfig
+    train: TrainConfig
+    out_dir: pathlib.Path
+    is_final: bool = False
+
+
+Callback = Callable[[RunState], None]
+
+
+@dataclasses.dataclass
+class Schedules:
+    step_scale: float
+    window_warmup_steps: int
+    tokens_per_step: int
+    eval_every_steps: int
+    checkpoint_every_steps: int
+    max_steps: int
+
+    @classmethod
+    def build(cls, config: ModelConfig, tc: TrainConfig) -> "Schedules":
+        ref = config.optim.reference_batch
+        step_scale = ref / tc.batch_size * tc.schedule_scale
+        tps = tc.batch_size * config.seq_len
+        return cls(
+            step_scale=step_scale,
+            window_warmup_steps=scaled_steps(config.window_warmup_steps, step_scale),
+            tokens_per_step=tps,
+            eval_every_steps=max(1, round(tc.eval_every_tokens / tps)),
+            checkpoint_every_steps=max(1, round(tc.checkpoint_every_tokens / tps)),
+            max_steps=max(1, math.ceil(tc.max_tokens / tps)),
+        )
+
+    def window(self, config: ModelConfig, step: int) -> int:
+        progress = 1.0 if self.window_warmup_steps <= 0 else min(step / self.window_warmup_steps, 1.0)
+        return attention.scheduled_window(config, progress)
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _checkpoint_manager(directory: pathlib.Path, keep: int):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory.resolve(), options=options)
+
+
+def train(
+    config: ModelConfig,
+    tc: TrainConfig,
+    dataset: TokenDataset,
+    out_dir: str | os.PathLike,
+    *,
+    callbacks: Sequence[Callback] = (),
+    resume: bool = True,
+    log: Callable[[str], None] | None = None,
+    run_info: Mapping[str, Any] | None = None,
+    stop_after_steps: int | None = None,
+) -> dict:
+    """Train one tier; returns (and writes, last) result.json's dict.
+
+    resume: continue from the newest checkpoint in out_dir/checkpoints if there is one (else start fresh).
+    A finished run (result.json present with the same config) is returned as is.
+    stop_after_steps: simulate an interruption after that many optimizer steps of this call (tests).
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sched = Schedules.build(config, tc)
+    mb = tc.resolved_micro_batch
+    accum = tc.batch_size // mb
+    T = config.seq_len
+    tag = f"[B={tc.batch_size}]"
+    lrs = group_learning_rates(config, tc.lr)
+    info = dict(model=config, train=tc, learning_rates=lrs, step_scale=sched.step_scale,
+                tokens_per_step=sched.tokens_per_step, eval_every_steps=sched.eval_every_steps,
+                window_warmup_steps=sched.window_warmup_steps, micro_batch=mb, grad_accum=accum,
+                data=dict(dataset.metadata), **(run_info or {}))
+    fingerprint = json.dumps(_jsonable({k: info[k] for k in ("model", "train", "learning_rates")}),
+                             sort_keys=True)
+    result_path = out / "result.json"
+    if resume and result_path.is_file():
+        done = json.loads(result_path.read_text())
+        if done.get("fingerprint") == fingerprint:
+            log(f"{tag} already finished ({done['status']}); reusing {result_path}")
+            return done
+    if result_path.exists():
+        result_path.unlink()
+    write_json(out / "run.json", dict(info, environment=environment(), fingerprint=fingerprint))
+
+    model = GPT(config, rngs=nnx.Rngs(tc.seed))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = make_optimizer(config, lrs, step_scale=sched.step_scale)
+    opt_state = tx.init(params)
+    apply = _make_apply(tx, accum)
+
+    ckpt_dir = out / "checkpoints"
+    manager = _checkpoint_manager(ckpt_dir, tc.keep_checkpoints)
+    step, timed_tokens, timed_seconds = 0, 0, 0.0
+    train_loss = float("nan")
+    metrics_path = out / "metrics.jsonl"
+    latest = manager.latest_step() if resume else None
+    if latest is not None:
+        import orbax.checkpoint as ocp
+
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(params=params, opt_state=opt_state))
+        restored = manager.restore(latest, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        params, opt_state = restored["state"]["params"], restored["state"]["opt_state"]
+        meta = restored["meta"]
+        if meta.get("fingerprint") != fingerprint:
+            raise ValueError(f"checkpoint in {ckpt_dir} was written by a different configuration; "
+                             "use another --out directory or delete it to start over")
+        step, timed_tokens, timed_seconds = meta["step"], meta["timed_tokens"], meta["timed_seconds"]
+        train_loss = float("nan") if meta.get("train_loss") is None else meta["train_loss"]
+        log(f"{tag} resumed from checkpoint at step {step} ({step * sched.tokens_per_step:,} tokens)")
+    else:
+        if ckpt_dir.exists():
+            for old in manager.all_steps():
+                manager.delete(old)
+    # drop records written after the checkpoint we resume from (an interrupted run recomputes them)
+    for name in ("metrics.jsonl", "probes.jsonl"):
+        truncate_jsonl(out / name, lambda r: r.get("step", 0) < step)
+    if step == 0:
+        for name in ("metrics.jsonl", "probes.jsonl"):
+            (out / name).unlink(missing_ok=True)
+
+    def save_checkpoint(at_step: int) -> None:
+        import orbax.checkpoint as ocp
+
+        if at_step in manager.all_steps():
+            return
+        meta = dict(step=at_step, timed_tokens=timed_tokens, timed_seconds=timed_seconds,
+                    train_loss=train_loss if math.isfinite(train_loss) else None, fingerprint=fingerprint, data_position=at_step * accum)
+        manager.save(at_step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state)), meta=ocp.args.JsonSave(meta)))
+        manager.wait_until_finished()
+
+    train_ds = dataset.train_dataset(T, mb, seed=tc.data_seed)
+    val = dataset.validation_set(T, tc.val_tokens)
+    eval_bs = min(tc.eval_batch, len(val))
+    val_batches = [val[i:i + eval_bs] for i in range(0, len(val) - eval_bs + 1, eval_bs)]
+
+    def evaluate(window: int) -> float:
+        losses = [_eval_loss(graphdef, params, jnp.asarray(b[:, :-1]), jnp.asarray(b[:, 1:]),
+                             jnp.int32(window)) for b in val_batches]
+        return float(np.mean([float(v) for v in losses]))
+
+    def finish(status: str, at_step: int, val_loss: float | None, message: str = "") -> dict:
+        tokens = at_step * sched.tokens_per_step
+        result = dict(
+            status=status, batch=tc.batch_size, seq_len=T, steps=at_step, tokens=tokens,
+            tokens_to_target=tokens if status == "reached" else None, target_loss=tc.target_loss,
+            final_val_loss=val_loss,
+            throughput_tokens_per_s=(timed_tokens / timed_seconds) if timed_seconds > 0 else None,
+            timed_tokens=timed_tokens, timed_seconds=timed_seconds, message=message, fingerprint=fingerprint,
+        )
+        write_json(result_path, result)
+        return result
+
+    start_step = step
+    last_log = time.perf_counter()
+    steps_this_call = 0
+    while True:
+        window = sched.window(config, step)
+        if step % sched.eval_every_steps == 0 or step >= sched.max_steps:
+            t_eval = time.perf_counter()
+            val_loss = evaluate(window)
+            tokens = step * sched.tokens_per_step
+            row = dict(step=step, tokens=tokens, val_loss=val_loss, train_loss=train_loss, window=window,
+                       throughput_tokens_per_s=(timed_tokens / timed_seconds) if timed_seconds else None,
+                       elapsed_train_s=timed_seconds)
+            if not math.isfinite(val_loss):
+                append_jsonl(metrics_path, row)
+                msg = (f"validation loss is {val_loss} at step {step} ({tokens:,} tokens): training diverged; "
+                       "lower the learning rate (--lr) and rerun; no spectra were measured at this point")
+                finish("diverged", step, None, msg)
+                raise TrainingDiverged(msg)
+            reached = step > 0 and val_loss <= tc.target_loss
+            final = reached or step >= sched.max_steps
+            eval_index = step // sched.eval_every_steps
+            if callbacks and (final or eval_index % tc.probe_every_evals == 0):
+                nnx.update(model, params)
+                state = RunState(step, tokens, val_loss, window, model, config, tc, out, is_final=final)
+                for cb in callbacks:
+                    cb(state)
+            append_jsonl(metrics_path, row)
+            log(f"{tag} eval step {step} | {tokens:,} tokens | val {val_loss:.4f} (target {tc.target_loss}) | "
+                f"window {window} | {time.perf_counter() - t_eval:.1f}s")
+            if final:
+                save_checkpoint(step)
+                status = "reached" if reached else "budget"
+                result = finish(status, step, val_loss)
+                q = result["throughput_tokens_per_s"]
+                log(f"{tag} {status} at step {step}: T(B) = {tokens:,} tokens, val {val_loss:.4f}, "
+                    f"Q = {q:,.0f} tokens/s" if q else f"{tag} {status} at step {step}")
+                return result
+        if step > start_step and step % sched.checkpoint_every_steps == 0:
+            save_checkpoint(step)
+        if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+            return dict(status="interrupted", steps=step)
+
+        t0 = time.perf_counter()
+        w = jnp.int32(window)
+        grads, loss_sum = None, jnp.zeros((), jnp.float32)
+        for k in range(accum):
+            batch = train_ds[step * accum + k]
+            loss, g = _loss_and_grad(graphdef, params, jnp.asarray(batch[:, :-1]), jnp.asarray(batch[:, 1:]), w)
+            if grads is None:
+                grads, loss_sum = g, loss
+            else:
+                grads, loss_sum = _accumulate(grads, g, loss_sum, loss)
+        params, opt_state = apply(params, opt_state, grads)
+        train_loss = float(loss_sum) / accum  # blocks until the step is done
+        dt = time.perf_counter() - t0
+        step += 1
+        steps_this_call += 1
+        if not math.isfinite(train_loss):
+            msg = (f"training loss is {train_loss} at step {step}: training diverged; lower the learning "
+                   "rate (--lr) and rerun; no spectra were measured from this point")
+            finish("diverged", step, None, msg)
+            raise TrainingDiverged(msg)
+        if step - start_step > tc.skip_throughput_steps:
+            timed_tokens += sched.tokens_per_step
+            timed_seconds += dt
+        now = time.perf_counter()
+        if now - last_log >= tc.log_every_seconds:
+            last_log = now
+            q = timed_tokens / timed_seconds if timed_seconds else float("nan")
+            left = (sched.max_steps - step) * sched.tokens_per_step
+            log(f"{tag} step {step}/{sched.max_steps} | {step * sched.tokens_per_step:,} tokens | "
+                f"loss {train_loss:.4f} | {q:,.0f} tok/s | ETA <= {_fmt_time(left / q if q == q else float('nan'))}")
+
+
+__all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainingDiverged", "RunState", "Schedules", "train", "train_config",
+           "lr_multiplier_for_batch", "read_jsonl", "append_jsonl", "write_json", "environment", "git_sha"]

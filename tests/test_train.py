@@ -1,0 +1,140 @@
+"""train.py: target stop and T(B), gradient accumulation, kill-and-resume, NaN stop, run directory."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from spectral_jax.data import load_shard_dir, write_dataset
+from spectral_jax.models import make_config
+from spectral_jax.train import (TrainConfig, TrainingDiverged, lr_multiplier_for_batch, read_jsonl, train,
+                                truncate_jsonl)
+
+SMALL = dict(n_layer=2, vocab_size=256, eot_id=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Synthetic documents with a learnable pattern (each token predicts the next), EOT id 0."""
+    rng = np.random.default_rng(0)
+    docs = []
+    for _ in range(400):
+        start, step = rng.integers(1, 255), rng.integers(1, 4)
+        n = rng.integers(50, 300)
+        docs.append(np.concatenate([[0], 1 + (start + step * np.arange(n)) % 255]))
+    tokens = np.concatenate(docs).astype(np.uint16)
+    cut = int(0.8 * len(tokens))
+    root = tmp_path_factory.mktemp("data")
+    write_dataset(root, {"train": tokens[:cut], "val": tokens[cut:cut + 8000], "pool": tokens[cut + 8000:]},
+                  {"eot_id": 0, "vocab_size": 256})
+    return load_shard_dir(root)
+
+
+def _config(family="unet", **kw):
+    return make_config(family, "tiny", **{**SMALL, "seq_len": 64, **kw})
+
+
+def _tc(**kw):
+    base = dict(batch_size=4, target_loss=0.0, max_tokens=64 * 4 * 12, eval_every_tokens=64 * 4 * 3,
+                val_tokens=64 * 8, eval_batch=4, checkpoint_every_tokens=64 * 4 * 3, schedule_scale=0.05,
+                log_every_seconds=1e9)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_budget_stop_evals_and_run_directory(dataset, tmp_path):
+    result = train(_config(), _tc(), dataset, tmp_path, log=lambda m: None)
+    assert result["status"] == "budget" and result["tokens_to_target"] is None
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 3, 6, 9, 12]
+    assert [r["tokens"] for r in rows] == [s * 4 * 64 for s in (0, 3, 6, 9, 12)]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5, "loss should fall on the learnable pattern"
+    run = json.loads((tmp_path / "run.json").read_text())
+    env = run["environment"]
+    assert env["git_sha"] and env["jax"] and env["devices"]
+    assert run["model"]["n_layer"] == 2 and run["train"]["batch_size"] == 4 and run["grad_accum"] == 1
+    assert result["throughput_tokens_per_s"] > 0
+
+
+def test_target_stop_gives_tokens_at_first_eval_at_or_below_target(dataset, tmp_path):
+    full = train(_config(), _tc(), dataset, tmp_path / "a", log=lambda m: None)
+    rows = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    target = rows[2]["val_loss"] + 1e-6  # first crossing at the third eval (step 6)
+    assert rows[1]["val_loss"] > target
+    hit = train(_config(), _tc(target_loss=target), dataset, tmp_path / "b", log=lambda m: None)
+    assert hit["status"] == "reached" and hit["steps"] == 6 and hit["tokens_to_target"] == 6 * 4 * 64
+    assert full["status"] == "budget"
+
+
+def test_gradient_accumulation_matches_one_big_micro_batch(dataset, tmp_path):
+    one = train(_config(), _tc(max_tokens=64 * 4 * 3, micro_batch=4), dataset, tmp_path / "a", log=lambda m: None)
+    acc = train(_config(), _tc(max_tokens=64 * 4 * 3, micro_batch=1), dataset, tmp_path / "b", log=lambda m: None)
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["grad_accum"] == 4
+    np.testing.assert_allclose(acc["final_val_loss"], one["final_val_loss"], rtol=2e-5)
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(dataset, tmp_path):
+    seen = []
+
+    def callback(state):
+        seen.append((state.step, state.val_loss))
+
+    ref = train(_config(), _tc(), dataset, tmp_path / "ref", callbacks=[callback], log=lambda m: None)
+    ref_rows = read_jsonl(tmp_path / "ref" / "metrics.jsonl")
+    seen.clear()
+    part = train(_config(), _tc(), dataset, tmp_path / "run", log=lambda m: None, stop_after_steps=7)
+    assert part["status"] == "interrupted"
+    assert not (tmp_path / "run" / "result.json").exists()
+    # simulate a crash mid-append: a torn last line must not break the resume
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "val_lo')
+    resumed = train(_config(), _tc(), dataset, tmp_path / "run", callbacks=[callback], log=lambda m: None)
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    drop = ("throughput_tokens_per_s", "elapsed_train_s")
+    clean = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]  # noqa: E731
+    assert clean(rows) == clean(ref_rows)
+    for key in ("status", "steps", "tokens", "tokens_to_target", "final_val_loss"):
+        assert resumed[key] == ref[key]
+    assert [s for s, _ in seen] == [6, 9, 12], "callbacks rerun from the checkpoint (step 6) on"
+    again = train(_config(), _tc(), dataset, tmp_path / "run", log=lambda m: None)
+    assert again == resumed, "a finished run is reused, not retrained"
+
+
+def test_resume_refuses_a_checkpoint_from_another_config(dataset, tmp_path):
+    train(_config(), _tc(), dataset, tmp_path, log=lambda m: None, stop_after_steps=4)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(_config(), _tc(batch_size=2), dataset, tmp_path, log=lambda m: None)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_no_probe(dataset, tmp_path):
+    calls = []
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        train(_config(), _tc(lr=float("nan")), dataset, tmp_path, callbacks=[calls.append], log=lambda m: None)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "diverged" and "lower the learning rate" in result["message"]
+    assert [c.step for c in calls] == [0], "probes ran only on the finite step-0 model"
+
+
+def test_bad_train_config_is_rejected():
+    with pytest.raises(ValueError, match="multiple of micro_batch"):
+        TrainConfig(batch_size=6, micro_batch=4)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    assert TrainConfig(batch_size=32, max_micro_batch=8).resolved_micro_batch == 8
+    assert TrainConfig(batch_size=2, max_micro_batch=8).resolved_micro_batch == 2
+
+
+def test_lr_scaling_rules():
+    assert lr_multiplier_for_batch(32, 8, "sqrt") == 2.0
+    assert lr_multiplier_for_batch(2, 8, "linear") == 0.25
+    assert lr_multiplier_for_batch(2, 8, "none") == 1.0
+    with pytest.raises(ValueError, match="unknown LR scaling rule"):
+        lr_multiplier_for_batch(2, 8, "cubic")
+    assert math.isclose(lr_multiplier_for_batch(1, 8), 8 ** -0.5)
+
+
+def test_truncate_jsonl_keeps_rows_before_the_checkpoint(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 0}\n{"step": 3}\n{"step": 6}\n{"step": 9')
+    truncate_jsonl(path, lambda r: r["step"] < 6)
+    assert read_jsonl(path) == [{"step": 0}, {"step": 3}]
