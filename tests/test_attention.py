@@ -47,7 +47,8 @@ def test_reference_mask_small_cases():
     ("block", [8, 16, 24, 40]),
 ])
 @pytest.mark.parametrize("use_docs", [False, True])
-def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_docs):
+@pytest.mark.parametrize("impl", ["banded", "dense"])
+def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_docs, impl):
     q, k, v = _qkv()
     tokens, docs = _random_docs(np.random.default_rng(1), B, T)
     traces = []
@@ -57,7 +58,7 @@ def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_do
         traces.append(1)
         return attention.banded_attention(q, k, v, window=window, max_window=MAX_W, block_size=BS,
                                           granularity=granularity, docs_BxT=docs if use_docs else None,
-                                          scale=0.3)
+                                          scale=0.3, impl=impl)
 
     for w in windows:
         out = banded(q, k, v, docs, jnp.int32(w))
@@ -71,6 +72,19 @@ def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_do
     assert len(traces) == 1, "changing the window must not retrace"
 
 
+def test_auto_impl_picks_dense_only_when_the_band_spans_half_the_sequence(monkeypatch):
+    calls = []
+    real = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v = (x[:, :, :, :] for x in _qkv(4))
+    attention.banded_attention(q, k, v, window=8, max_window=16, block_size=BS, scale=0.3)  # 3 blocks x 8 < 32
+    assert not calls
+    attention.banded_attention(q, k, v, window=8, max_window=MAX_W, block_size=BS, scale=0.3)  # 48 >= 32
+    assert calls
+    with pytest.raises(ValueError, match="impl"):
+        attention.banded_attention(q, k, v, window=8, max_window=16, block_size=BS, scale=0.3, impl="flash")
+
+
 def test_band_wider_than_sequence_is_clipped():
     q, k, v = _qkv(1)
     assert attention.band_blocks(T, 10 * T, BS) == T // BS
@@ -81,14 +95,15 @@ def test_band_wider_than_sequence_is_clipped():
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
 
 
-def test_banded_gradients_match_dense():
+@pytest.mark.parametrize("impl", ["banded", "dense"])
+def test_banded_gradients_match_dense(impl):
     q, k, v = _qkv(2)
     _, docs = _random_docs(np.random.default_rng(3), B, T)
     masks = np.stack([attention.reference_mask(T, window=13, docs_T=np.asarray(d)) for d in docs])
 
     def banded_loss(q, k, v):
         out = attention.banded_attention(q, k, v, window=13, max_window=MAX_W, block_size=BS,
-                                         docs_BxT=docs, scale=0.3)
+                                         docs_BxT=docs, scale=0.3, impl=impl)
         return jnp.sum(jnp.sin(out))
 
     dense_loss = lambda q, k, v: jnp.sum(jnp.sin(attention.masked_attention(q, k, v, masks, scale=0.3)))
