@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments._cli import int_list, user_errors_exit_2
 from spectral_jax.runs import DEFAULT_TIERS, SweepConfig, run_batch_sweep
@@ -37,6 +37,7 @@ flags.DEFINE_integer("seed", 42, "model init seed")
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
     train_overrides = {k: v for k, v in dict(
         target_loss=FLAGS.target_loss, max_tokens=FLAGS.max_tokens, eval_every_tokens=FLAGS.eval_every_tokens,
         micro_batch=FLAGS.micro_batch, seed=FLAGS.seed).items() if v is not None}

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments._cli import user_errors_exit_2
 from spectral_jax.runs import format_table, summarize_sweep
@@ -19,6 +19,7 @@ flags.DEFINE_float("early_fraction", None, "override the early-checkpoint fracti
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
     summary = summarize_sweep(FLAGS.results, early_fraction=FLAGS.early_fraction)
     print(format_table(summary))
 

@@ -198,7 +198,7 @@ def load_sweep(out: str | os.PathLike) -> tuple[dict, dict[int, dict]]:
 
 def _spectrum(tier: dict, record: dict) -> np.ndarray:
     key = (f"activation/L{record['layer']}" if record["kind"] == "activation"
-           else f"{record['kind']}/{record['matrix']}")
+           else f"{record['kind']}/L{record['layer']}.{record['matrix']}")
     with np.load(tier["dir"] / record["file"]) as f:
         return np.asarray(f[key])
 

@@ -1,0 +1,189 @@
+"""Figures from tidy result tables (paper Figs. 1a, 2, 3a, 8 and loss curves).
+
+Every plotting function builds a stand-alone `matplotlib.figure.Figure` with its own Agg canvas and returns
+it: nothing is registered with pyplot and the global backend is never changed, so importing this module is
+safe inside notebooks. `save_figure` writes the file atomically. Legends carry one entry per batch tier (or
+per window / family where that is the series); reference lines and rank windows are annotated in the axes
+instead of the legend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from spectral_jax import spectra
+
+__all__ = ["save_figure", "plot_spectra", "plot_alpha_vs_eps", "plot_loss_curves", "plot_spearman_vs_progress",
+           "plot_gain_plane"]
+
+
+def _figure(w: float = 6.4, h: float = 4.4) -> tuple[Figure, object]:
+    fig = Figure(figsize=(w, h), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _colors(n: int) -> list:
+    cmap = colormaps["viridis"]
+    return [cmap(x) for x in np.linspace(0.0, 0.85, max(n, 1))]
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(float(v))
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> pathlib.Path:
+    """Write `fig` to `path` atomically (temp file in the same directory, then os.replace) and close it.
+
+    The format follows the suffix (.png, .pdf, .svg; PNG when there is none). Parent directories are created.
+    "Close" releases the figure from pyplot if the caller made it with pyplot; figures from this module are
+    not tracked by pyplot and are freed once unreferenced.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix[1:].lower() or "png"
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            fig.savefig(f, format=fmt)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close(fig)
+    return path
+
+
+def plot_spectra(spectra_by_label: Mapping[str, np.ndarray], *, title: str, ylabel: str,
+                 window: tuple[int, int] | None = None, normalize: bool = True) -> Figure:
+    """Log-log rank vs value, one line per label (e.g. "B=4"); values trace-normalised unless normalize=False.
+
+    An optional rank window (lo, hi) is shaded. A spectrum with no positive value (e.g. the gradient of a
+    zero-initialised matrix) keeps its legend entry, marked "(all zero)", with nothing drawn.
+    """
+    fig, ax = _figure()
+    for color, (label, values) in zip(_colors(len(spectra_by_label)), spectra_by_label.items()):
+        raw = np.asarray(values, float)
+        if not np.any(raw > 0):
+            ax.plot([], [], color=color, label=f"{label} (all zero)")
+            continue
+        v = spectra.trace_normalize(raw) if normalize else np.sort(raw)[::-1]
+        ranks = np.arange(1, v.size + 1)
+        keep = v > 0
+        ax.plot(ranks[keep], v[keep], color=color, label=label, lw=1.5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if window is not None:
+        lo, hi = window
+        ax.axvspan(lo, hi, color="0.88", zorder=0)
+        ax.text(math.sqrt(lo * hi), 0.02, f"ranks {lo}-{hi}", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=8, color="0.3")
+    ax.set_xlabel("rank j (1-indexed)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_alpha_vs_eps(points: Sequence[Mapping], *, rho: float | None = None, p_value: float | None = None,
+                      title: str = "early alpha_tail vs token efficiency",
+                      xlabel: str = "early alpha_tail (activation covariance, dimensionless)") -> Figure:
+    """Scatter of early alpha (x) vs eps_tok (y), one colour per family (key "family" or "label"), each point
+    annotated with its batch; Spearman rho (and p) in the title when given and finite (paper Fig. 2)."""
+    fig, ax = _figure()
+    fam_of = [str(p.get("family", p.get("label", "")) or "") for p in points]
+    families = list(dict.fromkeys(fam_of))
+    for color, fam in zip(_colors(len(families)), families):
+        pts = [p for p, f in zip(points, fam_of) if f == fam]
+        ax.scatter([p["alpha"] for p in pts], [p["eps_tok"] for p in pts], color=color, label=fam or None, s=30)
+        for p in pts:
+            ax.annotate(f"B={p['batch']}", (p["alpha"], p["eps_tok"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("token efficiency eps_tok = T(B) / min T (ratio)")
+    if _finite(rho):
+        title += f"\nSpearman rho = {rho:.3f}" + (f", p = {p_value:.3g}" if _finite(p_value) else "")
+    ax.set_title(title, fontsize=9)
+    if any(families):
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float | None]]], *,
+                     target: float | None = None, title: str = "validation loss per batch tier") -> Figure:
+    """Validation loss vs training tokens (log x), one line per tier; optional dashed target line.
+
+    Points at 0 tokens cannot sit on a log axis and are dropped; None losses become gaps.
+    """
+    fig, ax = _figure()
+    for color, (label, (tokens, losses)) in zip(_colors(len(curves)), curves.items()):
+        t = np.asarray(tokens, float)
+        y = np.asarray([np.nan if v is None else v for v in losses], float)
+        keep = t > 0
+        ax.plot(t[keep], y[keep], color=color, label=label, lw=1.5, marker="o", ms=2)
+    ax.set_xscale("log")
+    if target is not None:
+        ax.axhline(target, color="crimson", ls="--", lw=1)
+        ax.text(0.99, target, f"target {target:g}", transform=ax.get_yaxis_transform(), ha="right",
+                va="bottom", fontsize=8, color="crimson")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_spearman_vs_progress(rows: Sequence[Mapping], *,
+                              title: str = "Spearman(alpha, eps_tok) vs training progress") -> Figure:
+    """Rows of `efficiency.spearman_vs_progress`: one line per rank window, x = fraction of T(B), y = rho."""
+    fig, ax = _figure()
+    windows = list(dict.fromkeys(tuple(r["window"]) for r in rows))
+    for color, w in zip(_colors(len(windows)), windows):
+        pts = sorted((r["fraction"], r["rho"] if _finite(r["rho"]) else np.nan)
+                     for r in rows if tuple(r["window"]) == w)
+        ax.plot([f for f, _ in pts], [r for _, r in pts], "o-", color=color, label=f"ranks {w[0]}-{w[1]}", ms=3)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("training progress (fraction of each tier's T(B))")
+    ax.set_ylabel("Spearman rho(alpha, eps_tok)")
+    ax.set_title(title, fontsize=9)
+    if windows:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_gain_plane(transitions: Sequence[Mapping], *, title: str = "token gain vs throughput gain") -> Figure:
+    """Transitions a->b on the (g_tok, g_thr) plane (paper Fig. 3a), coloured by their "label" field.
+
+    Each transition: {"g_tok", "g_thr", "label" (optional class), and "name" or ("a", "b") for the point's
+    annotation "a->b"}.
+    """
+    fig, ax = _figure()
+    labels = list(dict.fromkeys(str(t.get("label", "") or "") for t in transitions))
+    for color, lab in zip(_colors(len(labels)), labels):
+        pts = [t for t in transitions if str(t.get("label", "") or "") == lab]
+        ax.scatter([t["g_tok"] for t in pts], [t["g_thr"] for t in pts], color=color, label=lab or None, s=30)
+        for t in pts:
+            name = t.get("name") or f"{t.get('a', '?')}->{t.get('b', '?')}"
+            ax.annotate(name, (t["g_tok"], t["g_thr"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("log token gain g_tok = ln T(a)/T(b) (natural log)")
+    ax.set_ylabel("log throughput gain g_thr = ln Q(b)/Q(a) (natural log)")
+    ax.set_title(title, fontsize=9)
+    if any(labels):
+        ax.legend(fontsize=8)
+    return fig
