@@ -84,7 +84,7 @@ def test_full_tiny_tier_forward_and_gradient():
         return jax.value_and_grad(lambda p: cross_entropy(nnx.merge(graphdef, p)(x), y))(params)
 
     loss, grads = loss_and_grad(params, x, y)
-    assert abs(float(loss) - np.log(50_304)) < 0.5  # zero-init head: near-uniform prediction
+    assert abs(float(loss) - np.log(cfg.vocab_size)) < 0.5  # zero-init head: near-uniform prediction
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert float(jnp.abs(grads["lm_head"]["kernel"][...]).max()) > 0
 
@@ -95,7 +95,7 @@ def test_full_tiny_tier_shapes(family):
     graphdef, state = nnx.split(abstract_model(cfg))
     tokens = jax.ShapeDtypeStruct((2, cfg.seq_len), jnp.int32)
     out = jax.eval_shape(lambda s, t: nnx.merge(graphdef, s)(t), state, tokens)
-    assert out.shape == (2, cfg.seq_len, 50_304) and out.dtype == jnp.float32
+    assert out.shape == (2, cfg.seq_len, cfg.vocab_size) and out.dtype == jnp.float32
 
 
 def test_d12_betterwin_at_65536_tokens_shape_only():
