@@ -105,7 +105,7 @@ class TrainConfig:
 TRAIN_PRESETS: Mapping[str, dict] = {
     "tiny": dict(target_loss=3.6, max_tokens=600_000, eval_every_tokens=4_096, val_tokens=8_192,
                  eval_batch=16, checkpoint_every_tokens=65_536, schedule_scale=0.05, micro_batch=None,
-                 max_micro_batch=4, probe_every_evals=2, log_every_seconds=15.0),
+                 max_micro_batch=4, probe_every_evals=3, log_every_seconds=15.0),
     "d12": dict(target_loss=3.2, eval_every_tokens=52_428_800, val_tokens=10_485_760, eval_batch=1,
                 max_micro_batch=1, checkpoint_every_tokens=209_715_200),
     "d36": dict(target_loss=3.2, eval_every_tokens=52_428_800, val_tokens=10_485_760, eval_batch=1,

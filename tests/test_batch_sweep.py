@@ -1,0 +1,107 @@
+"""The main job end to end at reduced budgets: records, summary, figures, report rebuild, resume, CLI errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from spectral_jax.runs import SweepConfig, format_table, run_batch_sweep, summarize_sweep
+
+FIGURES = ("matched_loss_activation_spectra.png", "gradient_spectra.png", "early_alpha_vs_eps_tok.png",
+           "loss_curves.png", "spearman_vs_progress.png")
+TIMING = ("throughput_tokens_per_s",)
+
+
+def _strip_timing(summary):
+    out = json.loads(json.dumps(summary))
+    out.pop("git_sha", None)
+    for row in out["tiers"]:
+        for key in TIMING:
+            row.pop(key, None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    cfg = SweepConfig(
+        family="betterwin", preset="tiny", tiers=(1, 2, 4), out=str(out), pool_sequences=8, grad_samples=8,
+        train_overrides=dict(target_loss=6.5, max_tokens=24_576, eval_every_tokens=2_048, val_tokens=2_048,
+                             checkpoint_every_tokens=4_096, probe_every_evals=1,
+                             keep_checkpoints=2, micro_batch=1))
+    summary = run_batch_sweep(cfg, log=lambda m: None)
+    return cfg, out, summary
+
+
+def test_sweep_writes_records_summary_and_figures(sweep):
+    cfg, out, summary = sweep
+    assert set(summary) >= {"family", "preset", "tiers", "spearman_within", "p_value"}
+    assert [r["batch"] for r in summary["tiers"]] == [1, 2, 4]
+    for row in summary["tiers"]:
+        assert {"batch", "tokens_to_target", "eps_tok", "early_alpha_tail", "early_alpha_tail_normalized",
+                "throughput_tokens_per_s"} <= set(row)
+        assert row["status"] == "reached", "every tier must reach the reduced target"
+        assert row["tokens_to_target"] > 0 and row["throughput_tokens_per_s"] > 0
+    assert min(r["eps_tok"] for r in summary["tiers"]) == 1.0
+    assert summary["matched_loss"] and summary["spearman_vs_progress"]
+    for name in FIGURES:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    tier = out / "tier_B2"
+    for name in ("run.json", "metrics.jsonl", "probes.jsonl", "result.json"):
+        assert (tier / name).is_file(), name
+    probes = [json.loads(line) for line in (tier / "probes.jsonl").read_text().splitlines()]
+    kinds = {r["kind"] for r in probes}
+    assert kinds == {"activation", "gradient", "weight"}
+    assert all(r["file"].startswith("spectra/") for r in probes)
+    assert "B" in format_table(summary)
+
+
+def test_report_rebuilds_the_summary_from_records_alone(sweep, tmp_path):
+    _, out, summary = sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints", "*.png", "summary.json"))
+    rebuilt = summarize_sweep(copy, log=lambda m: None)
+    assert _strip_timing(rebuilt) == _strip_timing(summary)
+    assert all((copy / name).is_file() for name in FIGURES)
+
+
+def test_killed_tier_resumes_to_identical_summary(sweep, tmp_path):
+    cfg, out, summary = sweep
+    copy = tmp_path / "resume"
+    shutil.copytree(out, copy)
+    tier = copy / "tier_B4"
+    os.remove(tier / "result.json")  # killed mid-run: no result, and only the earlier checkpoint survived
+    steps = sorted(int(p.name) for p in (tier / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) == 2
+    shutil.rmtree(tier / "checkpoints" / str(steps[-1]))
+    (copy / "summary.json").unlink()
+    lines = (tier / "metrics.jsonl").read_text().splitlines()
+    (tier / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:7])  # torn append
+    resumed = run_batch_sweep(SweepConfig(**{**cfg.__dict__, "out": str(copy)}), log=lambda m: None)
+    assert _strip_timing(resumed) == _strip_timing(summary)
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "experiments.batch_sweep", *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_cli_unknown_family_is_a_one_line_error_with_exit_code_2(tmp_path):
+    proc = _cli("--family=nope", f"--out={tmp_path}")
+    assert proc.returncode == 2
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "unknown family 'nope'" in err[0] and "betterwin" in err[0]
+
+
+def test_cli_corrupt_shard_is_a_one_line_error_with_exit_code_2(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "fineweb_train_000000.bin").write_bytes(b"\x00" * 2048)
+    (data / "fineweb_val_000000.bin").write_bytes(b"\x00" * 2048)
+    proc = _cli(f"--data={data}", f"--out={tmp_path / 'out'}", "--tiers=1")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "fineweb_train_000000.bin" in err[0] and "magic" in err[0].lower()
