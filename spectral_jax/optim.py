@@ -105,7 +105,8 @@ def newton_schulz(
     """Approximate polar factor of G (over its last two axes; leading axes are a batch) by quintic NS.
 
     X = G / (‖G‖_F + eps) in `dtype`, transposed to wide if rows > cols; then `steps` times
-        A = X Xᵀ,  B = A X,  X = a·X + b·B + c·A B   =  (a + b·XXᵀ + c·(XXᵀ)²) X,
+        A = X Xᵀ,  B = A X,  X = a·X + b·B + (c·A) B   =  (a + b·XXᵀ + c·(XXᵀ)²) X,
+    rounding where the reference's bf16 torch code rounds: Python parses its `c * A @ B` as (c*A) @ B.
     with (a, b, c) = (3.4445, −4.7750, 2.0315). The singular values of the result lie in ~[0.68, 1.13]
     (not 1: the coefficients maximise the slope at 0). Returns an array of `dtype` and G's shape.
     """
@@ -122,7 +123,7 @@ def newton_schulz(
     for _ in range(steps):
         A = _matmul(X, jnp.swapaxes(X, -1, -2))
         B = _matmul(A, X)
-        X = _round(X, a, dtype) + _round(B, b, dtype) + _round(_matmul(A, B), c, dtype)
+        X = _round(X, a, dtype) + _round(B, b, dtype) + _matmul(_round(A, c, dtype), B)  # torch: (c*A) @ B
     return jnp.swapaxes(X, -1, -2) if tall else X
 
 
