@@ -85,14 +85,28 @@ class OptimConfig:
 # Newton–Schulz and Muon
 
 
+def _to(x_f32: jax.Array, dtype) -> jax.Array:
+    """Round a float32 value to `dtype` with an explicit reduce_precision, then cast (now exact). XLA may drop a
+    plain f32 -> bf16 -> f32 convert pair inside a fusion (excess precision); reduce_precision is never dropped,
+    so every op below rounds exactly where the bf16 torch reference rounds, on CPU and GPU alike."""
+    if dtype == jnp.bfloat16:
+        x_f32 = jax.lax.reduce_precision(x_f32, exponent_bits=8, mantissa_bits=7)
+    return x_f32.astype(dtype)
+
+
 def _round(x: jax.Array, s: float, dtype) -> jax.Array:
     """s·x computed in float32 and rounded once to dtype (torch's opmath for a bf16 tensor × scalar)."""
-    return (s * x.astype(jnp.float32)).astype(dtype)
+    return _to(s * x.astype(jnp.float32), dtype)
+
+
+def _add(x: jax.Array, y: jax.Array) -> jax.Array:
+    """x + y in float32, rounded once to x.dtype (torch's bf16 add)."""
+    return _to(x.astype(jnp.float32) + y.astype(jnp.float32), x.dtype)
 
 
 def _matmul(x: jax.Array, y: jax.Array) -> jax.Array:
     """x @ y with float32 accumulation, result in x.dtype (as a bf16 cuBLAS matmul)."""
-    return jnp.matmul(x, y, preferred_element_type=jnp.float32).astype(x.dtype)
+    return _to(jnp.matmul(x, y, preferred_element_type=jnp.float32), x.dtype)
 
 
 def newton_schulz(
@@ -115,15 +129,15 @@ def newton_schulz(
     a, b, c = coeffs
     X = G.astype(dtype)
     norm = jnp.sqrt(jnp.sum(jnp.square(X.astype(jnp.float32)), axis=(-2, -1), keepdims=True))
-    denom = (norm.astype(dtype).astype(jnp.float32) + eps).astype(dtype)
-    X = (X.astype(jnp.float32) / denom.astype(jnp.float32)).astype(dtype)
+    denom = _to(_to(norm, dtype).astype(jnp.float32) + eps, dtype)
+    X = _to(X.astype(jnp.float32) / denom.astype(jnp.float32), dtype)
     tall = G.shape[-2] > G.shape[-1]
     if tall:
         X = jnp.swapaxes(X, -1, -2)
     for _ in range(steps):
         A = _matmul(X, jnp.swapaxes(X, -1, -2))
         B = _matmul(A, X)
-        X = _round(X, a, dtype) + _round(B, b, dtype) + _matmul(_round(A, c, dtype), B)  # torch: (c*A) @ B
+        X = _add(_add(_round(X, a, dtype), _round(B, b, dtype)), _matmul(_round(A, c, dtype), B))  # (c*A) @ B
     return jnp.swapaxes(X, -1, -2) if tall else X
 
 
