@@ -17,16 +17,18 @@ never mutates the module and never retraces). Block outputs of a forward pass:
     logits, acts = nnx.capture(model, nnx.Intermediate)(tokens_BxT)
     block_out = acts["blocks"][l]["block_out"][0]          # (B, T, D); sow stores a 1-tuple
 
-W_O input and output gradient from one batched backward:
+W_O input and output gradient from one batched backward (spectral_jax.probes implements this):
 
     _, zeros = nnx.capture(model, nnx.Perturbation)(tokens_BxT)           # perturbation slots
-    def loss_fn(model, perturb):
+    def loss_fn(perturb):                                                 # w.r.t. the perturbations only
         logits, acts = nnx.capture(model, nnx.Intermediate, init=perturb)(tokens_BxT)
-        return cross_entropy(logits, targets_BxT), acts
-    (_, g), acts = nnx.grad(loss_fn, argnums=(0, 1), has_aux=True)(model, zeros)
+        return cross_entropy_per_sequence(logits, targets_BxT).sum(), acts
+    g, acts = jax.grad(loss_fn, has_aux=True)(zeros)
     a_BxTxD = acts["blocks"][L-1]["attn"]["c_proj_in"][0]
-    g_BxTxD = g["blocks"][L-1]["attn"]["c_proj_out"][...]  # = dL/d(W_O output) of the batch-mean loss
-    grad_W_O[b] = B * a[b].T @ g[b]      # per-sequence mean-CE gradient, kernel layout (in, out)
+    g_BxTxD = g["blocks"][L-1]["attn"]["c_proj_out"][...]  # = dL_b/d(W_O output) of each sequence's mean loss
+    grad_W_O[b] = a[b].T @ g[b]      # per-sequence mean-CE gradient, kernel layout (in, out)
+(Differentiating the SUM of per-sequence losses keeps this exact when some targets are ignored; differentiating the
+batch-mean loss would weight sequences by their valid-token counts.)
 """
 
 from __future__ import annotations
