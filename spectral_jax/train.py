@@ -354,14 +354,14 @@ def train(
     if latest is not None:
         import orbax.checkpoint as ocp
 
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(params=params, opt_state=opt_state))
-        restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        params, opt_state = restored["state"]["params"], restored["state"]["opt_state"]
-        meta = restored["meta"]
+        # the config check reads only the JSON meta, before any array of another shape is restored
+        meta = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("fingerprint") != fingerprint:
             raise ValueError(f"checkpoint in {ckpt_dir} was written by a different configuration; "
                              "use another --out directory or delete it to start over")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(params=params, opt_state=opt_state))
+        state = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+        params, opt_state = state["params"], state["opt_state"]
         step, timed_tokens, timed_seconds = meta["step"], meta["timed_tokens"], meta["timed_seconds"]
         train_loss = float("nan") if meta.get("train_loss") is None else meta["train_loss"]
         log(f"{tag} resumed from checkpoint at step {step} ({step * sched.tokens_per_step:,} tokens)")

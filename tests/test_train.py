@@ -104,6 +104,8 @@ def test_resume_refuses_a_checkpoint_from_another_config(dataset, tmp_path):
     train(_config(), _tc(), dataset, tmp_path, log=lambda m: None, stop_after_steps=4)
     with pytest.raises(ValueError, match="different configuration"):
         train(_config(), _tc(batch_size=2), dataset, tmp_path, log=lambda m: None)
+    with pytest.raises(ValueError, match="different configuration"):  # other shapes: refused before restoring
+        train(_config(n_layer=4), _tc(), dataset, tmp_path, log=lambda m: None)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_no_probe(dataset, tmp_path):
