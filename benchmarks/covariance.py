@@ -17,7 +17,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 from absl import app, flags
 
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _timing import median_time
 from spectral_jax.covariance import CovarianceAccumulator
 
 FLAGS = flags.FLAGS
@@ -33,16 +33,6 @@ flags.DEFINE_integer("repeats", 5, "timed repetitions per measurement (median re
 flags.DEFINE_bool("skip_memory", False, "skip the peak-RSS subprocess runs")
 flags.DEFINE_bool("skip_forward", False, "skip the model-forward comparison")
 flags.DEFINE_integer("memory_rows", 0, "internal: run the memory child for this many rows and exit")
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def throughput_table(rows: int, repeats: int) -> list[dict]:
@@ -58,8 +48,8 @@ def throughput_table(rows: int, repeats: int) -> list[dict]:
 
         t_mm, t_up = [], []
         for _ in range(repeats):  # interleave so load changes hit both sides alike
-            t_mm.append(_median_time(lambda: gram(y).block_until_ready(), 1))
-            t_up.append(_median_time(run_update, 1))
+            t_mm.append(median_time(lambda: gram(y).block_until_ready(), 1))
+            t_up.append(median_time(run_update, 1))
         flops = 2.0 * rows * d * d
         mm, up = flops / np.median(t_mm) / 1e9, flops / np.median(t_up) / 1e9
         out.append({"d": d, "rows": rows, "matmul_gflops": round(mm, 1), "update_gflops": round(up, 1),
@@ -99,7 +89,7 @@ def forward_ratio(repeats: int) -> dict:
     graphdef, state = nnx.split(model)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50257, (1, 1024)), jnp.int32)
     fwd = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))
-    t_fwd = _median_time(lambda: fwd(state, tokens).block_until_ready(), repeats)
+    t_fwd = median_time(lambda: fwd(state, tokens).block_until_ready(), repeats)
     acts = jax.device_put(np.random.default_rng(1).standard_normal((1024, cfg.d_model), dtype=np.float32))
     acc = CovarianceAccumulator(cfg.d_model)
 
@@ -107,7 +97,7 @@ def forward_ratio(repeats: int) -> dict:
         acc.update(acts)
         jax.block_until_ready(acc._state)
 
-    t_cov = _median_time(run_update, repeats)
+    t_cov = median_time(run_update, repeats)
     return {"model": "unet d12 (162.2M params)", "tokens": 1024, "forward_s": round(t_fwd, 4),
             "covariance_update_s": round(t_cov, 5), "ratio": round(t_cov / t_fwd, 4)}
 

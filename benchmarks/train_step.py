@@ -11,7 +11,6 @@ the compute dtype) square matmuls of a few sizes, timed in the same process just
 
 from __future__ import annotations
 
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from _timing import median_time
 from spectral_jax.models import GPT, make_config
 from spectral_jax.optim import make_optimizer
 from spectral_jax.train import _loss_and_grad, _make_apply
@@ -31,22 +31,12 @@ flags.DEFINE_integer("window", None, "attention window in tokens (default: the f
 flags.DEFINE_integer("repeats", 5, "timed steps")
 
 
-def _median_time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def matmul_rate(dtype, repeats: int) -> tuple[float, int]:
     best = (0.0, 0)
     for n in (512, 1024, 2048):
         a = jnp.ones((n, n), dtype)
         f = jax.jit(lambda x, y: x @ y)
-        dt = _median_time(f, a, a, repeats=repeats)
+        dt = median_time(lambda: f(a, a).block_until_ready(), repeats)
         best = max(best, (2 * n ** 3 / dt, n))
     return best
 
@@ -79,25 +69,22 @@ def main(argv):
     x = jnp.asarray(np.random.default_rng(0).integers(1, cfg.vocab_size, (FLAGS.batch, cfg.seq_len)), jnp.int32)
     w = jnp.int32(window)
 
-    def step(params, opt_state):
-        _, grads = _loss_and_grad(graphdef, params, x, x, w)
-        return apply(params, opt_state, grads)
+    state = (params, opt_state)
 
-    params, opt_state = step(params, opt_state)  # compile
-    jax.block_until_ready(params)
-    times = []
-    for _ in range(FLAGS.repeats):
-        t = time.perf_counter()
-        params, opt_state = step(params, opt_state)
-        jax.block_until_ready(params)
-        times.append(time.perf_counter() - t)
-    dt = float(np.median(times))
+    def step():
+        nonlocal state
+        _, grads = _loss_and_grad(graphdef, state[0], x, x, w)
+        state = apply(*state, grads)
+        jax.block_until_ready(state)
+
+    dt = median_time(step, FLAGS.repeats)
+    params = state[0]
     tokens = FLAGS.batch * cfg.seq_len
     fpt = model_flops_per_token(cfg, params, window)
     rate = fpt * tokens / dt
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.family} {FLAGS.preset}, "
           f"batch {FLAGS.batch} x {cfg.seq_len}, window {window}")
-    print(f"| quantity | value |\n|---|---|")
+    print("| quantity | value |\n|---|---|")
     print(f"| matmul rate ({np.dtype(dtype).name}, best of 512/1024/2048, n={n}) | {peak / 1e9:,.1f} GFLOP/s |")
     print(f"| train step (forward + backward + optimizer) | {dt * 1e3:,.1f} ms, {tokens / dt:,.0f} tokens/s |")
     print(f"| model FLOPs per token (6 N_matmul + attention) | {fpt / 1e6:,.2f} MFLOP |")

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import pathlib
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,8 +27,8 @@ import numpy as np
 
 from spectral_jax import spectra
 from spectral_jax.data.shards import atomic_write_bytes
-from spectral_jax.train import (RunState, TrainConfig, append_jsonl, lr_multiplier_for_batch, read_jsonl,
-                                train, train_config, write_json)
+from spectral_jax.train import (RunState, append_jsonl, log_stderr, lr_multiplier_for_batch,
+                                read_jsonl, train, train_config, write_json)
 
 DEFAULT_TIERS = (1, 2, 4, 8, 16, 32)
 # Paper App. E local windows (d12, 768 eigenvalues). The tiny tier has 64: its windows keep the same roles
@@ -70,10 +69,6 @@ class SweepConfig:
             if value is not None:
                 base[key] = value
         return base
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def save_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -132,7 +127,7 @@ def resolve_lr(spec: str, batch: int, reference_batch: int, family: str) -> tupl
     return entry, f"table {path}"
 
 
-def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = _log) -> dict:
+def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
     """Train every tier (resuming finished/interrupted ones), then summarise. Returns summary.json's dict."""
     from spectral_jax.data import load_data
     from spectral_jax.data.vocab import fit_vocab
@@ -204,7 +199,7 @@ def _spectrum(tier: dict, record: dict) -> np.ndarray:
 
 
 def summarize_sweep(out: str | os.PathLike, *, early_fraction: float | None = None,
-                    log: Callable[[str], None] = _log) -> dict:
+                    log: Callable[[str], None] = log_stderr) -> dict:
     """summary.json and the figures, from the records alone."""
     from spectral_jax import efficiency, plots
 
@@ -235,16 +230,16 @@ def summarize_sweep(out: str | os.PathLike, *, early_fraction: float | None = No
         tier_rows.append(row)
 
     # matched-loss activation spectra (PROTOCOL §1.6): probe points nearest common loss targets
-    curves = {b: [(r["tokens"], r["val_loss"]) for r in act_records(t)] for b, t in tiers.items()}
     matched = []
     try:
-        targets = efficiency.common_loss_targets({b: [v for _, v in c] for b, c in curves.items() if c})
+        targets = efficiency.common_loss_targets(
+            {b: [r["val_loss"] for r in run["records"]] for b, run in runs.items() if run["records"]})
     except ValueError as err:
         targets = []
         log(f"matched-loss selection skipped: {err}")
     for target in targets:
         for b, t in tiers.items():
-            rec = efficiency.matched_loss_rows(act_records(t), [target])[0]
+            rec = efficiency.matched_loss_rows(runs[b]["records"], [target])[0]
             grads = [r for r in t["probes"] if r["kind"] == "gradient" and r["step"] == rec["step"]]
             matched.append(dict(target_loss=target, batch=b, step=rec["step"], tokens=rec["tokens"],
                                 val_loss=rec["val_loss"], alpha_tail=rec.get("alpha_tail"),

@@ -179,6 +179,11 @@ def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> Non
         atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
 
 
+def log_stderr(msg: str) -> None:
+    """Default progress sink: one line to stderr, flushed (so it interleaves correctly with absl logs)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pathlib.Path(__file__).parent,
@@ -314,7 +319,7 @@ def train(
     A finished run (result.json present with the same config) is returned as is.
     stop_after_steps: simulate an interruption after that many optimizer steps of this call (tests).
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or log_stderr
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sched = Schedules.build(config, tc)
@@ -369,12 +374,12 @@ def train(
         if ckpt_dir.exists():
             for old in manager.all_steps():
                 manager.delete(old)
-    # drop records written after the checkpoint we resume from (an interrupted run recomputes them)
+    # drop records written at or after the step we (re)start from: an interrupted run recomputes them
     for name in ("metrics.jsonl", "probes.jsonl"):
-        truncate_jsonl(out / name, lambda r: r.get("step", 0) < step)
-    if step == 0:
-        for name in ("metrics.jsonl", "probes.jsonl"):
+        if step == 0:
             (out / name).unlink(missing_ok=True)
+        else:
+            truncate_jsonl(out / name, lambda r: r.get("step", 0) < step)
 
     def save_checkpoint(at_step: int) -> None:
         import orbax.checkpoint as ocp
@@ -397,14 +402,16 @@ def train(
                              jnp.int32(window)) for b in val_batches]
         return float(np.mean([float(v) for v in losses]))
 
+    def throughput() -> float | None:
+        return timed_tokens / timed_seconds if timed_seconds > 0 else None
+
     def finish(status: str, at_step: int, val_loss: float | None, message: str = "") -> dict:
         tokens = at_step * sched.tokens_per_step
         result = dict(
             status=status, batch=tc.batch_size, seq_len=T, steps=at_step, tokens=tokens,
             tokens_to_target=tokens if status == "reached" else None, target_loss=tc.target_loss,
             final_val_loss=val_loss,
-            throughput_tokens_per_s=(timed_tokens / timed_seconds) if timed_seconds > 0 else None,
-            timed_tokens=timed_tokens, timed_seconds=timed_seconds, message=message, fingerprint=fingerprint,
+            throughput_tokens_per_s=throughput(), timed_tokens=timed_tokens, timed_seconds=timed_seconds, message=message, fingerprint=fingerprint,
         )
         write_json(result_path, result)
         return result
@@ -419,8 +426,7 @@ def train(
             val_loss = evaluate(window)
             tokens = step * sched.tokens_per_step
             row = dict(step=step, tokens=tokens, val_loss=val_loss, train_loss=train_loss, window=window,
-                       throughput_tokens_per_s=(timed_tokens / timed_seconds) if timed_seconds else None,
-                       elapsed_train_s=timed_seconds)
+                       throughput_tokens_per_s=throughput(), elapsed_train_s=timed_seconds)
             if not math.isfinite(val_loss):
                 append_jsonl(metrics_path, row)
                 msg = (f"validation loss is {val_loss} at step {step} ({tokens:,} tokens): training diverged; "
@@ -453,7 +459,7 @@ def train(
 
         t0 = time.perf_counter()
         w = jnp.int32(window)
-        grads, loss_sum = None, jnp.zeros((), jnp.float32)
+        grads = loss_sum = None
         for k in range(accum):
             batch = train_ds[step * accum + k]
             loss, g = _loss_and_grad(graphdef, params, jnp.asarray(batch[:, :-1]), jnp.asarray(batch[:, 1:]), w)
@@ -477,11 +483,12 @@ def train(
         now = time.perf_counter()
         if now - last_log >= tc.log_every_seconds:
             last_log = now
-            q = timed_tokens / timed_seconds if timed_seconds else float("nan")
+            q = throughput() or float("nan")
             left = (sched.max_steps - step) * sched.tokens_per_step
             log(f"{tag} step {step}/{sched.max_steps} | {step * sched.tokens_per_step:,} tokens | "
-                f"loss {train_loss:.4f} | {q:,.0f} tok/s | ETA <= {_fmt_time(left / q if q == q else float('nan'))}")
+                f"loss {train_loss:.4f} | {q:,.0f} tok/s | ETA <= {_fmt_time(left / q)}")
 
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainingDiverged", "RunState", "Schedules", "train", "train_config",
-           "lr_multiplier_for_batch", "read_jsonl", "append_jsonl", "write_json", "environment", "git_sha"]
+           "lr_multiplier_for_batch", "read_jsonl", "append_jsonl", "write_json", "environment", "git_sha",
+           "log_stderr"]
