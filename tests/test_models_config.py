@@ -131,6 +131,12 @@ def test_optimizer_recipes():
     adam = make_config("lswa_adam", "d12").optim
     assert (adam.kind, adam.lr_matrix, adam.momentum_warmup_steps) == ("adam", 0.004, 0)
     assert make_config("fixedwin", "d12").optim.reference_batch == 8
+    # prefix families: the trunk's 8-sequence step in tokens (512 x 1024 at d12, as the reference; 32 x 128 at tiny)
+    assert make_config("baseline", "d12").optim.reference_batch == 512
+    assert make_config("unet", "tiny").optim.reference_batch == 32
+    for tier in ("tiny", "d12", "d36"):
+        pre, trunk = make_config("unet", tier), make_config("fixedwin", tier)
+        assert pre.optim.reference_batch * pre.seq_len == trunk.optim.reference_batch * trunk.seq_len
 
 
 @pytest.mark.parametrize("change,match", [

@@ -262,6 +262,8 @@ class Derived:
 
 
 TRUNK_SEQ_LEN = Derived(lambda cfg, tier: tier.trunk_seq_len, "tier trunk seq_len")
+PREFIX_REFERENCE_BATCH = Derived(lambda cfg, tier: 8 * tier.trunk_seq_len // tier.prefix_seq_len,
+                                 "8 x trunk T / prefix T sequences: the trunk's 8-sequence step in tokens")
 SCALED_NO_ATTN = Derived(lambda cfg, tier: min(cfg.n_layer - 1, cfg.n_layer // 2 + 1), "min(L-1, L//2+1)")
 
 
@@ -285,7 +287,7 @@ FAMILIES: Mapping[str, Family] = OrderedDict([
         None, "GPT-2 small: learned positions, fused qkv, tied head; AdamW 6e-4 wd 0.1, no clip (paper LR)",
         pos="learned", fused_qkv=True, tied_head=True, init="pytorch",
         optim=dict(kind="adamw", lr=6e-4, weight_decay=0.1, grad_clip=None, schedule="cosine",
-                   num_iterations=60_000, reference_batch=512))),
+                   num_iterations=60_000, reference_batch=PREFIX_REFERENCE_BATCH))),
     ("rope", _family(
         "baseline", "rotary + per-head QK RMSNorm, separate q/k/v, GPT-2 N(0,0.02) init; c_proj bias omitted",
         pos="rope", qk_norm=True, fused_qkv=False, init="gpt2",
@@ -361,7 +363,8 @@ def _fold(cfg: ModelConfig, delta: Mapping[str, Any], tier: Tier) -> ModelConfig
         if isinstance(value, Derived):
             value = value.fn(cfg, tier)
         if key == "optim" and isinstance(value, Mapping):
-            value = dataclasses.replace(cfg.optim, **value)
+            value = dataclasses.replace(cfg.optim, **{k: v.fn(cfg, tier) if isinstance(v, Derived) else v
+                                                      for k, v in value.items()})
         changes[key] = value
     return cfg.replace(**changes)
 
