@@ -301,6 +301,49 @@ def _checkpoint_manager(directory: pathlib.Path, keep: int):
     return ocp.CheckpointManager(directory.resolve(), options=options)
 
 
+def config_fingerprint(config: ModelConfig, tc: TrainConfig, lrs: Mapping[str, float]) -> str:
+    """What makes two runs the same trajectory: model, train config and LRs, WITHOUT the token budget.
+
+    Nothing in a step depends on max_tokens (the LR schedule runs over the family's num_iterations, data
+    batch k is a pure function of (seed, k)), so a run to a larger budget continues from the checkpoint of a
+    smaller one and matches a straight run (LR successive halving relies on it).
+    """
+    train_fields = {k: v for k, v in _jsonable(tc).items() if k not in BUDGET_FIELDS}
+    return json.dumps(_jsonable(dict(model=config, train=train_fields, learning_rates=lrs)), sort_keys=True)
+
+
+BUDGET_FIELDS = ("max_tokens",)
+
+
+def _same_config(stored: str | None, fingerprint: str) -> bool:
+    """Compare fingerprints; one written before budgets left the fingerprint still matches (field dropped)."""
+    if stored is None:
+        return False
+    try:
+        obj = json.loads(stored)
+        for key in BUDGET_FIELDS:
+            obj.get("train", {}).pop(key, None)
+    except (json.JSONDecodeError, AttributeError):
+        return False
+    return json.dumps(obj, sort_keys=True) == fingerprint
+
+
+def result_answers(done: Mapping[str, Any], sched: Schedules) -> bool:
+    """Whether a finished run's result.json is what training to this budget would give.
+
+    It does when the run stopped (target reached, diverged, budget) at a step this budget also reaches AND that
+    stop would happen here too: a "budget" stop only at the same last step, and a stop at an eval that was made
+    only because it was the old budget's last step (off the eval cadence) only when it is this budget's last
+    step as well. Otherwise training continues from the checkpoint.
+    """
+    steps = done.get("steps")
+    if steps is None or steps > sched.max_steps:
+        return False
+    if done.get("status") == "budget" or done.get("budget_eval", True):
+        return steps == sched.max_steps
+    return done.get("status") in ("reached", "diverged")
+
+
 def train(
     config: ModelConfig,
     tc: TrainConfig,
@@ -315,8 +358,10 @@ def train(
 ) -> dict:
     """Train one tier; returns (and writes, last) result.json's dict.
 
-    resume: continue from the newest checkpoint in out_dir/checkpoints if there is one (else start fresh).
-    A finished run (result.json present with the same config) is returned as is.
+    resume: continue from the newest checkpoint in out_dir/checkpoints at or before this budget's last step
+    (else start fresh). A finished run of the same config is returned as is when it answers this budget
+    (`result_answers`); a run that stopped at a smaller budget continues from its last checkpoint, which gives
+    the same records as a straight run to the larger budget (`config_fingerprint` leaves the budget out).
     stop_after_steps: simulate an interruption after that many optimizer steps of this call (tests).
     """
     log = log or log_stderr
@@ -332,13 +377,12 @@ def train(
                 tokens_per_step=sched.tokens_per_step, eval_every_steps=sched.eval_every_steps,
                 window_warmup_steps=sched.window_warmup_steps, micro_batch=mb, grad_accum=accum,
                 data=dict(dataset.metadata), **(run_info or {}))
-    fingerprint = json.dumps(_jsonable({k: info[k] for k in ("model", "train", "learning_rates")}),
-                             sort_keys=True)
+    fingerprint = config_fingerprint(config, tc, lrs)
     result_path = out / "result.json"
     if resume and result_path.is_file():
         done = json.loads(result_path.read_text())
-        if done.get("fingerprint") == fingerprint:
-            log(f"{tag} already finished ({done['status']}); reusing {result_path}")
+        if _same_config(done.get("fingerprint"), fingerprint) and result_answers(done, sched):
+            log(f"{tag} already finished ({done['status']} at {done['tokens']:,} tokens); reusing {result_path}")
             return done
     if result_path.exists():
         result_path.unlink()
@@ -355,13 +399,15 @@ def train(
     step, timed_tokens, timed_seconds = 0, 0, 0.0
     train_loss = float("nan")
     metrics_path = out / "metrics.jsonl"
-    latest = manager.latest_step() if resume else None
+    # newest checkpoint within this budget (a larger earlier budget may have left later ones: drop those)
+    usable = [s for s in manager.all_steps() if s <= sched.max_steps] if resume else []
+    latest = max(usable) if usable else None
     if latest is not None:
         import orbax.checkpoint as ocp
 
         # the config check reads only the JSON meta, before any array of another shape is restored
         meta = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if meta.get("fingerprint") != fingerprint:
+        if not _same_config(meta.get("fingerprint"), fingerprint):
             raise ValueError(f"checkpoint in {ckpt_dir} was written by a different configuration; "
                              "use another --out directory or delete it to start over")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(params=params, opt_state=opt_state))
@@ -369,6 +415,8 @@ def train(
         params, opt_state = state["params"], state["opt_state"]
         step, timed_tokens, timed_seconds = meta["step"], meta["timed_tokens"], meta["timed_seconds"]
         train_loss = float("nan") if meta.get("train_loss") is None else meta["train_loss"]
+        for later in [s for s in manager.all_steps() if s > latest]:
+            manager.delete(later)
         log(f"{tag} resumed from checkpoint at step {step} ({step * sched.tokens_per_step:,} tokens)")
     else:
         if ckpt_dir.exists():
@@ -410,7 +458,8 @@ def train(
         result = dict(
             status=status, batch=tc.batch_size, seq_len=T, steps=at_step, tokens=tokens,
             tokens_to_target=tokens if status == "reached" else None, target_loss=tc.target_loss,
-            final_val_loss=val_loss,
+            final_val_loss=val_loss, max_tokens=tc.max_tokens, max_steps=sched.max_steps,
+            budget_eval=at_step == sched.max_steps and at_step % sched.eval_every_steps != 0,
             throughput_tokens_per_s=throughput(), timed_tokens=timed_tokens, timed_seconds=timed_seconds, message=message, fingerprint=fingerprint,
         )
         write_json(result_path, result)
@@ -490,5 +539,6 @@ def train(
 
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainingDiverged", "RunState", "Schedules", "train", "train_config",
+           "config_fingerprint", "result_answers",
            "lr_multiplier_for_batch", "read_jsonl", "append_jsonl", "write_json", "environment", "git_sha",
            "log_stderr"]

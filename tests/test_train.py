@@ -8,8 +8,8 @@ import pytest
 
 from spectral_jax.data import load_shard_dir, write_dataset
 from spectral_jax.models import make_config
-from spectral_jax.train import (TrainConfig, TrainingDiverged, lr_multiplier_for_batch, read_jsonl, train,
-                                truncate_jsonl)
+from spectral_jax.train import (Schedules, TrainConfig, TrainingDiverged, lr_multiplier_for_batch, read_jsonl,
+                                result_answers, train, truncate_jsonl)
 
 SMALL = dict(n_layer=2, vocab_size=256, eot_id=0)
 
@@ -98,6 +98,43 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(dataset, tmp_path):
     assert [s for s, _ in seen] == [6, 9, 12], "callbacks rerun from the checkpoint (step 6) on"
     again = train(_config(), _tc(), dataset, tmp_path / "run", log=lambda m: None)
     assert again == resumed, "a finished run is reused, not retrained"
+
+
+def _clean(rows):
+    return [{k: v for k, v in r.items() if k not in ("throughput_tokens_per_s", "elapsed_train_s")} for r in rows]
+
+
+def test_continuing_to_a_larger_budget_equals_a_straight_run(dataset, tmp_path):
+    """Successive halving continues a candidate from its last rung's checkpoint: that must be exact."""
+    straight = train(_config(), _tc(), dataset, tmp_path / "straight", log=lambda m: None)
+    logs = []
+    # rung 1 stops at step 7, off the 3-step eval cadence (a forced budget eval the straight run never makes)
+    first = train(_config(), _tc(max_tokens=64 * 4 * 7), dataset, tmp_path / "run", log=logs.append)
+    assert first["status"] == "budget" and first["steps"] == 7
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [0, 3, 6, 7]
+    cont = train(_config(), _tc(), dataset, tmp_path / "run", log=logs.append)
+    assert any("resumed from checkpoint at step 7" in m for m in logs), logs
+    assert _clean(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == \
+        _clean(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+    for key in ("status", "steps", "tokens", "final_val_loss"):
+        assert cont[key] == straight[key], key
+    # the finished larger budget is reused as is; the smaller one is not retrained from the larger either
+    logs.clear()
+    assert train(_config(), _tc(), dataset, tmp_path / "run", log=logs.append) == cont
+    assert any("reusing" in m for m in logs)
+
+
+def test_a_finished_result_is_reused_only_when_it_answers_the_budget(dataset):
+    sched = Schedules.build(_config(), _tc())  # 12 steps, evals every 3
+    assert sched.max_steps == 12 and sched.eval_every_steps == 3
+    assert result_answers(dict(status="budget", steps=12, budget_eval=False), sched)
+    assert not result_answers(dict(status="budget", steps=7, budget_eval=True), sched), "must continue"
+    assert not result_answers(dict(status="budget", steps=15, budget_eval=False), sched), "past this budget"
+    assert result_answers(dict(status="reached", steps=6, budget_eval=False), sched)
+    assert not result_answers(dict(status="reached", steps=15, budget_eval=False), sched)
+    # reached at an eval made only because it was a smaller budget's last step: the straight run has no eval there
+    assert not result_answers(dict(status="reached", steps=7, budget_eval=True), sched)
+    assert result_answers(dict(status="diverged", steps=5, budget_eval=False), sched)
 
 
 def test_resume_refuses_a_checkpoint_from_another_config(dataset, tmp_path):
