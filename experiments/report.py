@@ -1,18 +1,22 @@
 """Rebuild summary.json and the figures of a results directory from its saved records alone.
 
     python -m experiments.report --results=results/batch_sweep/betterwin_tiny
+    python -m experiments.report --results=results/chain/tiny          # a chain directory (chain.json)
 """
 
 from __future__ import annotations
 
+import pathlib
+
 from absl import app, flags, logging
 
 from experiments._cli import user_errors_exit_2
+from spectral_jax.chain import format_chain_table, summarize_chain
 from spectral_jax.runs import format_table, summarize_sweep
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("results", None, "a batch-sweep results directory", required=True)
-flags.DEFINE_float("early_fraction", None, "override the early-checkpoint fraction of T(B)")
+flags.DEFINE_string("results", None, "a batch-sweep or chain results directory", required=True)
+flags.DEFINE_float("early_fraction", None, "override the early-checkpoint fraction of T(B) (batch sweeps)")
 
 
 @user_errors_exit_2
@@ -20,6 +24,9 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
+    if (pathlib.Path(FLAGS.results) / "chain.json").is_file():
+        print(format_chain_table(summarize_chain(FLAGS.results)))
+        return
     summary = summarize_sweep(FLAGS.results, early_fraction=FLAGS.early_fraction)
     print(format_table(summary))
 

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from spectral_jax import spectra
 
 __all__ = ["save_figure", "plot_spectra", "plot_alpha_vs_eps", "plot_loss_curves", "plot_spearman_vs_progress",
-           "plot_gain_plane"]
+           "plot_gain_plane", "plot_alpha_summaries", "plot_spectral_atlas"]
 
 
 def _figure(w: float = 6.4, h: float = 4.4) -> tuple[Figure, object]:
@@ -186,4 +186,68 @@ def plot_gain_plane(transitions: Sequence[Mapping], *, title: str = "token gain 
     ax.set_title(title, fontsize=9)
     if any(labels):
         ax.legend(fontsize=8)
+    return fig
+
+
+def plot_alpha_summaries(rows: Sequence[Mapping], *, x: str = "act_alpha_tail", y: str = "grad_alpha_tail",
+                         xlabel: str = "activation alpha_tail (final)", ylabel: str = "gradient alpha_tail (final)",
+                         title: str = "activation vs gradient spectral exponents") -> Figure:
+    """One point per variant (paper Fig. 3c): an activation summary against a gradient summary, annotated with
+    the row's "family" and joined in chain order. Rows with a missing value are left out."""
+    fig, ax = _figure()
+    pts = [r for r in rows if _finite(r.get(x)) and _finite(r.get(y))]
+    if pts:
+        xs, ys = [r[x] for r in pts], [r[y] for r in pts]
+        ax.plot(xs, ys, color="0.75", lw=0.8, zorder=1)
+        for color, r in zip(_colors(len(pts)), pts):
+            ax.scatter([r[x]], [r[y]], color=color, s=30, zorder=2, label=r.get("family"))
+            ax.annotate(str(r.get("family", "")), (r[x], r[y]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+        ax.legend(fontsize=7, ncol=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_spectral_atlas(series: Mapping[str, Sequence[tuple[float, np.ndarray]]], *, title: str, ylabel: str,
+                        progress_label: str = "training tokens", window: tuple[int, int] | None = None,
+                        ncols: int = 4) -> Figure:
+    """A grid with one panel per variant (paper Figs. 13-16): that variant's trace-normalised spectra at every
+    probe point, coloured by training progress (one shared colour bar), on log-log axes. All-zero spectra
+    (nothing to normalise) are skipped."""
+    names = [n for n, pts in series.items() if len(pts)]
+    if not names:
+        raise ValueError("plot_spectral_atlas needs at least one variant with spectra")
+    ncols = max(1, min(ncols, len(names)))
+    nrows = math.ceil(len(names) / ncols)
+    fig = Figure(figsize=(3.0 * ncols + 0.8, 2.5 * nrows + 0.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    cmap = colormaps["viridis"]
+    vmax = max(float(t) for n in names for t, _ in series[n]) or 1.0
+    for ax, name in zip(axes.flat, names):
+        for t, values in sorted(series[name], key=lambda p: p[0]):
+            values = np.asarray(values, np.float64)
+            if not (np.all(np.isfinite(values)) and values.sum() > 0):
+                continue  # e.g. the zero gradient of a zero-initialised head at step 0
+            v = spectra.trace_normalize(values)
+            v = v[v > 0]
+            ax.loglog(np.arange(1, v.size + 1), v, color=cmap(float(t) / vmax), lw=0.9)
+        if window is not None:
+            ax.axvspan(window[0], window[1], color="0.85", zorder=0)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("rank", fontsize=8)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0, vmax), cmap), ax=axes, shrink=0.8)
+    bar.set_label(progress_label, fontsize=8)
+    fig.suptitle(title, fontsize=9)
     return fig

@@ -1,0 +1,348 @@
+"""The architecture chain as a library: train each family at one batch, then gains, spectral features, taxonomy.
+
+`run_chain(ChainConfig)` is what `python -m experiments.chain` calls; `summarize_chain(dir)` rebuilds the
+summary and figures from the records alone. Every family trains to the target at the same tokens per optimizer
+step, the paper's "B = 8" (8 trunk sequences: 8 x 65,536 = 524,288 tokens at d12, where the prefix families run
+512 x 1,024): a family with a shorter sequence length runs batch x trunk_T / T sequences. Transitions are
+parent -> family along `FAMILIES` (so LSWA -> LSWA-Adam is the Adam-vs-Muon control and LSWA -> SubLR the
+reference's SubLR row), for every family whose parent is in the run.
+
+Per transition a -> b (PROTOCOL §3.2): TokGain = T(a)/T(b) - 1, ThrGain = Q(b)/Q(a) - 1 and their logs, and the
+spectral features the taxonomy reads (efficiency.classify_transition):
+  d_act_alpha_head, d_act_head_mass   movement of the head of the final activation spectrum (deepest block)
+  d_grad_log_rankme, d_grad_alpha,    change of concentration of the final per-sample gradient spectrum of the
+  d_grad_head_mass                    probed matrix (ln RankMe, alpha over the tail window, top-10 mass)
+  path_sep_act, path_sep_grad         checkpoint-wise path separation: the mean JS divergence between a's and
+                                      b's spectra at the probe points nearest each common loss target
+"Final" is the probe point at the run's stop (the target eval, or the budget's end).
+
+    <out>/chain.json                  resolved config (families, preset, batch, thresholds, probe settings)
+    <out>/<family>/...                one train() run directory per family (run.json, metrics, probes, spectra)
+    <out>/summary.json, chain_table.csv, *.png
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from spectral_jax import efficiency, spectra
+from spectral_jax.data.shards import atomic_write_bytes
+from spectral_jax.efficiency import TaxonomyThresholds
+from spectral_jax.runs import LOCAL_WINDOWS, PROBE_DEFAULTS, ProbeCallback, load_tier, resolve_lr
+from spectral_jax.train import log_stderr, train, train_config, write_json
+
+DEFAULT_BATCH = 8
+GRAD_MATRIX = "final_attn_out"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainConfig:
+    families: tuple[str, ...] | None = None  # None: every family of FAMILIES, in chain order
+    preset: str = "tiny"
+    batch: int = DEFAULT_BATCH  # trunk sequences per step; shorter-T families run batch * trunk_T / T
+    data: str = "embedded"
+    lr: str = "sqrt"  # as batch_sweep --lr; at the chain batch every family's multiplier is 1 under sqrt
+    out: str | None = None
+    resume: bool = True
+    pool_sequences: int | None = None
+    grad_samples: int | None = None
+    probe_chunk: int | None = None
+    thresholds: TaxonomyThresholds = TaxonomyThresholds()
+    train_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def resolved_families(self) -> tuple[str, ...]:
+        from spectral_jax.models import FAMILIES
+
+        names = tuple(FAMILIES) if self.families is None else tuple(self.families)
+        unknown = [f for f in names if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown family {unknown[0]!r}; choose from {list(FAMILIES)}")
+        if not names:
+            raise ValueError("--families is empty; name at least two families of the chain")
+        return tuple(f for f in FAMILIES if f in names)  # chain order, duplicates dropped
+
+    def out_dir(self) -> pathlib.Path:
+        return pathlib.Path(self.out or f"results/chain/{self.preset}")
+
+    def probe_settings(self) -> dict:
+        base = dict(PROBE_DEFAULTS[self.preset])
+        for key, value in (("pool_sequences", self.pool_sequences), ("grad_samples", self.grad_samples),
+                           ("chunk", self.probe_chunk)):
+            if value is not None:
+                base[key] = value
+        return base
+
+
+def transitions_of(families: Sequence[str]) -> list[tuple[str, str]]:
+    """(parent, family) pairs along FAMILIES for every family whose parent is among `families`."""
+    from spectral_jax.models import FAMILIES
+
+    present = set(families)
+    return [(FAMILIES[f].parent, f) for f in families if FAMILIES[f].parent in present]
+
+
+def family_batch(model_cfg, trunk_seq_len: int, batch: int) -> int:
+    """Sequences per step giving the chain's tokens per step (batch x trunk T) at this family's T."""
+    tokens = batch * trunk_seq_len
+    if tokens % model_cfg.seq_len:
+        raise ValueError(f"batch {batch} x trunk T {trunk_seq_len} is not a multiple of T = {model_cfg.seq_len}")
+    return tokens // model_cfg.seq_len
+
+
+def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict:
+    """Train every family (reusing finished runs, resuming interrupted ones), then summarise."""
+    from spectral_jax.data import load_data
+    from spectral_jax.data.vocab import fit_vocab
+    from spectral_jax.models import make_config
+    from spectral_jax.models.config import TIERS
+
+    families = cfg.resolved_families()
+    if cfg.preset not in PROBE_DEFAULTS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PROBE_DEFAULTS)}")
+    if cfg.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {cfg.batch}")
+    if len(families) < 2 or not transitions_of(families):
+        raise ValueError(f"families {list(families)} contain no transition (a family and its parent); "
+                         "name consecutive families, e.g. --families=baseline,rope,muon,untied")
+    configs = {f: make_config(f, cfg.preset, **dict(cfg.model_overrides)) for f in families}
+    first = configs[families[0]]
+    out = cfg.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    dataset, vmap = fit_vocab(load_data(cfg.data), first.vocab_size, first.eot_id)
+    probe = cfg.probe_settings()
+    base_tc = train_config(cfg.preset, **dict(cfg.train_overrides))
+    tail = spectra.tail_window(cfg.preset)
+    bank = LOCAL_WINDOWS[cfg.preset]
+    trunk_T = TIERS[cfg.preset].trunk_seq_len if "seq_len" not in cfg.model_overrides else \
+        int(cfg.model_overrides["seq_len"])
+    write_json(out / "chain.json", dict(config=cfg, families=families, transitions=transitions_of(families),
+                                        probe=probe, tail_window=tail, local_windows=bank, trunk_seq_len=trunk_T,
+                                        data=dataset.metadata))
+    pools: dict[int, np.ndarray] = {}
+    t0 = time.perf_counter()
+    for i, fam in enumerate(families):
+        mc = configs[fam]
+        batch = family_batch(mc, trunk_T, cfg.batch)
+        if mc.seq_len not in pools:
+            pools[mc.seq_len] = dataset.measurement_pool(mc.seq_len, probe["pool_sequences"],
+                                                         val_tokens=base_tc.val_tokens)
+        callback = ProbeCallback(pools[mc.seq_len], layers=(-1,), matrices=(GRAD_MATRIX,),
+                                 grad_samples=probe["grad_samples"], chunk=probe["chunk"], tail=tail, bank=bank)
+        lr, rule = resolve_lr(cfg.lr, batch, mc.optim.reference_batch, fam)
+        tc = base_tc.replace(batch_size=batch, lr=lr,
+                             micro_batch=base_tc.micro_batch if base_tc.micro_batch is None or
+                             batch % base_tc.micro_batch == 0 else None)
+        log(f"== chain {cfg.preset}: family {i + 1}/{len(families)} {fam}, B = {batch} x {mc.seq_len} tokens, "
+            f"LR {rule} = {lr} ({time.perf_counter() - t0:.0f}s elapsed)")
+        train(mc, tc, dataset, out / fam, callbacks=[callback], resume=cfg.resume, log=log,
+              run_info=dict(family=fam, preset=cfg.preset, lr_rule=rule, chain_batch=cfg.batch,
+                            vocab_map=vmap and vmap.describe()))
+    summary = summarize_chain(out, log=log)
+    log(format_chain_table(summary))
+    return summary
+
+
+# ---- summary from records -------------------------------------------------------------------------------
+def _load_spectrum(run: dict, record: dict) -> np.ndarray:
+    key = (f"activation/L{record['layer']}" if record["kind"] == "activation"
+           else f"{record['kind']}/L{record['layer']}.{record['matrix']}")
+    with np.load(run["dir"] / record["file"]) as f:
+        return np.asarray(f[key])
+
+
+def _series(run: dict, kind: str) -> list[dict]:
+    """The probe records of one spectrum kind at the deepest probed block (one per probe point, by step)."""
+    from spectral_jax.probes import ALIASES
+
+    matrix = ALIASES[GRAD_MATRIX][0]
+    recs = [r for r in run["probes"] if r["kind"] == kind and (kind == "activation" or r["matrix"] == matrix)]
+    if not recs:
+        return []
+    deepest = max(r["layer"] for r in recs)
+    return sorted((r for r in recs if r["layer"] == deepest), key=lambda r: r["step"])
+
+
+def _get(rec: Mapping | None, key: str):
+    v = None if rec is None else rec.get(key)
+    return v if v is not None and math.isfinite(float(v)) else None
+
+
+def _delta(a, b):
+    return None if a is None or b is None else b - a
+
+
+def _log_ratio(a, b):
+    return None if a is None or b is None or a <= 0 or b <= 0 else math.log(b / a)
+
+
+def path_separation(run_a: dict, run_b: dict, kind: str, n_targets: int = 5) -> float | None:
+    """Mean JS divergence between the two runs' spectra of `kind` at the probe points nearest each common loss
+    target (efficiency.common_loss_targets / matched_loss_rows over their activation probe points)."""
+    acts = {k: _series(r, "activation") for k, r in (("a", run_a), ("b", run_b))}
+    if not acts["a"] or not acts["b"]:
+        return None
+    try:
+        targets = efficiency.common_loss_targets({k: [r["val_loss"] for r in v] for k, v in acts.items()}, n_targets)
+    except ValueError:
+        return None  # the loss ranges do not overlap
+    js = []
+    for target in targets:
+        picks = {}
+        for key, run in (("a", run_a), ("b", run_b)):
+            step = efficiency.matched_loss_rows(acts[key], [target])[0]["step"]
+            recs = [r for r in _series(run, kind) if r["step"] == step]
+            if not recs:
+                break
+            picks[key] = _load_spectrum(run, recs[0])
+        if len(picks) == 2:
+            js.append(spectra.js_divergence(picks["a"], picks["b"]))
+    return float(np.mean(js)) if js else None
+
+
+def family_row(name: str, run: dict) -> dict:
+    res = run["result"]
+    act, grad = _series(run, "activation"), _series(run, "gradient")
+    fa, fg = (act[-1] if act else None), (grad[-1] if grad else None)
+    return dict(
+        family=name, status=res["status"], tokens_to_target=res["tokens_to_target"],
+        throughput_tokens_per_s=res["throughput_tokens_per_s"], final_val_loss=res["final_val_loss"],
+        steps=res["steps"], batch=res["batch"], seq_len=res["seq_len"], final_step=None if fa is None else fa["step"],
+        act_alpha_head=_get(fa, "alpha_head"), act_alpha_tail=_get(fa, "alpha_tail"), act_rankme=_get(fa, "rankme"),
+        act_head_mass=_get(fa, "head_mass10"), grad_alpha_head=_get(fg, "alpha_head"),
+        grad_alpha_tail=_get(fg, "alpha_tail"), grad_rankme=_get(fg, "rankme"), grad_head_mass=_get(fg, "head_mass10"),
+    )
+
+
+def transition_row(a: str, b: str, runs: Mapping[str, dict], rows: Mapping[str, dict],
+                   thresholds: TaxonomyThresholds) -> dict:
+    ra, rb = rows[a], rows[b]
+    features = dict(
+        d_act_alpha_head=_delta(ra["act_alpha_head"], rb["act_alpha_head"]),
+        d_act_head_mass=_delta(ra["act_head_mass"], rb["act_head_mass"]),
+        d_grad_log_rankme=_log_ratio(ra["grad_rankme"], rb["grad_rankme"]),
+        d_grad_alpha=_delta(ra["grad_alpha_tail"], rb["grad_alpha_tail"]),
+        d_grad_head_mass=_delta(ra["grad_head_mass"], rb["grad_head_mass"]),
+        path_sep_act=path_separation(runs[a], runs[b], "activation"),
+        path_sep_grad=path_separation(runs[a], runs[b], "gradient"),
+    )
+    ta, tb = ra["tokens_to_target"], rb["tokens_to_target"]
+    qa, qb = ra["throughput_tokens_per_s"], rb["throughput_tokens_per_s"]
+    g = dict(tok_gain=None, thr_gain=None, g_tok=None, g_thr=None)
+    if ta and tb:
+        g.update(tok_gain=efficiency.token_gain(ta, tb), g_tok=efficiency.log_token_gain(ta, tb))
+    if qa and qb:
+        g.update(thr_gain=efficiency.throughput_gain(qa, qb), g_thr=efficiency.log_throughput_gain(qa, qb))
+    label = efficiency.classify_transition(g["g_tok"], g["g_thr"], features, thresholds)
+    return dict(a=a, b=b, name=f"{a}->{b}", **g, **features, **label)
+
+
+def load_chain(out: str | os.PathLike) -> tuple[dict, dict[str, dict]]:
+    out = pathlib.Path(out)
+    if not (out / "chain.json").is_file():
+        raise FileNotFoundError(f"{out} is not a chain results directory (no chain.json)")
+    meta = json.loads((out / "chain.json").read_text())
+    runs = {f: load_tier(out / f) for f in meta["families"] if (out / f / "result.json").is_file()}
+    if not runs:
+        raise FileNotFoundError(f"{out} holds no finished family run (<family>/result.json)")
+    return meta, runs
+
+
+def summarize_chain(out: str | os.PathLike, *, thresholds: TaxonomyThresholds | None = None,
+                    log: Callable[[str], None] = log_stderr) -> dict:
+    """summary.json, chain_table.csv and the figures, from the records alone."""
+    out = pathlib.Path(out)
+    meta, runs = load_chain(out)
+    if thresholds is None:
+        thresholds = TaxonomyThresholds(**meta["config"]["thresholds"])
+    missing = [f for f in meta["families"] if f not in runs]
+    if missing:
+        log(f"families without a finished run (left out): {missing}")
+    rows = {f: family_row(f, r) for f, r in runs.items()}
+    transitions = [transition_row(a, b, runs, rows, thresholds) for a, b in transitions_of(list(runs))]
+    first = next(iter(runs.values()))
+    summary = dict(preset=meta["config"]["preset"], batch=meta["config"]["batch"],
+                   target_loss=first["result"]["target_loss"], thresholds=dataclasses.asdict(thresholds),
+                   families=list(rows.values()), transitions=transitions, missing=missing,
+                   git_sha=first["run"]["environment"]["git_sha"])
+    write_json(out / "summary.json", summary)
+    _write_csv(out / "chain_table.csv", transitions)
+    _figures(out, summary, runs, tuple(meta["tail_window"]))
+    return summary
+
+
+CSV_COLUMNS = ("a", "b", "tok_gain", "thr_gain", "g_tok", "g_thr", "d_act_alpha_head", "d_act_head_mass",
+               "d_grad_log_rankme", "d_grad_alpha", "d_grad_head_mass", "path_sep_act", "path_sep_grad",
+               "act_score", "grad_score", "label", "reason")
+
+
+def _write_csv(path: pathlib.Path, transitions: Sequence[Mapping]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for t in transitions:
+        w.writerow({k: ("" if t.get(k) is None else t.get(k)) for k in CSV_COLUMNS})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _figures(out: pathlib.Path, summary: dict, runs: Mapping[str, dict], tail: tuple[int, int]) -> None:
+    from spectral_jax import plots
+
+    preset = summary["preset"]
+    labelled = [t for t in summary["transitions"] if t["g_tok"] is not None and t["g_thr"] is not None]
+    if labelled:
+        plots.save_figure(plots.plot_gain_plane(
+            labelled, title=f"chain ({preset}, B = {summary['batch']}): token gain vs throughput gain"),
+            out / "gain_plane.png")
+    finals = {}
+    for f, run in runs.items():
+        grad = _series(run, "gradient")
+        if grad:
+            finals[f] = _load_spectrum(run, grad[-1])
+    if finals:
+        plots.save_figure(plots.plot_spectra(
+            finals, title=f"chain ({preset}): final per-sample gradient spectra of W_O", ylabel="normalised "
+            "singular value", window=tail), out / "final_gradient_spectra.png")
+    plots.save_figure(plots.plot_alpha_summaries(
+        summary["families"], title=f"chain ({preset}): final activation vs gradient alpha_tail {list(tail)}"),
+        out / "alpha_summaries.png")
+    for kind, ylabel in (("activation", "normalised eigenvalue"), ("gradient", "normalised singular value")):
+        series = {f: [(r["tokens"], _load_spectrum(run, r)) for r in _series(run, kind)] for f, run in runs.items()}
+        if any(series.values()):
+            plots.save_figure(plots.plot_spectral_atlas(
+                series, title=f"chain ({preset}): {kind} spectra over training", ylabel=ylabel, window=tail),
+                out / f"atlas_{kind}.png")
+    curves = {f: ([e["tokens"] for e in r["evals"]], [e["val_loss"] for e in r["evals"]]) for f, r in runs.items()}
+    plots.save_figure(plots.plot_loss_curves(curves, target=summary["target_loss"]), out / "loss_curves.png")
+
+
+def format_chain_table(summary: dict) -> str:
+    def f(v, fmt):
+        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+    rows = {r["family"]: r for r in summary["families"]}
+    lines = [f"chain ({summary['preset']}, B = {summary['batch']}), target val loss {summary['target_loss']}",
+             f"{'family':>10} {'status':>8} {'T tokens':>10} {'Q tok/s':>8}"]
+    for r in rows.values():
+        lines.append(f"{r['family']:>10} {r['status']:>8} {f(r['tokens_to_target'], ','):>10} "
+                     f"{f(r['throughput_tokens_per_s'], ',.0f'):>8}")
+    lines.append(f"{'transition':>22} {'TokGain':>8} {'ThrGain':>8} {'act':>5} {'grad':>5}  label")
+    for t in summary["transitions"]:
+        lines.append(f"{t['name']:>22} {f(t['tok_gain'], '+.3f'):>8} {f(t['thr_gain'], '+.3f'):>8} "
+                     f"{f(t['act_score'], '.1f'):>5} {f(t['grad_score'], '.1f'):>5}  {t['label'] or '-'}")
+    return "\n".join(lines)
+
+
+__all__ = ["ChainConfig", "run_chain", "summarize_chain", "load_chain", "transitions_of", "family_batch",
+           "path_separation", "format_chain_table", "CSV_COLUMNS"]
