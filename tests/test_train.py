@@ -177,3 +177,41 @@ def test_truncate_jsonl_keeps_rows_before_the_checkpoint(tmp_path):
     path.write_text('{"step": 0}\n{"step": 3}\n{"step": 6}\n{"step": 9')
     truncate_jsonl(path, lambda r: r["step"] < 6)
     assert read_jsonl(path) == [{"step": 0}, {"step": 3}]
+
+
+@pytest.mark.parametrize("family", ["baseline", "unet"])  # AdamW; Muon + Adam groups
+def test_traced_peak_lrs_update_exactly_as_constant_lrs(family):
+    """train() compiles one update for all LR candidates (peaks are arguments): it must be bitwise the update
+    with the LRs as constants, through the schedule's warmdown."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from spectral_jax.models.gpt import GPT
+    from spectral_jax.optim import group_learning_rates, make_optimizer
+    from spectral_jax.train import _lr_field, _make_apply
+
+    config = _config(family)
+    graphdef, params = nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param)
+    lrs = group_learning_rates(config, 0.7071067811865476)
+    step_scale = 1e-3  # num_iterations of a few steps: the warmdown multiplier changes every step
+    tx = make_optimizer(config, lrs, step_scale=step_scale)
+    apply = _make_apply(config.optim, step_scale, 2)
+    peaks = {g: jnp.float32(v) for g, v in lrs.items()}
+    rng = np.random.default_rng(0)
+    p_const, s_const = params, tx.init(params)
+    p_traced, s_traced = jax.tree.map(jnp.copy, params), tx.init(params)
+
+    @jax.jit
+    def const_apply(p, s, g):  # the pre-sweep train() update: LRs baked in as constants
+        upd, s = tx.update(jax.tree.map(lambda x: x / 2, g), s, p)
+        return optax.apply_updates(p, upd), s
+
+    for _ in range(4):
+        grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), params)
+        p_const, s_const = const_apply(p_const, s_const, grads)
+        p_traced, s_traced = apply(p_traced, s_traced, grads, peaks)
+    for a, b in zip(jax.tree.leaves(p_const), jax.tree.leaves(p_traced)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _lr_field("lr") == "lr" and _lr_field("matrix") == "lr_matrix"
