@@ -31,6 +31,8 @@ flags.DEFINE_integer("eval_every_tokens", None, "eval cadence in training tokens
 flags.DEFINE_integer("val_tokens", None, "validation tokens per eval (preset default)")
 flags.DEFINE_integer("probe_every_evals", None, "probe spectra at every k-th eval (preset default)")
 flags.DEFINE_integer("seed", 42, "model init seed")
+flags.DEFINE_string("gain_target", "train", "loss at which T is read for the gains: train (the training target, "
+                    "the paper's), common (the lowest loss every family reached), or a number")
 flags.DEFINE_float("tok_threshold", _T.tok, "|g_tok| beyond this is a token-efficiency change (natural log)")
 flags.DEFINE_float("thr_threshold", _T.thr, "|g_thr| beyond this is a throughput change (natural log)")
 flags.DEFINE_float("act_alpha_head_threshold", _T.act_alpha_head, "activation shift: |delta alpha_head|")
@@ -59,7 +61,7 @@ def main(argv):
     families = None if FLAGS.families is None else tuple(f.strip() for f in FLAGS.families.split(",") if f.strip())
     cfg = ChainConfig(families=families, preset=FLAGS.preset, batch=FLAGS.batch, data=FLAGS.data, lr=FLAGS.lr,
                       out=FLAGS.out, resume=FLAGS.resume, pool_sequences=FLAGS.pool_sequences,
-                      grad_samples=FLAGS.grad_samples, thresholds=thresholds, train_overrides=train_overrides)
+                      grad_samples=FLAGS.grad_samples, thresholds=thresholds, gain_target=FLAGS.gain_target, train_overrides=train_overrides)
     run_chain(cfg)
     print(f"results in {cfg.out_dir()}")
 

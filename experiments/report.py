@@ -17,6 +17,8 @@ from spectral_jax.runs import format_table, summarize_sweep
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results", None, "a batch-sweep or chain results directory", required=True)
 flags.DEFINE_float("early_fraction", None, "override the early-checkpoint fraction of T(B) (batch sweeps)")
+flags.DEFINE_string("gain_target", None, "chains: loss at which T is read (train | common | a number; default: "
+                    "as the chain was run)")
 
 
 @user_errors_exit_2
@@ -25,7 +27,7 @@ def main(argv):
         raise ValueError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
     if (pathlib.Path(FLAGS.results) / "chain.json").is_file():
-        print(format_chain_table(summarize_chain(FLAGS.results)))
+        print(format_chain_table(summarize_chain(FLAGS.results, gain_target=FLAGS.gain_target)))
         return
     summary = summarize_sweep(FLAGS.results, early_fraction=FLAGS.early_fraction)
     print(format_table(summary))

@@ -16,6 +16,11 @@ spectral features the taxonomy reads (efficiency.classify_transition):
                                       b's spectra at the probe points nearest each common loss target
 "Final" is the probe point at the run's stop (the target eval, or the budget's end).
 
+T for the gains is read from each run's eval records at the gain target: by default the training target (the
+paper's definition; a family that never reaches it has no T and its transitions no label), or "common": the
+lowest validation loss that EVERY family reached (max over families of their best eval), so every transition
+gets a token gain at one matched loss even when some families stop on their budget; or a given loss.
+
     <out>/chain.json                  resolved config (families, preset, batch, thresholds, probe settings)
     <out>/<family>/...                one train() run directory per family (run.json, metrics, probes, spectra)
     <out>/summary.json, chain_table.csv, *.png
@@ -59,6 +64,7 @@ class ChainConfig:
     grad_samples: int | None = None
     probe_chunk: int | None = None
     thresholds: TaxonomyThresholds = TaxonomyThresholds()
+    gain_target: str = "train"  # loss at which T is read for the gains: "train" (the runs' target), "common", a float
     train_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -211,12 +217,33 @@ def path_separation(run_a: dict, run_b: dict, kind: str, n_targets: int = 5) -> 
     return float(np.mean(js)) if js else None
 
 
-def family_row(name: str, run: dict) -> dict:
+def resolve_gain_target(spec: str | float, runs: Mapping[str, dict]) -> float:
+    """The loss at which T is read: "train" (the runs' own target), "common" (the lowest loss every run
+    reached), or a number."""
+    if spec == "train":
+        targets = {r["result"]["target_loss"] for r in runs.values()}
+        if len(targets) != 1:
+            raise ValueError(f"the runs were trained to different targets {sorted(targets)}; pass a gain target")
+        return targets.pop()
+    if spec == "common":
+        best = [min(e["val_loss"] for e in r["evals"] if e["step"] > 0 and math.isfinite(e["val_loss"]))
+                for r in runs.values() if any(e["step"] > 0 for e in r["evals"])]
+        if len(best) != len(runs):
+            raise ValueError("a run has no eval after step 0, so no common loss exists; train longer")
+        return float(max(best))
+    try:
+        return float(spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"gain target {spec!r} is neither 'train', 'common' nor a loss value") from None
+
+
+def family_row(name: str, run: dict, gain_target: float) -> dict:
     res = run["result"]
     act, grad = _series(run, "activation"), _series(run, "gradient")
     fa, fg = (act[-1] if act else None), (grad[-1] if grad else None)
     return dict(
         family=name, status=res["status"], tokens_to_target=res["tokens_to_target"],
+        tokens_to_gain_target=efficiency.tokens_to_target(run["evals"], gain_target),
         throughput_tokens_per_s=res["throughput_tokens_per_s"], final_val_loss=res["final_val_loss"],
         steps=res["steps"], batch=res["batch"], seq_len=res["seq_len"], final_step=None if fa is None else fa["step"],
         act_alpha_head=_get(fa, "alpha_head"), act_alpha_tail=_get(fa, "alpha_tail"), act_rankme=_get(fa, "rankme"),
@@ -237,7 +264,7 @@ def transition_row(a: str, b: str, runs: Mapping[str, dict], rows: Mapping[str, 
         path_sep_act=path_separation(runs[a], runs[b], "activation"),
         path_sep_grad=path_separation(runs[a], runs[b], "gradient"),
     )
-    ta, tb = ra["tokens_to_target"], rb["tokens_to_target"]
+    ta, tb = ra["tokens_to_gain_target"], rb["tokens_to_gain_target"]
     qa, qb = ra["throughput_tokens_per_s"], rb["throughput_tokens_per_s"]
     g = dict(tok_gain=None, thr_gain=None, g_tok=None, g_thr=None)
     if ta and tb:
@@ -260,7 +287,7 @@ def load_chain(out: str | os.PathLike) -> tuple[dict, dict[str, dict]]:
 
 
 def summarize_chain(out: str | os.PathLike, *, thresholds: TaxonomyThresholds | None = None,
-                    log: Callable[[str], None] = log_stderr) -> dict:
+                    gain_target: str | float | None = None, log: Callable[[str], None] = log_stderr) -> dict:
     """summary.json, chain_table.csv and the figures, from the records alone."""
     out = pathlib.Path(out)
     meta, runs = load_chain(out)
@@ -269,11 +296,14 @@ def summarize_chain(out: str | os.PathLike, *, thresholds: TaxonomyThresholds | 
     missing = [f for f in meta["families"] if f not in runs]
     if missing:
         log(f"families without a finished run (left out): {missing}")
-    rows = {f: family_row(f, r) for f, r in runs.items()}
+    spec = meta["config"].get("gain_target", "train") if gain_target is None else gain_target
+    target = resolve_gain_target(spec, runs)
+    rows = {f: family_row(f, r, target) for f, r in runs.items()}
     transitions = [transition_row(a, b, runs, rows, thresholds) for a, b in transitions_of(list(runs))]
     first = next(iter(runs.values()))
     summary = dict(preset=meta["config"]["preset"], batch=meta["config"]["batch"],
-                   target_loss=first["result"]["target_loss"], thresholds=dataclasses.asdict(thresholds),
+                   target_loss=first["result"]["target_loss"], gain_target=target, gain_target_rule=spec,
+                   thresholds=dataclasses.asdict(thresholds),
                    families=list(rows.values()), transitions=transitions, missing=missing,
                    git_sha=first["run"]["environment"]["git_sha"])
     write_json(out / "summary.json", summary)
@@ -332,11 +362,12 @@ def format_chain_table(summary: dict) -> str:
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
     rows = {r["family"]: r for r in summary["families"]}
-    lines = [f"chain ({summary['preset']}, B = {summary['batch']}), target val loss {summary['target_loss']}",
-             f"{'family':>10} {'status':>8} {'T tokens':>10} {'Q tok/s':>8}"]
+    lines = [f"chain ({summary['preset']}, B = {summary['batch']}), training target {summary['target_loss']}, "
+             f"gains at val loss {summary['gain_target']:.4g} ({summary['gain_target_rule']})",
+             f"{'family':>10} {'status':>8} {'final val':>9} {'T tokens':>10} {'Q tok/s':>8}"]
     for r in rows.values():
-        lines.append(f"{r['family']:>10} {r['status']:>8} {f(r['tokens_to_target'], ','):>10} "
-                     f"{f(r['throughput_tokens_per_s'], ',.0f'):>8}")
+        lines.append(f"{r['family']:>10} {r['status']:>8} {f(r['final_val_loss'], '.4f'):>9} "
+                     f"{f(r['tokens_to_gain_target'], ','):>10} {f(r['throughput_tokens_per_s'], ',.0f'):>8}")
     lines.append(f"{'transition':>22} {'TokGain':>8} {'ThrGain':>8} {'act':>5} {'grad':>5}  label")
     for t in summary["transitions"]:
         lines.append(f"{t['name']:>22} {f(t['tok_gain'], '+.3f'):>8} {f(t['thr_gain'], '+.3f'):>8} "

@@ -110,6 +110,12 @@ def test_chain_report_rebuilds_from_records(chain, tmp_path):
     assert all((copy / name).is_file() for name in FIGURES)
     stricter = summarize_chain(copy, thresholds=TaxonomyThresholds(tok=100.0, thr=100.0), log=lambda m: None)
     assert all(t["label"] == eff.MIXED for t in stricter["transitions"])
+    common = summarize_chain(copy, gain_target="common", log=lambda m: None)
+    best = {r["family"]: r["final_val_loss"] for r in common["families"]}
+    assert common["gain_target"] == pytest.approx(max(best.values()))  # one eval after step 0: best == final
+    assert all(r["tokens_to_gain_target"] == 12288 for r in common["families"])
+    with pytest.raises(ValueError, match="gain target"):
+        summarize_chain(copy, gain_target="lowest", log=lambda m: None)
 
 
 def test_chain_rerun_reuses_finished_families(chain):
