@@ -17,7 +17,10 @@ flags.DEFINE_string("tiers", ",".join(map(str, DEFAULT_TIERS)), "batch tiers B (
 flags.DEFINE_string("preset", "tiny", "model/training preset: tiny (CPU), d12, d36, d48")
 flags.DEFINE_string("data", "embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
 flags.DEFINE_string("lr", "sqrt", "LR rule per tier: sqrt | linear | none (scaling of the family anchors with "
-                    "B/B0), a float multiplier, a JSON table {family: {B: multiplier or {group: lr}}}, or auto")
+                    "B/B0), a float multiplier, a JSON table {family: {B: multiplier or {group: lr}}}, or auto (the "
+                    "successive-halving table of experiments.lr_sweep, see --lr_table)")
+flags.DEFINE_string("lr_table", None, "--lr=auto: the LR table written by experiments.lr_sweep (default "
+                    "results/lr_sweep/<family>_<preset>/lr_table.json)")
 flags.DEFINE_string("out", None, "results directory (default results/batch_sweep/<family>_<preset>)")
 flags.DEFINE_bool("resume", True, "reuse finished tiers and resume interrupted ones from their checkpoints")
 flags.DEFINE_string("layers", "-1", "probe layers for activation spectra (block indices; -1 = deepest)")
@@ -43,6 +46,7 @@ def main(argv):
         micro_batch=FLAGS.micro_batch, seed=FLAGS.seed).items() if v is not None}
     cfg = SweepConfig(
         family=FLAGS.family, preset=FLAGS.preset, tiers=int_list(FLAGS.tiers), data=FLAGS.data, lr=FLAGS.lr,
+        lr_table=FLAGS.lr_table,
         out=FLAGS.out, resume=FLAGS.resume, layers=int_list(FLAGS.layers),
         matrices=tuple(m for m in FLAGS.matrices.split(",") if m), pool_sequences=FLAGS.pool_sequences,
         grad_samples=FLAGS.grad_samples, early_fraction=FLAGS.early_fraction, train_overrides=train_overrides)

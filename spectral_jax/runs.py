@@ -48,6 +48,7 @@ class SweepConfig:
     tiers: tuple[int, ...] = DEFAULT_TIERS
     data: str = "embedded"
     lr: str = "sqrt"  # "sqrt" | "linear" | "none" (scaling rule), a float multiplier, a JSON table path, "auto"
+    lr_table: str | None = None  # --lr=auto: the lr_sweep table (default results/lr_sweep/<family>_<preset>/...)
     out: str | None = None
     resume: bool = True
     layers: tuple[int, ...] = (-1,)
@@ -106,25 +107,43 @@ class ProbeCallback:
                               window=state.window, file=rel))
 
 
-def resolve_lr(spec: str, batch: int, reference_batch: int, family: str) -> tuple[Any, str]:
-    """--lr: a scaling rule name, a float multiplier, or a JSON table {family: {batch: multiplier|{group: lr}}}."""
+def resolve_lr(spec: str, batch: int, reference_batch: int, family: str, *, preset: str = "tiny",
+               lr_table: str | os.PathLike | None = None) -> tuple[Any, str]:
+    """--lr: a scaling rule name, a float multiplier, a JSON table {family: {batch: multiplier|{group: lr}}}, or
+    "auto": the successive-halving table of experiments.lr_sweep (`lr_table`, default
+    results/lr_sweep/<family>_<preset>/lr_table.json)."""
     if spec in ("sqrt", "linear", "none"):
         return lr_multiplier_for_batch(batch, reference_batch, spec), f"{spec}(B/{reference_batch})"
     if spec == "auto":
-        raise ValueError("--lr=auto needs the successive-halving LR table (experiments.lr_sweep, issue 5); "
-                         "until it exists pass --lr=sqrt (default), linear, a float, or a JSON table path")
+        from spectral_jax.lr_select import default_table_path
+
+        path = pathlib.Path(lr_table) if lr_table else default_table_path(family, preset)
+        if not path.is_file():
+            raise ValueError(f"--lr=auto needs the successive-halving LR table, and {path} does not exist: run "
+                             f"python -m experiments.lr_sweep --family={family} --preset={preset} --tiers=<the tiers> "
+                             "first (or pass --lr_table=PATH)")
+        return _table_entry(path, family, batch, fix=f"run python -m experiments.lr_sweep --family={family} "
+                            f"--preset={preset} --tiers={batch} (it adds the tier to the table)"), \
+            f"successive halving ({path})"
     try:
         return float(spec), "constant multiplier"
     except ValueError:
         pass
     path = pathlib.Path(spec)
     if not path.is_file():
-        raise ValueError(f"--lr={spec!r} is neither a rule (sqrt, linear, none), a number, nor a JSON file")
-    table = json.loads(path.read_text())
-    entry = table.get(family, table).get(str(batch))
+        raise ValueError(f"--lr={spec!r} is neither a rule (sqrt, linear, none), a number, auto, nor a JSON file")
+    return _table_entry(path, family, batch, fix="add it or pick another --lr"), f"table {path}"
+
+
+def _table_entry(path: pathlib.Path, family: str, batch: int, *, fix: str) -> Any:
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"LR table {path} is not valid JSON ({err})") from None
+    entry = table.get(family, table).get(str(batch)) if isinstance(table, dict) else None
     if entry is None:
-        raise ValueError(f"LR table {path} has no entry for family {family!r} at batch {batch}")
-    return entry, f"table {path}"
+        raise ValueError(f"LR table {path} has no entry for family {family!r} at batch {batch}; {fix}")
+    return entry
 
 
 def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
@@ -138,6 +157,9 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
     if not cfg.tiers or any(b < 1 for b in cfg.tiers):
         raise ValueError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
     model_cfg = make_config(cfg.family, cfg.preset, **dict(cfg.model_overrides))
+    # every tier's LR before loading data or training: a missing table entry fails now, not hours in
+    lrs = {b: resolve_lr(cfg.lr, b, model_cfg.optim.reference_batch, cfg.family, preset=cfg.preset,
+                         lr_table=cfg.lr_table) for b in cfg.tiers}
     out = cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)
     dataset, vmap = fit_vocab(load_data(cfg.data), model_cfg.vocab_size, model_cfg.eot_id)
@@ -152,7 +174,7 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
                              chunk=probe["chunk"], tail=tail, bank=bank)
     t0 = time.perf_counter()
     for i, batch in enumerate(sorted(cfg.tiers)):
-        lr, rule = resolve_lr(cfg.lr, batch, model_cfg.optim.reference_batch, cfg.family)
+        lr, rule = lrs[batch]
         tc = base_tc.replace(batch_size=batch, lr=lr,
                              micro_batch=base_tc.micro_batch if base_tc.micro_batch is None or
                              batch % base_tc.micro_batch == 0 else None)
