@@ -1,0 +1,456 @@
+"""The toy experiment: batch x stage sweep with LR selection by successive halving, probes, figures, summary.
+
+For every seed, stage and batch B: LR candidates base * {sqrt(B/B0), B/B0} * multipliers (spectral_jax.sweep.
+lr_candidates); on the first seed `selection_seeds` they compete by successive halving (spectral_jax.sweep.
+successive_halving, survivors continue in memory), later seeds train the LR chosen for (stage, B) on seed 0 (or
+run their own halving with selection="every_seed"). The winner's snapshots are then probed (spectral_jax.toy.
+probes) and the run is written to DIR/runs/{stage}_B{B}_seed{seed}.json; an existing file of the same
+configuration is reused, so an interrupted experiment resumes at the first missing run. `summarize` turns the run
+files into summary.json and the figures (spectral_jax.toy.figures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from spectral_jax import efficiency
+from spectral_jax import sweep as sweep_lib
+from spectral_jax.toy import fourier
+from spectral_jax.toy import task as task_lib
+from spectral_jax.toy.model import STAGES, ToyDims, check_stage
+from spectral_jax.toy.probes import ToyProbeConfig, ToyProber, band_key
+from spectral_jax.toy.train import ToyRun, ToyTrainConfig
+from spectral_jax.train import environment, log_stderr, write_json
+
+SELECTIONS = ("first_seed", "every_seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyExperimentConfig:
+    """Everything one toy experiment depends on (the run files' fingerprint is a hash of it)."""
+
+    stages: tuple[str, ...] = STAGES
+    batches: tuple[int, ...] = (8, 16, 32, 64)
+    seeds: tuple[int, ...] = (0, 1)
+    target: float = 2.0
+    max_steps: int = 5000
+    eval_every: int = 10
+    val_sequences: int | None = None
+    measure_every: int = 1  # parameter snapshots every measure_every-th eval (`probe_steps` picks which to probe)
+    micro_batch: int = 128
+    lr_base: float = 3e-4
+    reference_batch: int = 32
+    lr_multipliers: tuple[float, ...] = sweep_lib.MULTIPLIERS
+    lr_centers: tuple[str, ...] = sweep_lib.CENTERS
+    scale_steps: bool = True  # max_steps and eval_every are at reference_batch; B < B0 runs B0/B times more steps
+    rung_fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
+    eta: float = 2.0
+    selection: str = "first_seed"
+    checkpoint_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)  # of max_steps: the three ΔH_peak checkpoints
+    progress_fractions: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
+    task: task_lib.TaskConfig = task_lib.TaskConfig()
+    probe: ToyProbeConfig = ToyProbeConfig()
+    dims: ToyDims = ToyDims()
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("need at least one stage")
+        for s in self.stages:
+            check_stage(s)
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"stages repeat: {self.stages}")
+        if not self.batches or any(int(b) < 1 for b in self.batches):
+            raise ValueError(f"batches must be >= 1, got {self.batches}")
+        if not self.seeds:
+            raise ValueError("need at least one seed")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        fr = self.rung_fractions
+        if not fr or any(not 0 < f <= 1 for f in fr) or list(fr) != sorted(set(fr)) or fr[-1] != 1.0:
+            raise ValueError(f"rung_fractions must increase strictly within (0, 1] and end at 1.0, got {fr}")
+        if any(not 0 < f <= 1 for f in self.checkpoint_fractions):
+            raise ValueError(f"checkpoint_fractions must lie in (0, 1], got {self.checkpoint_fractions}")
+        if self.max_steps < 1 or self.eval_every < 1 or self.measure_every < 1:
+            raise ValueError("max_steps, eval_every and measure_every must be >= 1")
+        if not (math.isfinite(self.target) and self.lr_base > 0):
+            raise ValueError("target must be finite and lr_base positive")
+
+    def step_scale(self, batch: int) -> int:
+        """Steps at batch B per step at the reference batch: max(1, B0 / B) (the reference's extension script), so a
+        batch below B0 gets the reference batch's token budget and eval cadence in tokens; 1 with scale_steps off."""
+        return max(1, round(self.reference_batch / batch)) if self.scale_steps else 1
+
+    def train_config(self, stage: str, batch: int, lr: float, seed: int) -> ToyTrainConfig:
+        k = self.step_scale(batch)
+        return ToyTrainConfig(stage=stage, batch_size=batch, lr=lr, seed=seed, target=self.target,
+                              max_steps=self.max_steps * k, eval_every=self.eval_every * k,
+                              val_sequences=self.val_sequences, measure_every=self.measure_every,
+                              micro_batch=self.micro_batch, dims=self.dims)
+
+    def rungs(self, batch: int) -> list[int]:
+        """Rung budgets in steps at batch B: fractions of its max_steps rounded up to its eval cadence."""
+        k = self.step_scale(batch)
+        e, top = self.eval_every * k, self.max_steps * k
+        return sorted({min(top, max(e, math.ceil(f * top / e) * e)) for f in self.rung_fractions})
+
+    def checkpoint_steps(self, batch: int) -> list[int]:
+        """ΔH_peak checkpoints at batch B: fractions of its max_steps on its snapshot grid (eval x measure_every)."""
+        k = self.step_scale(batch)
+        grid, top = self.eval_every * self.measure_every * k, self.max_steps * k
+        return sorted({min(top, max(grid, round(f * top / grid) * grid)) for f in self.checkpoint_fractions})
+
+    def fingerprint(self) -> str:
+        text = json.dumps(_jsonable(dataclasses.asdict(self)), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+def run_name(stage: str, batch: int, seed: int) -> str:
+    return f"{stage}_B{batch}_seed{seed}"
+
+
+# ---- one (stage, batch, seed) ------------------------------------------------------------------------------------
+def _halving(cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits, log) -> tuple[ToyRun, dict]:
+    """Successive halving over the LR grid; returns the winner's run (trained to its stop) and the table."""
+    mults = sweep_lib.lr_candidates(batch, cfg.reference_batch, multipliers=cfg.lr_multipliers,
+                                    centers=cfg.lr_centers)
+    keys = {sweep_lib.candidate_key(m): m for m in mults}
+    runs: dict[str, ToyRun] = {}
+
+    def advance(key: str, budget: int) -> sweep_lib.RungResult:
+        if key not in runs:
+            runs[key] = ToyRun(cfg.train_config(stage, batch, cfg.lr_base * keys[key], seed), splits, log=log)
+        run = runs[key].advance(budget)
+        return sweep_lib.RungResult(loss=run.val_loss, tokens=run.tokens, reached=run.status == "reached")
+
+    result = sweep_lib.successive_halving(
+        list(keys), cfg.rungs(batch), advance, eta=cfg.eta,
+        log=lambda msg: log(f"[{stage} B={batch} seed={seed}] LR halving " + msg))
+    winner = runs[result.best]
+    table = [dict(row, lr=cfg.lr_base * keys[row["candidate"]]) for row in result.table]
+    return winner, dict(candidates=[cfg.lr_base * m for m in mults], rungs=cfg.rungs(batch), table=table,
+                        best_lr=cfg.lr_base * keys[result.best])
+
+
+def probe_steps(cfg: ToyExperimentConfig, run: ToyRun) -> list[int]:
+    """Snapshot steps worth probing: step 0, the stop, the ΔH_peak checkpoints (the last snapshot at or before each),
+    and for Fig. 4a the snapshot nearest each progress fraction of the tokens to target (of the run's stop when the
+    target was not reached)."""
+    snaps = [s.step for s in run.snapshots]
+    if not snaps:
+        return []
+    chosen = {snaps[0], snaps[-1]}
+    for c in cfg.checkpoint_steps(run.tc.batch_size):
+        chosen.add(max([s for s in snaps if s <= c], default=snaps[0]))
+    end = run.step
+    for f in cfg.progress_fractions:
+        chosen.add(min(snaps, key=lambda s: (abs(s - f * end), s)))
+    return sorted(chosen)
+
+
+def _measure(cfg: ToyExperimentConfig, run: ToyRun, prober: ToyProber) -> list[dict]:
+    last = run.snapshots[-1].step if run.snapshots else None
+    return run.measure(lambda model, snap: prober(model, full=snap.step in (0, last)), steps=probe_steps(cfg, run))
+
+
+def _run_one(cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits, prober: ToyProber,
+             lr: float | None, log) -> dict:
+    t0 = time.perf_counter()
+    if lr is None:
+        run, selection = _halving(cfg, stage, batch, seed, splits, log)
+    else:
+        tc = cfg.train_config(stage, batch, lr, seed)
+        run = ToyRun(tc, splits, log=log).advance(tc.max_steps)
+        selection = dict(candidates=[lr], rungs=[], table=[], best_lr=lr, reused_from_seed=cfg.seeds[0])
+    t_train = time.perf_counter() - t0
+    records = _measure(cfg, run, prober)
+    t_probe = time.perf_counter() - t0 - t_train
+    out = dict(run.summary(), evals=run.evals, records=records, selection=selection,
+               wall_seconds=dict(train=t_train, probes=t_probe))
+    log(f"[{stage} B={batch} seed={seed}] {run.status} at step {run.step} ({run.tokens:,} tokens), val "
+        f"{run.val_loss:.4f}, lr {run.tc.lr:.3g}; train {t_train:.0f}s, probes {t_probe:.0f}s")
+    return out
+
+
+def run_toy_experiment(cfg: ToyExperimentConfig, out: str | pathlib.Path,
+                       log: Callable[[str], None] = log_stderr, *, figures: bool = True) -> dict:
+    """Train and probe every (seed, stage, batch), reusing finished run files; then summarise (and plot)."""
+    out = pathlib.Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    fp = cfg.fingerprint()
+    write_json(out / "config.json", dict(config=_jsonable(dataclasses.asdict(cfg)), fingerprint=fp,
+                                         environment=environment()))
+    t0 = time.perf_counter()
+    chosen: dict[tuple[str, int], float] = {}
+    for seed in cfg.seeds:
+        task_cfg = dataclasses.replace(cfg.task, seed=seed)
+        splits = task_lib.make_task(task_cfg)
+        prober = ToyProber(task_cfg, splits, dataclasses.replace(cfg.probe, sample_seed=seed))
+        for stage in cfg.stages:
+            for batch in cfg.batches:
+                path = out / "runs" / f"{run_name(stage, batch, seed)}.json"
+                if path.is_file():
+                    done = json.loads(path.read_text())
+                    if done.get("fingerprint") == fp:
+                        log(f"[{stage} B={batch} seed={seed}] reusing {path}")
+                        chosen.setdefault((stage, batch), done["lr"])
+                        continue
+                reuse = seed != cfg.seeds[0] and cfg.selection == "first_seed"
+                result = _run_one(cfg, stage, batch, seed, splits, prober,
+                                  chosen.get((stage, batch)) if reuse else None, log)
+                chosen.setdefault((stage, batch), result["lr"])
+                write_json(path, dict(result, fingerprint=fp))
+    log(f"all runs done in {time.perf_counter() - t0:.0f}s; summarising")
+    return summarize(out, figures=figures, wall_seconds=time.perf_counter() - t0)
+
+
+# ---- summary -----------------------------------------------------------------------------------------------------
+def load_runs(out: str | pathlib.Path) -> tuple[ToyExperimentConfig, list[dict]]:
+    """The experiment's config and its run files (of the current fingerprint), sorted by seed, stage, batch."""
+    out = pathlib.Path(out)
+    meta = json.loads((out / "config.json").read_text())
+    cfg = config_from_dict(meta["config"])
+    runs = []
+    for p in sorted((out / "runs").glob("*.json")):
+        r = json.loads(p.read_text())
+        if r.get("fingerprint") == meta["fingerprint"]:
+            runs.append(r)
+    order = {s: i for i, s in enumerate(cfg.stages)}
+    runs.sort(key=lambda r: (r["seed"], order.get(r["stage"], 99), r["batch"]))
+    return cfg, runs
+
+
+def config_from_dict(d: Mapping[str, Any]) -> ToyExperimentConfig:
+    d = dict(d)
+    tup = lambda v: tuple(tuple(x) if isinstance(x, list) else x for x in v)  # noqa: E731
+    for k in ("stages", "batches", "seeds", "lr_multipliers", "lr_centers", "rung_fractions", "checkpoint_fractions",
+              "progress_fractions"):
+        d[k] = tup(d[k])
+    probe = dict(d["probe"])
+    for k in ("head", "tail", "local"):
+        probe[k] = tuple(probe[k])
+    for k in ("bands", "sweep_bands"):
+        probe[k] = tuple(tuple(b) for b in probe[k])
+    d["probe"] = ToyProbeConfig(**probe)
+    d["task"] = task_lib.TaskConfig(**d["task"])
+    d["dims"] = ToyDims(**d["dims"])
+    return ToyExperimentConfig(**d)
+
+
+def _mean_sd(values: Sequence[float]) -> dict:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
+    if v.size == 0:
+        return dict(mean=None, sd=None, min=None, max=None, n=0)
+    return dict(mean=float(v.mean()), sd=float(v.std(ddof=1)) if v.size > 1 else 0.0, min=float(v.min()),
+                max=float(v.max()), n=int(v.size))
+
+
+def record_at_step(run: Mapping, step: int) -> dict:
+    """The run's record at `step`, or its last record when it stopped before (a stopped run stays at its stop)."""
+    recs = run["records"]
+    before = [r for r in recs if r["step"] <= step]
+    return before[-1] if before else recs[0]
+
+
+def band_mean(rec: Mapping, key: str) -> float:
+    """Mean over the checkpoint probe bands of one Fourier summary."""
+    return float(np.mean([v[key] for v in rec["fourier"].values()]))
+
+
+def _fourier_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
+    """H_peak / PC1 peak mass / H_S per stage at the checkpoints (mean over the checkpoint bands, spread over batches
+    and seeds) and ΔH_peak per consecutive-stage transition, paired by batch and seed. Checkpoint i is the same step
+    for every stage at one batch (`checkpoint_steps(B)`); a run that stopped earlier contributes its stop state."""
+    by = {(r["stage"], r["batch"], r["seed"]): r for r in runs}
+    n_ck = len(cfg.checkpoint_steps(min(cfg.batches)))
+    ck = lambda r, i: record_at_step(r, cfg.checkpoint_steps(r["batch"])[i])  # noqa: E731
+    labels = [f"ck{i + 1}" for i in range(n_ck)]
+    keys = {"H_peak": "H_peak", "pc1_peak_mass": "pca_peak_mass_pc1", "H_S": "H_S"}
+    per_stage = {}
+    for stage in cfg.stages:
+        rows = {}
+        mine = [r for r in runs if r["stage"] == stage]
+        for name, key in keys.items():
+            rows[name] = {labels[i]: _mean_sd([band_mean(ck(r, i), key) for r in mine]) for i in range(n_ck)}
+        per_stage[stage] = rows
+    transitions = {}
+    for a, b in zip(cfg.stages, cfg.stages[1:]):
+        rows = {}
+        pairs = [(by[(a, B, seed)], by[(b, B, seed)]) for (stage, B, seed) in by if stage == a and (b, B, seed) in by]
+        for name, key in (("dH_peak", "H_peak"), ("dpc1_peak_mass", "pca_peak_mass_pc1"), ("dH_S", "H_S")):
+            rows[name] = {}
+            for i in range(n_ck):
+                diffs = [band_mean(ck(rb, i), key) - band_mean(ck(ra, i), key) for ra, rb in pairs]
+                rows[name][labels[i]] = _mean_sd(diffs)
+        rows["dH_peak_mean_over_checkpoints"] = _mean_sd([rows["dH_peak"][x]["mean"] for x in labels])["mean"]
+        transitions[f"{a}->{b}"] = rows
+    names = list(transitions)
+    ratios = {}
+    for i, n1 in enumerate(names):
+        for n2 in names[i + 1:]:
+            m1 = transitions[n1]["dH_peak_mean_over_checkpoints"]
+            m2 = transitions[n2]["dH_peak_mean_over_checkpoints"]
+            if m1 is not None and m2 is not None and m1 != 0:
+                ratios[f"({n2})/({n1})"] = m2 / m1
+    steps = {str(b): cfg.checkpoint_steps(b) for b in cfg.batches}
+    return dict(checkpoints=labels, checkpoint_steps_by_batch=steps, bands=[band_key(b) for b in cfg.probe.bands],
+                stages=per_stage, transitions=transitions, dH_peak_ratios=ratios)
+
+
+def _progress_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
+    """Spearman(alpha over ranks 10-40 at fraction f of T(B), eps_tok) vs f: within each (stage, seed) across
+    batches (efficiency.spearman_vs_progress), and pooled over every reached run of a seed (raw alpha vs T(B))."""
+    lo, hi = cfg.probe.local
+    key = f"alpha_{lo}_{hi}"
+    within = []
+    for seed in cfg.seeds:
+        for stage in cfg.stages:
+            fam = {r["batch"]: dict(tokens_to_target=r["tokens_to_target"],
+                                    records=[x for x in r["records"] if x.get(key) is not None])
+                   for r in runs if r["stage"] == stage and r["seed"] == seed}
+            if sum(v["tokens_to_target"] is not None for v in fam.values()) < 3:
+                continue
+            for row in efficiency.spearman_vs_progress(fam, windows=[(lo, hi)], fractions=cfg.progress_fractions):
+                within.append(dict(row, stage=stage, seed=seed))
+    pooled = []
+    for seed in cfg.seeds:
+        reached = [r for r in runs if r["seed"] == seed and r["tokens_to_target"] is not None]
+        for f in cfg.progress_fractions:
+            xs, ys = [], []
+            for r in reached:
+                recs = [x for x in r["records"] if x.get(key) is not None]
+                if recs:
+                    xs.append(efficiency.select_at_fraction(recs, r["tokens_to_target"], f)[key])
+                    ys.append(r["tokens_to_target"])
+            res = efficiency.spearman(xs, ys)
+            pooled.append(dict(fraction=f, seed=seed, rho=res.rho, p_value=res.p_value, n=res.n))
+    return dict(key=key, within_stage=within, pooled=pooled,
+                pooled_mean=_by_fraction(pooled), within_stage_mean=_by_fraction(within))
+
+
+def _by_fraction(rows: list[dict]) -> list[dict]:
+    out = []
+    for f in sorted({r["fraction"] for r in rows}):
+        out.append(dict(fraction=f, **_mean_sd([r["rho"] for r in rows if r["fraction"] == f])))
+    return out
+
+
+def _reach_table(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
+    table = {}
+    for stage in cfg.stages:
+        table[stage] = {}
+        for b in cfg.batches:
+            rs = [r for r in runs if r["stage"] == stage and r["batch"] == b]
+            T = [r["tokens_to_target"] for r in rs if r["tokens_to_target"] is not None]
+            table[stage][str(b)] = dict(reached=len(T), runs=len(rs), tokens_to_target=_mean_sd(T),
+                                        steps_to_target=_mean_sd([r["steps"] for r in rs if r["status"] == "reached"]),
+                                        final_val_loss=_mean_sd([r["final_val_loss"] for r in rs]),
+                                        lr=sorted({r["lr"] for r in rs}))
+        best = {}
+        for seed in cfg.seeds:
+            reached = {r["batch"]: r["tokens_to_target"] for r in runs
+                       if r["stage"] == stage and r["seed"] == seed and r["tokens_to_target"] is not None}
+            if reached:
+                best[str(seed)] = min(reached, key=lambda b: (reached[b], b))
+        table[stage]["token_optimal_batch_by_seed"] = best
+    return table
+
+
+def summarize(out: str | pathlib.Path, *, figures: bool = True, wall_seconds: float | None = None) -> dict:
+    """summary.json (and the figures) from the run files in `out`."""
+    out = pathlib.Path(out)
+    cfg, runs = load_runs(out)
+    if not runs:
+        raise ValueError(f"no finished runs of this configuration in {out / 'runs'}")
+    summary = dict(
+        config=_jsonable(dataclasses.asdict(cfg)),
+        n_runs=len(runs),
+        runs=[{k: r[k] for k in ("stage", "batch", "seed", "lr", "status", "steps", "tokens", "tokens_to_target",
+                                 "final_val_loss", "tokens_per_second", "wall_seconds")} for r in runs],
+        reach=_reach_table(cfg, runs),
+        fourier=_fourier_tables(cfg, runs),
+        spearman_vs_progress=_progress_tables(cfg, runs),
+        band_sweep=_band_sweep_table(cfg, runs),
+        gradient_spectra=_gradient_table(cfg, runs),
+        wall_seconds=wall_seconds,
+    )
+    if figures:
+        from spectral_jax.toy import figures as figs
+        summary["figures"] = figs.write_figures(out, cfg, runs, summary)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _band_sweep_table(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
+    """Per stage and band: H_peak and H_S at step 0 and at the stop (mean +- sd over batches and seeds)."""
+    table = {}
+    for stage in cfg.stages:
+        rs = [r for r in runs if r["stage"] == stage]
+        table[stage] = {}
+        for b in cfg.probe.sweep_bands:
+            k = band_key(b)
+            row = {}
+            for when, pick in (("step0", lambda r: r["records"][0]), ("final", lambda r: r["records"][-1])):
+                for key in ("H_peak", "H_S", "H_gini", "pca_peak_mass_pc1"):
+                    row[f"{key}_{when}"] = _mean_sd([pick(r)["band_sweep"][k][key] for r in rs
+                                                     if "band_sweep" in pick(r)])
+            table[stage][k] = row
+    return table
+
+
+def _gradient_table(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
+    """Final-state gradient summaries per stage: proxy (reference) and true per-sample (psg) RankMe / alpha_head."""
+    table = {}
+    for stage in cfg.stages:
+        finals = [r["records"][-1] for r in runs if r["stage"] == stage]
+        table[stage] = {k: _mean_sd([f.get(k) for f in finals])
+                        for k in ("alpha_10_40", "alpha_head", "rankme", "grad_alpha_10_40", "grad_rankme",
+                                  "psg_alpha_head", "psg_rankme")}
+    return table
+
+
+# ---- presets -----------------------------------------------------------------------------------------------------
+REFERENCE = ToyExperimentConfig(
+    batches=(32, 64, 128, 256, 512), seeds=(0,), target=2.0, max_steps=5000, eval_every=10, val_sequences=None,
+    measure_every=25, lr_base=3e-4, rung_fractions=(0.125, 0.5, 1.0), checkpoint_fractions=(0.1, 0.2, 0.3),
+    scale_steps=False,
+    probe=ToyProbeConfig(bands=((97, 200), (179, 50)), n_probe=12_000, n_sweep=12_000, grad_samples=64))
+"""The reference's trusted toy run (PROTOCOL §6.4): B 32..512, 5,000 steps, target 2.0, eval every 10 steps on the
+whole validation split, ASHA-like rungs 1/8, 1/2, 1, checkpoints 500/1000/1500, 12,000 probe sequences. Days of
+CPU time; here for accelerators."""
+
+CPU = ToyExperimentConfig(
+    batches=(8, 16, 32), seeds=(0, 1), target=5.0, max_steps=300, eval_every=10, val_sequences=256,
+    measure_every=1, lr_base=6e-4, lr_multipliers=(0.5, 1.0, 2.0), rung_fractions=(0.125, 0.25, 0.5, 1.0),
+    checkpoint_fractions=(0.25, 0.5, 1.0),
+    probe=ToyProbeConfig(n_samples=1024, n_probe=1024, n_sweep=1024, grad_samples=64))
+"""The default CPU run (under 45 minutes on 2 cores; BUILD_NOTES.md "Toy" gives the measured time and the reasons
+for each reduction)."""
+
+QUICK = ToyExperimentConfig(
+    batches=(8, 16), seeds=(0,), target=5.5, max_steps=20, eval_every=5, val_sequences=128, measure_every=1,
+    lr_base=1.2e-3, lr_multipliers=(1.0, 2.0), lr_centers=("sqrt",), rung_fractions=(0.5, 1.0),
+    checkpoint_fractions=(0.5, 1.0), progress_fractions=(0.25, 0.5, 1.0),
+    probe=ToyProbeConfig(n_samples=256, n_probe=256, sweep_bands=fourier.PROBE_BANDS[:4], n_sweep=256,
+                         grad_samples=16, chunk=256))
+"""--quick: every code path at toy scale in a few minutes (numbers are not meaningful)."""
+
+PRESETS = {"cpu": CPU, "quick": QUICK, "reference": REFERENCE}
