@@ -9,11 +9,22 @@ statistic comes from `spectral_jax.efficiency` over the sweep records. Layout un
                                  matrices (W_O, W_Q, W_V, MLP-out); layerwise, probe_matrices and seed_control
                                  all read it, so no tier is trained twice
     adam_vs_muon/{lswa,lswa_adam}/   one batch sweep per family
-    seed_control/seed_{s}/       one-tier sweeps at `batch` with model seed s (the probe sweep's own seed reuses
-                                 its tier)
-    data_split/model/            (data_split without a checkpoint) nothing trained: a fresh model is measured
+    seed_control/seed_{s}/       one-tier sweeps at `batch` with model seed s and the probe sweep's probes (the
+                                 probe sweep's own seed reuses its tier)
     <ablation>/summary.json + *.png
     summary.json                 index: per ablation its summary path, figures and headline numbers
+
+Definitions. "Early" = the probe point nearest `early_fraction` (20 %) of the run's own T(B)
+(`efficiency.early_prediction`). Seed spread = sample std (ddof 1) and range of the seeds' early alpha_tail at
+tier `batch`; tier separation = the same over the probe sweep's tiers (one seed); the summary gives their ratios.
+Matched loss = `efficiency.common_loss_targets` / `matched_loss_rows` over probe points with step > 0 (at step 0
+every tier is the same initialised model, so tier-vs-tier JS would be 0 by construction). Data split: sources are
+"<--data spec>[:pool|val|train]"; the default compares the embedded corpus' val split with its pool split (two
+disjoint sets of held-out files). Each source gives 2n windows (T+1 tokens, stride T+1, from the split's start;
+the pool split is the sweep's measurement pool); JS(A half 1, B half 1) is the split effect and JS(A half 1,
+A half 2) (and B's) the same-source noise floor. The model is a tier checkpoint (`model_dir`) or, by default, a
+freshly initialised model: its zero-initialised output projections make every block output equal the token
+embedding, so at init all layers give the same spectrum (the token statistics seen through random embeddings).
 """
 
 from __future__ import annotations
@@ -160,9 +171,11 @@ def _axes(ncols: int = 1, w: float = 6.4, h: float = 4.4):
 def plot_tokens_vs_batch(series: Mapping[str, Sequence[tuple[int, int | None]]], *, title: str):
     """T(B) vs B on log-log axes, one line per family (paper Fig. 7 left); tiers that never reached are left out."""
     fig, (ax,) = _axes()
-    for color, (label, pts) in zip(plots._colors(len(series)), series.items()):
+    styles = itertools.cycle((("o", "-"), ("s", "--"), ("^", ":")))  # equal T(B) must not hide a family
+    for color, style, (label, pts) in zip(plots._colors(len(series)), styles, series.items()):
         pts = sorted((b, t) for b, t in pts if t)
-        ax.plot([b for b, _ in pts], [t for _, t in pts], "o-", color=color, label=label)
+        ax.plot([b for b, _ in pts], [t for _, t in pts], marker=style[0], ls=style[1], color=color, label=label,
+                mfc="none" if style[0] != "o" else None, ms=7)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch B (sequences per step)")
@@ -303,8 +316,9 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
     seed_tok = [r["tokens_to_target"] for r in per_seed]
 
     # matched-loss JS: every run's probe point nearest each common loss target (efficiency's selection)
+    # step 0 is left out: every tier starts from the same initialisation, so tier-vs-tier JS there is 0 by construction
     labelled = {**{("seed", s): t for s, t in seed_tiers.items()}, **{("tier", b): t for b, t in tiers.items()}}
-    recs = {k: _records(t, "activation", last) for k, t in labelled.items()}
+    recs = {k: [r for r in _records(t, "activation", last) if r["step"] > 0] for k, t in labelled.items()}
     js_rows, js_note = [], None
     try:
         targets = efficiency.common_loss_targets({k: [r["val_loss"] for r in v] for k, v in recs.items()})
@@ -380,7 +394,7 @@ def probe_matrices(cfg: AblationConfig, log: Callable[[str], None] = log_stderr)
     sweep, tiers = load_sweep(sweep_dir)
     last = sweep["model"]["n_layer"] - 1
     tail = tuple(sweep["tail_window"])
-    act = {b: _records(t, "activation", last) for b, t in tiers.items()}
+    act = {b: [r for r in _records(t, "activation", last) if r["step"] > 0] for b, t in tiers.items()}  # as seed_control
     try:
         targets = efficiency.common_loss_targets({b: [r["val_loss"] for r in v] for b, v in act.items()})
     except ValueError as err:
@@ -410,7 +424,7 @@ def probe_matrices(cfg: AblationConfig, log: Callable[[str], None] = log_stderr)
         if spectra_m:
             figs.append(plots.save_figure(plots.plot_spectra(
                 spectra_m, title=f"{cfg.family} ({cfg.preset}): per-sample gradient spectra of {MATRIX_LABELS[m]} "
-                                 f"(block {last}) at matched val loss {mid:.3f}",
+                                 f"(block {last})\nat matched val loss {mid:.3f}, M = {sweep['probe']['grad_samples']}",
                 ylabel="normalised singular value", window=tail), d / f"gradient_spectra_{m}.png"))
     summary = dict(family=cfg.family, tiers=sorted(tiers), early_fraction=cfg.early_fraction, tail_window=tail,
                    grad_samples=sweep["probe"]["grad_samples"], matched_loss_target=mid, matrices=per_matrix,
