@@ -33,6 +33,10 @@ flags.DEFINE_integer("probe_every_evals", None, "probe spectra at every k-th eva
 flags.DEFINE_integer("seed", 42, "model init seed")
 flags.DEFINE_string("gain_target", "train", "loss at which T is read for the gains: train (the training target, "
                     "the paper's), common (the lowest loss every family reached), or a number")
+flags.DEFINE_enum("throughput", "interleaved", ["interleaved", "train"], "Q for the throughput gains: every "
+                  "family's training step timed side by side after the runs (fair on a shared machine), or the Q "
+                  "each run logged")
+flags.DEFINE_integer("throughput_rounds", 3, "rounds of the side-by-side timing (2 steps per family per round)")
 flags.DEFINE_float("tok_threshold", _T.tok, "|g_tok| beyond this is a token-efficiency change (natural log)")
 flags.DEFINE_float("thr_threshold", _T.thr, "|g_thr| beyond this is a throughput change (natural log)")
 flags.DEFINE_float("act_alpha_head_threshold", _T.act_alpha_head, "activation shift: |delta alpha_head|")
@@ -61,7 +65,8 @@ def main(argv):
     families = None if FLAGS.families is None else tuple(f.strip() for f in FLAGS.families.split(",") if f.strip())
     cfg = ChainConfig(families=families, preset=FLAGS.preset, batch=FLAGS.batch, data=FLAGS.data, lr=FLAGS.lr,
                       out=FLAGS.out, resume=FLAGS.resume, pool_sequences=FLAGS.pool_sequences,
-                      grad_samples=FLAGS.grad_samples, thresholds=thresholds, gain_target=FLAGS.gain_target, train_overrides=train_overrides)
+                      grad_samples=FLAGS.grad_samples, thresholds=thresholds, gain_target=FLAGS.gain_target,
+                      throughput=FLAGS.throughput, throughput_rounds=FLAGS.throughput_rounds, train_overrides=train_overrides)
     run_chain(cfg)
     print(f"results in {cfg.out_dir()}")
 

@@ -16,6 +16,10 @@ spectral features the taxonomy reads (efficiency.classify_transition):
                                       b's spectra at the probe points nearest each common loss target
 "Final" is the probe point at the run's stop (the target eval, or the budget's end).
 
+Q for ThrGain: by default every family's real training step is timed side by side in one process after the
+runs (train.interleaved_throughput, rounds taken in turn, written to throughput.json), because the Q a run logs
+during its own wall time moves with whatever else the machine runs; `throughput="train"` uses the logged Q.
+
 T for the gains is read from each run's eval records at the gain target: by default the training target (the
 paper's definition; a family that never reaches it has no T and its transitions no label), or "common": the
 lowest validation loss that EVERY family reached (max over families of their best eval), so every transition
@@ -65,6 +69,8 @@ class ChainConfig:
     probe_chunk: int | None = None
     thresholds: TaxonomyThresholds = TaxonomyThresholds()
     gain_target: str = "train"  # loss at which T is read for the gains: "train" (the runs' target), "common", a float
+    throughput: str = "interleaved"  # Q for ThrGain: "interleaved" (side by side after training) or "train"
+    throughput_rounds: int = 3
     train_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -155,9 +161,34 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
         train(mc, tc, dataset, out / fam, callbacks=[callback], resume=cfg.resume, log=log,
               run_info=dict(family=fam, preset=cfg.preset, lr_rule=rule, chain_batch=cfg.batch,
                             vocab_map=vmap and vmap.describe()))
+    if cfg.throughput == "interleaved":
+        _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, log)
     summary = summarize_chain(out, log=log)
     log(format_chain_table(summary))
     return summary
+
+
+def _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, log) -> None:
+    """Time every family's training step side by side (throughput.json); reused while the families match."""
+    from spectral_jax.train import environment, interleaved_throughput
+
+    path = out / "throughput.json"
+    if cfg.resume and path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("families") == list(families) and old.get("rounds") == cfg.throughput_rounds:
+            log(f"throughput: reusing {path}")
+            return
+    runs = {}
+    for fam in families:
+        mc = configs[fam]
+        batch = family_batch(mc, trunk_T, cfg.batch)
+        lr, _ = resolve_lr(cfg.lr, batch, mc.optim.reference_batch, fam)
+        runs[fam] = (mc, base_tc.replace(batch_size=batch, lr=lr, micro_batch=base_tc.micro_batch if
+                                         base_tc.micro_batch is None or batch % base_tc.micro_batch == 0 else None))
+    log(f"throughput: timing {len(runs)} training steps side by side ({cfg.throughput_rounds} rounds)")
+    q = interleaved_throughput(runs, dataset, rounds=cfg.throughput_rounds, log=log)
+    write_json(path, dict(families=list(families), rounds=cfg.throughput_rounds, throughput=q,
+                          devices=environment().get("devices")))
 
 
 # ---- summary from records -------------------------------------------------------------------------------
@@ -237,14 +268,17 @@ def resolve_gain_target(spec: str | float, runs: Mapping[str, dict]) -> float:
         raise ValueError(f"gain target {spec!r} is neither 'train', 'common' nor a loss value") from None
 
 
-def family_row(name: str, run: dict, gain_target: float) -> dict:
+def family_row(name: str, run: dict, gain_target: float, q_side: Mapping | None) -> dict:
     res = run["result"]
     act, grad = _series(run, "activation"), _series(run, "gradient")
     fa, fg = (act[-1] if act else None), (grad[-1] if grad else None)
     return dict(
         family=name, status=res["status"], tokens_to_target=res["tokens_to_target"],
         tokens_to_gain_target=efficiency.tokens_to_target(run["evals"], gain_target),
-        throughput_tokens_per_s=res["throughput_tokens_per_s"], final_val_loss=res["final_val_loss"],
+        throughput_tokens_per_s=res["throughput_tokens_per_s"] if q_side is None else q_side["tokens_per_s"],
+        throughput_train=res["throughput_tokens_per_s"],
+        throughput_interleaved=None if q_side is None else q_side["tokens_per_s"],
+        final_val_loss=res["final_val_loss"],
         steps=res["steps"], batch=res["batch"], seq_len=res["seq_len"], final_step=None if fa is None else fa["step"],
         act_alpha_head=_get(fa, "alpha_head"), act_alpha_tail=_get(fa, "alpha_tail"), act_rankme=_get(fa, "rankme"),
         act_head_mass=_get(fa, "head_mass10"), grad_alpha_head=_get(fg, "alpha_head"),
@@ -298,11 +332,18 @@ def summarize_chain(out: str | os.PathLike, *, thresholds: TaxonomyThresholds | 
         log(f"families without a finished run (left out): {missing}")
     spec = meta["config"].get("gain_target", "train") if gain_target is None else gain_target
     target = resolve_gain_target(spec, runs)
-    rows = {f: family_row(f, r, target) for f, r in runs.items()}
+    q_rule = meta["config"].get("throughput", "train")
+    q_path = out / "throughput.json"
+    q_side = json.loads(q_path.read_text())["throughput"] if q_rule == "interleaved" and q_path.is_file() else {}
+    if q_rule == "interleaved" and set(q_side) != set(runs):
+        log("throughput.json is missing or does not cover every family; ThrGain uses the logged training Q")
+        q_side, q_rule = {}, "train"
+    rows = {f: family_row(f, r, target, q_side.get(f)) for f, r in runs.items()}
     transitions = [transition_row(a, b, runs, rows, thresholds) for a, b in transitions_of(list(runs))]
     first = next(iter(runs.values()))
     summary = dict(preset=meta["config"]["preset"], batch=meta["config"]["batch"],
                    target_loss=first["result"]["target_loss"], gain_target=target, gain_target_rule=spec,
+                   throughput_rule=q_rule,
                    thresholds=dataclasses.asdict(thresholds),
                    families=list(rows.values()), transitions=transitions, missing=missing,
                    git_sha=first["run"]["environment"]["git_sha"])
@@ -363,7 +404,8 @@ def format_chain_table(summary: dict) -> str:
 
     rows = {r["family"]: r for r in summary["families"]}
     lines = [f"chain ({summary['preset']}, B = {summary['batch']}), training target {summary['target_loss']}, "
-             f"gains at val loss {summary['gain_target']:.4g} ({summary['gain_target_rule']})",
+             f"gains at val loss {summary['gain_target']:.4g} ({summary['gain_target_rule']}), "
+             f"Q {summary['throughput_rule']}",
              f"{'family':>10} {'status':>8} {'final val':>9} {'T tokens':>10} {'Q tok/s':>8}"]
     for r in rows.values():
         lines.append(f"{r['family']:>10} {r['status']:>8} {f(r['final_val_loss'], '.4f'):>9} "

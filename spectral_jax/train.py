@@ -314,6 +314,89 @@ def _checkpoint_manager(directory: pathlib.Path, keep: int):
     return ocp.CheckpointManager(directory.resolve(), options=options)
 
 
+class TrainStep:
+    """One optimizer step: `accum` jitted forward/backward passes over micro-batches, gradients summed, one
+    update. train() runs it; `interleaved_throughput` times it side by side for several configurations."""
+
+    def __init__(self, config: ModelConfig, lrs: Mapping[str, float], step_scale: float, accum: int):
+        self.accum = accum
+        self.tx = make_optimizer(config, lrs, step_scale=step_scale)
+        # cache key without the LRs (they are arguments of the compiled update)
+        self.apply = functools.partial(
+            _make_apply(dataclasses.replace(config.optim, **{_lr_field(g): 0.0 for g in lrs}), step_scale, accum),
+            peaks={g: jnp.float32(v) for g, v in lrs.items()})
+
+    def init(self, params):
+        """(params, optimizer state), committed to the device like orbax's restored arrays: the jitted step then
+        keeps one compiled program for fresh and resumed runs (committedness is part of jit's cache key; a
+        mismatch recompiled ~27 s)."""
+        return jax.device_put((params, self.tx.init(params)), jax.devices()[0])
+
+    def __call__(self, graphdef, params, opt_state, batches_Bx_T1: Sequence[np.ndarray], window: int):
+        """-> (params, opt_state, summed micro-batch loss); batches are (micro_batch, T+1) token windows."""
+        if len(batches_Bx_T1) != self.accum:
+            raise ValueError(f"a step takes {self.accum} micro-batches, got {len(batches_Bx_T1)}")
+        w = jnp.int32(window)
+        grads = loss_sum = None
+        for batch in batches_Bx_T1:
+            loss, g = _loss_and_grad(graphdef, params, jnp.asarray(batch[:, :-1]), jnp.asarray(batch[:, 1:]), w)
+            if grads is None:
+                grads, loss_sum = g, loss
+            else:
+                grads, loss_sum = _accumulate(grads, g, loss_sum, loss)
+        params, opt_state = self.apply(params, opt_state, grads)
+        return params, opt_state, loss_sum
+
+
+def interleaved_throughput(runs: Mapping[str, tuple[ModelConfig, TrainConfig]], dataset: TokenDataset, *,
+                           rounds: int = 5, steps_per_round: int = 2, warmup_steps: int = 2,
+                           log: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Training throughput of several configurations measured side by side in one process.
+
+    Each run's real optimizer step (its model, optimizer, micro-batching, LRs and the attention window it
+    trains with once warmed up) is compiled and warmed, then the runs take turns: `rounds` rounds of
+    `steps_per_round` steps each, so a change of machine load hits every run alike. Q = B * T / median step
+    time. On a shared machine this is the fair comparison; the Q a training run logs depends on whatever
+    else ran during its own wall time. Returns {name: {"tokens_per_s", "step_seconds", "window"}}.
+    """
+    if rounds < 1 or steps_per_round < 1:
+        raise ValueError(f"rounds and steps_per_round must be >= 1, got {rounds}, {steps_per_round}")
+    state = {}
+    for name, (config, tc) in runs.items():
+        sched = Schedules.build(config, tc)
+        mb = tc.resolved_micro_batch
+        accum = tc.batch_size // mb
+        lrs = group_learning_rates(config, tc.lr)
+        graphdef, params = nnx.split(GPT(config, rngs=nnx.Rngs(tc.seed)), nnx.Param)
+        step_fn = TrainStep(config, lrs, sched.step_scale, accum)
+        params, opt_state = step_fn.init(params)
+        data = dataset.train_dataset(config.seq_len, mb, seed=tc.data_seed)
+        window = sched.window(config, sched.window_warmup_steps)
+        batches = [data[k] for k in range(accum)]
+        for _ in range(warmup_steps):
+            params, opt_state, loss = step_fn(graphdef, params, opt_state, batches, window)
+            float(loss)
+        state[name] = [step_fn, graphdef, params, opt_state, batches, window, []]
+        if log:
+            log(f"throughput: {name} compiled and warmed (B = {tc.batch_size} x {config.seq_len}, window {window})")
+    for _ in range(rounds):
+        for name, st in state.items():
+            step_fn, graphdef, params, opt_state, batches, window, times = st
+            for _ in range(steps_per_round):
+                t0 = time.perf_counter()
+                params, opt_state, loss = step_fn(graphdef, params, opt_state, batches, window)
+                float(loss)
+                times.append(time.perf_counter() - t0)
+            st[2], st[3] = params, opt_state
+    out = {}
+    for name, (config, tc) in runs.items():
+        times, window = state[name][6], state[name][5]
+        dt = float(np.median(times))
+        out[name] = dict(tokens_per_s=tc.batch_size * config.seq_len / dt, step_seconds=dt, window=int(window),
+                         timed_steps=len(times))
+    return out
+
+
 def config_fingerprint(config: ModelConfig, tc: TrainConfig, lrs: Mapping[str, float]) -> str:
     """What makes two runs the same trajectory: model, train config and LRs, WITHOUT the token budget.
 
@@ -403,14 +486,8 @@ def train(
 
     model = GPT(config, rngs=nnx.Rngs(tc.seed))
     graphdef, params = nnx.split(model, nnx.Param)
-    tx = make_optimizer(config, lrs, step_scale=sched.step_scale)
-    # cache key without the LRs (they are arguments of the compiled update)
-    apply = functools.partial(_make_apply(dataclasses.replace(config.optim, **{_lr_field(g): 0.0 for g in lrs}),
-                                          sched.step_scale, accum),
-                              peaks={g: jnp.float32(v) for g, v in lrs.items()})
-    # committed to the device like orbax's restored arrays: the jitted step then keeps one compiled program
-    # for fresh and resumed runs (committedness is part of jit's cache key; a mismatch recompiled ~27 s)
-    params, opt_state = jax.device_put((params, tx.init(params)), jax.devices()[0])
+    step_fn = TrainStep(config, lrs, sched.step_scale, accum)
+    params, opt_state = step_fn.init(params)
 
     ckpt_dir = out / "checkpoints"
     manager = _checkpoint_manager(ckpt_dir, tc.keep_checkpoints)
@@ -516,7 +593,8 @@ def train(
                 status = "reached" if reached else "budget"
                 result = finish(status, step, val_loss)
                 q = result["throughput_tokens_per_s"]
-                log(f"{tag} {status} at step {step}: T(B) = {tokens:,} tokens, val {val_loss:.4f}, "
+                what = "T(B) = " if reached else ""
+                log(f"{tag} {status} at step {step}: {what}{tokens:,} tokens, val {val_loss:.4f}, "
                     f"Q = {q:,.0f} tokens/s" if q else f"{tag} {status} at step {step}")
                 return result
         if step > start_step and step % sched.checkpoint_every_steps == 0:
@@ -525,16 +603,8 @@ def train(
             return dict(status="interrupted", steps=step)
 
         t0 = time.perf_counter()
-        w = jnp.int32(window)
-        grads = loss_sum = None
-        for k in range(accum):
-            batch = train_ds[step * accum + k]
-            loss, g = _loss_and_grad(graphdef, params, jnp.asarray(batch[:, :-1]), jnp.asarray(batch[:, 1:]), w)
-            if grads is None:
-                grads, loss_sum = g, loss
-            else:
-                grads, loss_sum = _accumulate(grads, g, loss_sum, loss)
-        params, opt_state = apply(params, opt_state, grads)
+        params, opt_state, loss_sum = step_fn(graphdef, params, opt_state,
+                                              [train_ds[step * accum + k] for k in range(accum)], window)
         train_loss = float(loss_sum) / accum  # blocks until the step is done
         dt = time.perf_counter() - t0
         step += 1
@@ -557,6 +627,7 @@ def train(
 
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainingDiverged", "RunState", "Schedules", "train", "train_config",
+           "TrainStep", "interleaved_throughput",
            "config_fingerprint", "result_answers",
            "lr_multiplier_for_batch", "read_jsonl", "append_jsonl", "write_json", "environment", "git_sha",
            "log_stderr"]

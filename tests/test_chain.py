@@ -63,7 +63,7 @@ def test_transitions_follow_the_family_tree_and_batches_match_tokens():
 
 # one eval after three steps (the first two are compile steps, not timed), where every family is below 8.95
 ARGS = ("--max_tokens=12288", "--eval_every_tokens=12288", "--val_tokens=2048", "--probe_every_evals=1",
-        "--target_loss=8.95", "--pool_sequences=8", "--grad_samples=8")
+        "--target_loss=8.95", "--pool_sequences=8", "--grad_samples=8", "--throughput_rounds=1")
 FIGURES = ("gain_plane.png", "final_gradient_spectra.png", "alpha_summaries.png", "atlas_activation.png",
            "atlas_gradient.png", "loss_curves.png")
 
@@ -97,6 +97,12 @@ def test_chain_end_to_end(chain):
     for name in FIGURES:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert "muon->untied" in proc.stderr
+    q = json.loads((out / "throughput.json").read_text())
+    assert q["families"] == ["baseline", "rope", "muon", "untied"] and summary["throughput_rule"] == "interleaved"
+    for r in summary["families"]:
+        side = q["throughput"][r["family"]]
+        assert r["throughput_tokens_per_s"] == r["throughput_interleaved"] == side["tokens_per_s"] > 0
+        assert side["timed_steps"] == 2 * q["rounds"] and r["throughput_train"] > 0
 
 
 def test_chain_report_rebuilds_from_records(chain, tmp_path):
@@ -122,6 +128,7 @@ def test_chain_rerun_reuses_finished_families(chain):
     out, _ = chain
     proc = _cli("experiments.chain", "--families=baseline,rope,muon,untied", f"--out={out}", *ARGS)
     assert proc.returncode == 0 and proc.stderr.count("already finished") == 4
+    assert "throughput: reusing" in proc.stderr
 
 
 def test_chain_unknown_family_exit_2(tmp_path):
