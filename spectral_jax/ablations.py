@@ -264,7 +264,7 @@ def adam_vs_muon(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
     if points:
         figs.append(plots.save_figure(plots.plot_alpha_vs_eps(
             points, rho=across["rho"], p_value=across["p_value"],
-            title=f"early alpha_tail vs eps_tok, {MUON_FAMILY} vs {ADAM_FAMILY} ({cfg.preset}); rho = across "
+            title=f"early alpha_tail vs eps_tok, {MUON_FAMILY} vs {ADAM_FAMILY} ({cfg.preset})\nrho = across "
                   f"families on min-max-normalised alpha"), d / "early_alpha_vs_eps_tok.png"))
     summary = dict(families=families, spearman_across=across, token_ratio=ratio, tiers=list(cfg.tiers),
                    target_loss=sums[MUON_FAMILY]["target_loss"], early_fraction=cfg.early_fraction)
