@@ -71,7 +71,7 @@ def test_prober_record_and_cache(splits):
                          chunk=64)
     prober = ToyProber(task.TaskConfig(), splits, cfg)
     model = build_toy_model("untied", seed=0)
-    rec = prober(model, full=True)
+    rec = prober(model, level="full")
     for key in ("alpha_10_40", "alpha_head", "alpha_tail", "rankme", "grad_rankme", "act_eigenvalues", "fourier",
                 "band_sweep", "psg_singular_values"):
         assert key in rec, key
@@ -80,8 +80,12 @@ def test_prober_record_and_cache(splits):
     assert len(band["energy"]) == 97 and 0 <= band["H_S"] <= 1 and 0 < band["H_peak"] <= 0.5 + 1e-12
     # the untied head is zero at init: every per-sample gradient vanishes, summaries are None, not an error
     assert rec["psg_rankme"] is None and max(rec["psg_singular_values"]) == 0.0
-    again = prober(build_toy_model("untied", seed=0), full=True)  # same parameters -> cached record
+    again = prober(build_toy_model("untied", seed=0), level="full")  # same parameters -> cached record
     assert again == rec and again is not rec
-    assert prober(build_toy_model("untied", seed=1))["rankme"] != rec["rankme"]
+    other = prober(build_toy_model("untied", seed=1), level="spectra")
+    assert other["rankme"] != rec["rankme"] and "fourier" not in other
+    assert "fourier" in prober(model, level="fourier") and "band_sweep" not in prober(model, level="fourier")
+    with pytest.raises(ValueError):
+        prober(model, level="everything")
     with pytest.raises(ValueError):
         ToyProbeConfig(grad_samples=1)

@@ -150,25 +150,27 @@ def _halving(cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits
                         best_lr=cfg.lr_base * keys[result.best])
 
 
-def probe_steps(cfg: ToyExperimentConfig, run: ToyRun) -> list[int]:
-    """Snapshot steps worth probing: step 0, the stop, the ΔH_peak checkpoints (the last snapshot at or before each),
-    and for Fig. 4a the snapshot nearest each progress fraction of the tokens to target (of the run's stop when the
-    target was not reached)."""
+def probe_steps(cfg: ToyExperimentConfig, run: ToyRun) -> dict[int, str]:
+    """Snapshot step -> probe level: "full" at step 0 and the stop, "fourier" at the ΔH_peak checkpoints (the last
+    snapshot at or before each), "spectra" at the snapshot nearest each progress fraction of the tokens to target
+    (of the run's stop when the target was not reached; for Fig. 4a)."""
     snaps = [s.step for s in run.snapshots]
     if not snaps:
-        return []
-    chosen = {snaps[0], snaps[-1]}
-    for c in cfg.checkpoint_steps(run.tc.batch_size):
-        chosen.add(max([s for s in snaps if s <= c], default=snaps[0]))
+        return {}
+    chosen: dict[int, str] = {}
     end = run.step
     for f in cfg.progress_fractions:
-        chosen.add(min(snaps, key=lambda s: (abs(s - f * end), s)))
-    return sorted(chosen)
+        chosen[min(snaps, key=lambda s: (abs(s - f * end), s))] = "spectra"
+    for c in cfg.checkpoint_steps(run.tc.batch_size):
+        chosen[max([s for s in snaps if s <= c], default=snaps[0])] = "fourier"
+    chosen[snaps[0]] = chosen[snaps[-1]] = "full"
+    return dict(sorted(chosen.items()))
 
 
 def _measure(cfg: ToyExperimentConfig, run: ToyRun, prober: ToyProber) -> list[dict]:
-    last = run.snapshots[-1].step if run.snapshots else None
-    return run.measure(lambda model, snap: prober(model, full=snap.step in (0, last)), steps=probe_steps(cfg, run))
+    levels = probe_steps(cfg, run)
+    return run.measure(lambda model, snap: dict(prober(model, level=levels[snap.step]), level=levels[snap.step]),
+                       steps=list(levels))
 
 
 def _run_one(cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits, prober: ToyProber,
@@ -264,8 +266,8 @@ def _mean_sd(values: Sequence[float]) -> dict:
 
 
 def record_at_step(run: Mapping, step: int) -> dict:
-    """The run's record at `step`, or its last record when it stopped before (a stopped run stays at its stop)."""
-    recs = run["records"]
+    """The run's Fourier-probed record at `step` (its last before), or its first; a stopped run stays at its stop."""
+    recs = [r for r in run["records"] if "fourier" in r]
     before = [r for r in recs if r["step"] <= step]
     return before[-1] if before else recs[0]
 
@@ -312,7 +314,7 @@ def _fourier_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
                 ratios[f"({n2})/({n1})"] = m2 / m1
     steps = {str(b): cfg.checkpoint_steps(b) for b in cfg.batches}
     return dict(checkpoints=labels, checkpoint_steps_by_batch=steps, bands=[band_key(b) for b in cfg.probe.bands],
-                stages=per_stage, transitions=transitions, dH_peak_ratios=ratios)
+                stages=per_stage, transition_order=names, transitions=transitions, dH_peak_ratios=ratios)
 
 
 def _progress_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
@@ -438,10 +440,10 @@ whole validation split, ASHA-like rungs 1/8, 1/2, 1, checkpoints 500/1000/1500, 
 CPU time; here for accelerators."""
 
 CPU = ToyExperimentConfig(
-    batches=(8, 16, 32), seeds=(0, 1), target=5.0, max_steps=300, eval_every=10, val_sequences=256,
-    measure_every=1, lr_base=6e-4, lr_multipliers=(0.5, 1.0, 2.0), rung_fractions=(0.125, 0.25, 0.5, 1.0),
-    checkpoint_fractions=(0.25, 0.5, 1.0),
-    probe=ToyProbeConfig(n_samples=1024, n_probe=1024, n_sweep=1024, grad_samples=64))
+    batches=(8, 16, 32), seeds=(0, 1), target=4.5, max_steps=300, eval_every=10, val_sequences=256,
+    measure_every=1, lr_base=1.2e-3, lr_multipliers=(0.5, 1.0, 2.0), rung_fractions=(0.125, 0.25, 0.5, 1.0),
+    checkpoint_fractions=(0.25, 0.5, 1.0), progress_fractions=(0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0),
+    probe=ToyProbeConfig(n_samples=512, n_probe=1024, n_sweep=512, grad_samples=32))
 """The default CPU run (under 45 minutes on 2 cores; BUILD_NOTES.md "Toy" gives the measured time and the reasons
 for each reduction)."""
 

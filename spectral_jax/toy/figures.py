@@ -154,7 +154,7 @@ def delta_h_peak(fourier_table: Mapping) -> Figure:
     seeds; H_peak averaged over the checkpoint probe bands)."""
     fig, ax = _panels(1, 6.4, 4.4)
     ax = ax[0]
-    names = list(fourier_table["transitions"])
+    names = fourier_table.get("transition_order") or list(fourier_table["transitions"])  # summary.json sorts keys
     steps = fourier_table["checkpoints"]
     width = 0.8 / max(len(steps), 1)
     cmap = colormaps["viridis"]
@@ -207,8 +207,9 @@ def h_s_curves(cfg, runs: Sequence[Mapping], band: tuple[int, int]) -> Figure:
         run = next((r for r in runs if r["stage"] == stage and r["seed"] == seed and r["batch"] == batch), None)
         if run is None:
             continue
-        ax.plot([x["step"] for x in run["records"]], [x["fourier"][k]["H_S"] for x in run["records"]], "o-", ms=2,
-                color=_color(stage), label=stage)
+        recs = [x for x in run["records"] if "fourier" in x]
+        ax.plot([x["step"] for x in recs], [x["fourier"][k]["H_S"] for x in recs], "o-", ms=3, color=_color(stage),
+                label=stage)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"H_S (mass on r = ±1), band {k}")
     ax.set_title(f"task-band concentration (B={batch}, seed {seed})", fontsize=9)

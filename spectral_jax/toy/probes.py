@@ -42,6 +42,7 @@ from spectral_jax.toy import fourier
 from spectral_jax.toy import task as task_lib
 
 ACT_WINDOW = (10, 40)
+LEVELS = ("spectra", "fourier", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,10 +146,9 @@ def spectrum_summary(values: np.ndarray, *, tail, head, bank, prefix: str = "") 
 
 
 class ToyProber:
-    """Measures model states of one seed's task: `__call__(model, full=...)` -> flat record.
+    """Measures model states of one seed's task: `__call__(model, level=...)` -> flat record.
 
-    Probe splits and the sample set are drawn once. `full` adds the band sweep and the true per-sample gradient
-    SVD (used at step 0 and at the stop)."""
+    Probe splits and the sample set are drawn once; records of a state already probed come from a cache."""
 
     def __init__(self, task_cfg: task_lib.TaskConfig, splits: Mapping[str, task_lib.Split],
                  cfg: ToyProbeConfig = ToyProbeConfig()):
@@ -175,15 +175,19 @@ class ToyProber:
         h_NxD, _ = last_states(model, split.x_NxL, split.y_NxL, self.cfg.chunk, with_grad=False)
         return fourier.probe_hidden(h_NxD, split.m_N, band[0], k=self.cfg.pca_k)
 
-    def __call__(self, model, *, full: bool = False) -> dict[str, Any]:
-        """The record of one state; a state probed before (same parameters, e.g. step 0 of every batch and
-        candidate, or RoPE and Muon at init) is answered from a cache keyed by a digest of its parameters."""
-        key = (params_digest(model), full)
+    def __call__(self, model, *, level: str = "fourier") -> dict[str, Any]:
+        """The record of one state at `level` (LEVELS: "spectra" = activation and proxy-gradient spectra; "fourier"
+        adds the checkpoint bands; "full" adds the band sweep and the per-sample gradient SVD). A state probed before
+        (same parameters: step 0 of every batch, RoPE and Muon at init) is answered from a cache keyed by a digest
+        of its parameters."""
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        key = (params_digest(model), level)
         if key not in self._cache:
-            self._cache[key] = self._measure(model, full)
+            self._cache[key] = self._measure(model, level)
         return copy.deepcopy(self._cache[key])
 
-    def _measure(self, model, full: bool) -> dict[str, Any]:
+    def _measure(self, model, level: str) -> dict[str, Any]:
         cfg = self.cfg
         h_NxD, g_NxD = last_states(model, self.x_NxL, self.y_NxL, cfg.chunk)
         act = centred_eigenvalues(h_NxD)
@@ -192,11 +196,13 @@ class ToyProber:
         rec: dict[str, Any] = dict(spectrum_summary(act, **windows), **spectrum_summary(grad, **windows, prefix="grad_"))
         rec["act_eigenvalues"] = act.tolist()
         rec["grad_eigenvalues"] = grad.tolist()
+        if level == "spectra":
+            return rec
         rec["fourier"] = {}
         for band in cfg.bands:
             probe = self.fourier(model, band, cfg.n_probe)
             rec["fourier"][band_key(band)] = dict(probe.record(), energy=probe.energy_C.tolist())
-        if full:
+        if level == "full":
             rec["band_sweep"] = {}
             for band in cfg.sweep_bands:
                 probe = self.fourier(model, band, cfg.n_sweep)

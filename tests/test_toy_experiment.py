@@ -1,0 +1,106 @@
+"""Toy experiment end to end (spectral_jax.toy.experiment, experiments/toy_modarith.py) on a test-sized config."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from spectral_jax.toy import task
+from spectral_jax.toy.experiment import QUICK, ToyExperimentConfig, probe_steps, run_toy_experiment, summarize
+from spectral_jax.toy.probes import ToyProbeConfig
+from spectral_jax.toy.train import ToyRun
+
+TINY = ToyExperimentConfig(
+    batches=(4, 8), seeds=(0, 1), target=6.0, max_steps=8, eval_every=4, val_sequences=64, reference_batch=8,
+    lr_base=3e-3, lr_multipliers=(1.0, 2.0), lr_centers=("sqrt",), rung_fractions=(0.5, 1.0),
+    checkpoint_fractions=(0.5, 1.0), progress_fractions=(0.5, 1.0),
+    task=task.TaskConfig(n_train=512, n_val=64, n_test=8),
+    probe=ToyProbeConfig(n_samples=64, n_probe=64, sweep_bands=((13, 0), (31, 400)), n_sweep=64, grad_samples=4,
+                         chunk=64))
+
+FIGURES = ("loss_curves", "fig4a_spearman_vs_progress", "fig4b_h_s_curves", "fig4c_fourier_profile",
+           "fig11a_matched_loss_spectra", "fig11b_delta_h_peak", "fig11c_band_sweep")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    logs = []
+    summary = run_toy_experiment(TINY, out, log=logs.append)
+    return out, summary, logs
+
+
+def test_summary_runs_and_figures(experiment):
+    out, summary, logs = experiment
+    assert summary["n_runs"] == 4 * 2 * 2
+    on_disk = json.loads((out / "summary.json").read_text())
+    for key in ("config", "runs", "reach", "fourier", "spearman_vs_progress", "band_sweep", "gradient_spectra",
+                "figures"):
+        assert key in on_disk, key
+    assert set(on_disk["reach"]) == {"baseline", "rope", "muon", "untied"}
+    assert on_disk["fourier"]["transition_order"] == ["baseline->rope", "rope->muon", "muon->untied"]
+    assert set(on_disk["fourier"]["transitions"]) == set(on_disk["fourier"]["transition_order"])
+    d = on_disk["fourier"]["transitions"]["muon->untied"]["dH_peak"]["ck1"]
+    assert d["n"] == 4 and d["mean"] is not None  # 2 batches x 2 seeds, paired
+    for name in FIGURES:
+        png = out / f"{name}.png"
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    for run in on_disk["runs"]:
+        assert run["status"] in ("reached", "budget") and run["lr"] > 0
+    # the later seed reuses the LR chosen on seed 0 for each (stage, batch)
+    lr = {(r["stage"], r["batch"], r["seed"]): r["lr"] for r in on_disk["runs"]}
+    assert all(lr[(s, b, 1)] == lr[(s, b, 0)] for (s, b, seed) in lr if seed == 0)
+    run = json.loads((out / "runs" / "untied_B4_seed0.json").read_text())
+    assert run["selection"]["table"] and run["records"][0]["step"] == 0 and "band_sweep" in run["records"][-1]
+    assert run["records"][0]["val_loss"] == run["evals"][0]["val_loss"]
+
+
+def test_rerun_reuses_finished_runs(experiment):
+    out, summary, _ = experiment
+    logs = []
+    t0 = time.perf_counter()
+    again = run_toy_experiment(TINY, out, log=logs.append, figures=False)
+    assert sum("reusing" in m for m in logs) == 16 and time.perf_counter() - t0 < 60
+    assert again["reach"] == summary["reach"]
+    assert summarize(out, figures=False)["fourier"] == summary["fourier"]
+
+
+def test_probe_steps_cover_checkpoints_and_progress():
+    cfg = ToyExperimentConfig(batches=(8,), max_steps=40, eval_every=4, reference_batch=8,
+                              checkpoint_fractions=(0.5, 1.0), progress_fractions=(0.25, 0.75, 1.0),
+                              task=task.TaskConfig(n_train=64, n_val=16, n_test=4))
+    run = ToyRun(cfg.train_config("untied", 8, 1e-3, 0), task.make_task(cfg.task))
+    run.advance(12)  # stopped early (a reached run would stop like this): snapshots at 0, 4, 8, 12
+    assert probe_steps(cfg, run) == {0: "full", 4: "spectra", 8: "spectra", 12: "full"}
+    assert cfg.checkpoint_steps(8) == [20, 40] and cfg.rungs(8) == [8, 12, 20, 40] and cfg.step_scale(2) == 4
+
+
+def test_config_rejects_bad_input():
+    with pytest.raises(ValueError, match="unknown toy stage"):
+        ToyExperimentConfig(stages=("baseline", "bogus"))
+    with pytest.raises(ValueError, match="batches"):
+        ToyExperimentConfig(batches=(0,))
+    with pytest.raises(ValueError, match="rung_fractions"):
+        ToyExperimentConfig(rung_fractions=(0.5, 0.25))
+
+
+def test_cli_bad_stage_exits_2_with_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "experiments.toy_modarith", "--quick", "--stages=baseline,bogus",
+                          f"--out={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: unknown toy stage 'bogus'")
+
+
+@pytest.mark.slow
+def test_quick_mode_under_five_minutes(tmp_path):
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "experiments.toy_modarith", "--quick", f"--out={tmp_path}"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert time.perf_counter() - t0 < 300
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n_runs"] == len(QUICK.stages) * len(QUICK.batches) * len(QUICK.seeds)
+    for name in FIGURES:
+        assert (tmp_path / f"{name}.png").is_file()
