@@ -172,7 +172,7 @@ def plot_tokens_vs_batch(series: Mapping[str, Sequence[tuple[int, int | None]]],
     """T(B) vs B on log-log axes, one line per family (paper Fig. 7 left); tiers that never reached are left out."""
     fig, (ax,) = _axes()
     styles = itertools.cycle((("o", "-"), ("s", "--"), ("^", ":")))  # equal T(B) must not hide a family
-    for color, style, (label, pts) in zip(plots._colors(len(series)), styles, series.items()):
+    for color, style, (label, pts) in zip(plots.series_colors(len(series)), styles, series.items()):
         pts = sorted((b, t) for b, t in pts if t)
         ax.plot([b for b, _ in pts], [t for _, t in pts], marker=style[0], ls=style[1], color=color, label=label,
                 mfc="none" if style[0] != "o" else None, ms=7)
@@ -190,7 +190,7 @@ def plot_rho_by_layer(rows: Sequence[Mapping], *, title: str):
     fig, (ax,) = _axes()
     xs = [r["layer"] for r in rows]
     ys = [r["rho"] if _finite(r["rho"]) else np.nan for r in rows]
-    ax.plot(xs, ys, "o-", color=plots._colors(1)[0])
+    ax.plot(xs, ys, "o-", color=plots.series_colors(1)[0])
     for r, y in zip(rows, ys):
         if _finite(r["p_value"]):
             ax.annotate(f"p={r['p_value']:.2g}", (r["layer"], y), textcoords="offset points", xytext=(3, 5),
@@ -210,7 +210,7 @@ def plot_seed_control(tier_alpha: Mapping[int, float | None], seed_alpha: Mappin
     divergence seed-vs-seed and tier-vs-tier per loss target (paper Fig. 9)."""
     fig, (ax, bx) = _axes(2, w=5.2)
     tiers = sorted((b, a) for b, a in tier_alpha.items() if _finite(a))
-    c_tier, c_seed = plots._colors(2)
+    c_tier, c_seed = plots.series_colors(2)
     ax.plot([b for b, _ in tiers], [a for _, a in tiers], "o-", color=c_tier, label="tiers (one seed)")
     seeds = [(s, a) for s, a in seed_alpha.items() if _finite(a)]
     ax.scatter([batch] * len(seeds), [a for _, a in seeds], color=c_seed, marker="x", s=50, zorder=3,
@@ -326,7 +326,7 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
         targets, js_note = [], f"matched-loss JS skipped: {err}"
         log(js_note)
     for target in targets:
-        spec = {k: runs._spectrum(labelled[k], efficiency.matched_loss_rows(recs[k], [target])[0]) for k in recs}
+        spec = {k: runs.load_spectrum(labelled[k], efficiency.matched_loss_rows(recs[k], [target])[0]) for k in recs}
         seed_js = [spectra.js_divergence(spec[("seed", a)], spec[("seed", b)])
                    for a, b in itertools.combinations(seed_tiers, 2)]
         tier_js = [spectra.js_divergence(spec[("tier", a)], spec[("tier", b)])
@@ -416,7 +416,7 @@ def probe_matrices(cfg: AblationConfig, log: Callable[[str], None] = log_stderr)
         for b, rec in matched.items():
             g = [r for r in runs_m[b]["records"] if r["step"] == rec["step"]]
             if g:
-                spectra_m[f"B={b}"] = runs._spectrum(tiers[b], g[0])
+                spectra_m[f"B={b}"] = runs.load_spectrum(tiers[b], g[0])
                 rows_m.append(dict(batch=b, step=rec["step"], val_loss=rec["val_loss"],
                                    alpha_tail=g[0]["alpha_tail"], rankme=g[0]["rankme"]))
         entry["matched_loss"] = rows_m

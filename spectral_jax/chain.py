@@ -48,7 +48,7 @@ import numpy as np
 from spectral_jax import efficiency, spectra
 from spectral_jax.data.shards import atomic_write_bytes
 from spectral_jax.efficiency import TaxonomyThresholds
-from spectral_jax.runs import LOCAL_WINDOWS, PROBE_DEFAULTS, ProbeCallback, load_tier, resolve_lr
+from spectral_jax.runs import LOCAL_WINDOWS, PROBE_DEFAULTS, ProbeCallback, load_spectrum, load_tier, resolve_lr
 from spectral_jax.train import log_stderr, train, train_config, write_json
 
 DEFAULT_BATCH = 8
@@ -192,13 +192,6 @@ def _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, 
 
 
 # ---- summary from records -------------------------------------------------------------------------------
-def _load_spectrum(run: dict, record: dict) -> np.ndarray:
-    key = (f"activation/L{record['layer']}" if record["kind"] == "activation"
-           else f"{record['kind']}/L{record['layer']}.{record['matrix']}")
-    with np.load(run["dir"] / record["file"]) as f:
-        return np.asarray(f[key])
-
-
 def _series(run: dict, kind: str) -> list[dict]:
     """The probe records of one spectrum kind at the deepest probed block (one per probe point, by step)."""
     from spectral_jax.probes import ALIASES
@@ -242,7 +235,7 @@ def path_separation(run_a: dict, run_b: dict, kind: str, n_targets: int = 5) -> 
             recs = [r for r in _series(run, kind) if r["step"] == step]
             if not recs:
                 break
-            picks[key] = _load_spectrum(run, recs[0])
+            picks[key] = load_spectrum(run, recs[0])
         if len(picks) == 2:
             js.append(spectra.js_divergence(picks["a"], picks["b"]))
     return float(np.mean(js)) if js else None
@@ -380,7 +373,7 @@ def _figures(out: pathlib.Path, summary: dict, runs: Mapping[str, dict], tail: t
     for f, run in runs.items():
         grad = _series(run, "gradient")
         if grad:
-            finals[f] = _load_spectrum(run, grad[-1])
+            finals[f] = load_spectrum(run, grad[-1])
     if finals:
         plots.save_figure(plots.plot_spectra(
             finals, title=f"chain ({preset}): final per-sample gradient spectra of W_O", ylabel="normalised "
@@ -389,7 +382,7 @@ def _figures(out: pathlib.Path, summary: dict, runs: Mapping[str, dict], tail: t
         summary["families"], title=f"chain ({preset}): final activation vs gradient alpha_tail {list(tail)}"),
         out / "alpha_summaries.png")
     for kind, ylabel in (("activation", "normalised eigenvalue"), ("gradient", "normalised singular value")):
-        series = {f: [(r["tokens"], _load_spectrum(run, r)) for r in _series(run, kind)] for f, run in runs.items()}
+        series = {f: [(r["tokens"], load_spectrum(run, r)) for r in _series(run, kind)] for f, run in runs.items()}
         if any(series.values()):
             plots.save_figure(plots.plot_spectral_atlas(
                 series, title=f"chain ({preset}): {kind} spectra over training", ylabel=ylabel, window=tail),

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from spectral_jax import spectra
 
 __all__ = ["save_figure", "plot_spectra", "plot_alpha_vs_eps", "plot_loss_curves", "plot_spearman_vs_progress",
-           "plot_gain_plane", "plot_alpha_summaries", "plot_spectral_atlas"]
+           "plot_gain_plane", "plot_alpha_summaries", "plot_spectral_atlas", "series_colors"]
 
 
 def _figure(w: float = 6.4, h: float = 4.4) -> tuple[Figure, object]:
@@ -33,7 +33,8 @@ def _figure(w: float = 6.4, h: float = 4.4) -> tuple[Figure, object]:
     return fig, fig.add_subplot()
 
 
-def _colors(n: int) -> list:
+def series_colors(n: int) -> list:
+    """n colours along viridis (the palette of every figure here)."""
     cmap = colormaps["viridis"]
     return [cmap(x) for x in np.linspace(0.0, 0.85, max(n, 1))]
 
@@ -75,7 +76,7 @@ def plot_spectra(spectra_by_label: Mapping[str, np.ndarray], *, title: str, ylab
     zero-initialised matrix) keeps its legend entry, marked "(all zero)", with nothing drawn.
     """
     fig, ax = _figure()
-    for color, (label, values) in zip(_colors(len(spectra_by_label)), spectra_by_label.items()):
+    for color, (label, values) in zip(series_colors(len(spectra_by_label)), spectra_by_label.items()):
         raw = np.asarray(values, float)
         if not np.any(raw > 0):
             ax.plot([], [], color=color, label=f"{label} (all zero)")
@@ -106,7 +107,7 @@ def plot_alpha_vs_eps(points: Sequence[Mapping], *, rho: float | None = None, p_
     fig, ax = _figure()
     fam_of = [str(p.get("family", p.get("label", "")) or "") for p in points]
     families = list(dict.fromkeys(fam_of))
-    for color, fam in zip(_colors(len(families)), families):
+    for color, fam in zip(series_colors(len(families)), families):
         pts = [p for p, f in zip(points, fam_of) if f == fam]
         ax.scatter([p["alpha"] for p in pts], [p["eps_tok"] for p in pts], color=color, label=fam or None, s=30)
         for p in pts:
@@ -129,7 +130,7 @@ def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float 
     Points at 0 tokens cannot sit on a log axis and are dropped; None losses become gaps.
     """
     fig, ax = _figure()
-    for color, (label, (tokens, losses)) in zip(_colors(len(curves)), curves.items()):
+    for color, (label, (tokens, losses)) in zip(series_colors(len(curves)), curves.items()):
         t = np.asarray(tokens, float)
         y = np.asarray([np.nan if v is None else v for v in losses], float)
         keep = t > 0
@@ -151,7 +152,7 @@ def plot_spearman_vs_progress(rows: Sequence[Mapping], *,
     """Rows of `efficiency.spearman_vs_progress`: one line per rank window, x = fraction of T(B), y = rho."""
     fig, ax = _figure()
     windows = list(dict.fromkeys(tuple(r["window"]) for r in rows))
-    for color, w in zip(_colors(len(windows)), windows):
+    for color, w in zip(series_colors(len(windows)), windows):
         pts = sorted((r["fraction"], r["rho"] if _finite(r["rho"]) else np.nan)
                      for r in rows if tuple(r["window"]) == w)
         ax.plot([f for f, _ in pts], [r for _, r in pts], "o-", color=color, label=f"ranks {w[0]}-{w[1]}", ms=3)
@@ -173,7 +174,7 @@ def plot_gain_plane(transitions: Sequence[Mapping], *, title: str = "token gain 
     """
     fig, ax = _figure()
     labels = list(dict.fromkeys(str(t.get("label", "") or "") for t in transitions))
-    for color, lab in zip(_colors(len(labels)), labels):
+    for color, lab in zip(series_colors(len(labels)), labels):
         pts = [t for t in transitions if str(t.get("label", "") or "") == lab]
         ax.scatter([t["g_tok"] for t in pts], [t["g_thr"] for t in pts], color=color, label=lab or None, s=30)
         for t in pts:
@@ -199,7 +200,7 @@ def plot_alpha_summaries(rows: Sequence[Mapping], *, x: str = "act_alpha_tail", 
     if pts:
         xs, ys = [r[x] for r in pts], [r[y] for r in pts]
         ax.plot(xs, ys, color="0.75", lw=0.8, zorder=1)
-        for color, r in zip(_colors(len(pts)), pts):
+        for color, r in zip(series_colors(len(pts)), pts):
             ax.scatter([r[x]], [r[y]], color=color, s=30, zorder=2, label=r.get("family"))
             ax.annotate(str(r.get("family", "")), (r[x], r[y]), textcoords="offset points", xytext=(4, 4),
                         fontsize=7)

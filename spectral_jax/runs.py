@@ -213,7 +213,8 @@ def load_sweep(out: str | os.PathLike) -> tuple[dict, dict[int, dict]]:
     return sweep, dict(sorted(tiers.items()))
 
 
-def _spectrum(tier: dict, record: dict) -> np.ndarray:
+def load_spectrum(tier: dict, record: dict) -> np.ndarray:
+    """The raw spectrum behind a probe record, from the run directory's npz (tier: a `load_tier` dict)."""
     key = (f"activation/L{record['layer']}" if record["kind"] == "activation"
            else f"{record['kind']}/L{record['layer']}.{record['matrix']}")
     with np.load(tier["dir"] / record["file"]) as f:
@@ -287,7 +288,7 @@ def _figures(out, summary, tiers, act_records, targets, tail, plots) -> None:
     if targets:
         mid = targets[len(targets) // 2]
         chosen = {r["batch"]: r for r in summary["matched_loss"] if r["target_loss"] == mid}
-        acts = {f"B={b}": _spectrum(tiers[b], dict(kind="activation", layer=act_records(tiers[b])[0]["layer"],
+        acts = {f"B={b}": load_spectrum(tiers[b], dict(kind="activation", layer=act_records(tiers[b])[0]["layer"],
                                                    file=r["file"])) for b, r in chosen.items()}
         plots.save_figure(plots.plot_spectra(
             acts, title=f"{family} ({preset}): activation spectra at matched val loss {mid:.3f}",
@@ -296,7 +297,7 @@ def _figures(out, summary, tiers, act_records, targets, tail, plots) -> None:
         for b, r in chosen.items():
             recs = [g for g in tiers[b]["probes"] if g["kind"] == "gradient" and g["step"] == r["step"]]
             if recs:
-                grads[f"B={b}"] = _spectrum(tiers[b], recs[0])
+                grads[f"B={b}"] = load_spectrum(tiers[b], recs[0])
         if grads:
             plots.save_figure(plots.plot_spectra(
                 grads, title=f"{family} ({preset}): per-sample gradient spectra of W_O at val loss {mid:.3f}",
@@ -332,5 +333,6 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SweepConfig", "ProbeCallback", "run_batch_sweep", "summarize_sweep", "load_sweep", "format_table",
+__all__ = ["SweepConfig", "ProbeCallback", "run_batch_sweep", "summarize_sweep", "load_sweep", "load_spectrum",
+           "format_table",
            "resolve_lr", "DEFAULT_TIERS", "LOCAL_WINDOWS"]
