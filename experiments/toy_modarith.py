@@ -2,7 +2,7 @@
 
     python -m experiments.toy_modarith                       # CPU default (scaled; see BUILD_NOTES.md "Toy")
     python -m experiments.toy_modarith --quick --out=/tmp/toy_quick
-    python -m experiments.toy_modarith --preset=reference    # the reference's budget (5000 steps, target 2.0, B 32..512)
+    python -m experiments.toy_modarith --preset=reference    # reference budget: 5000 steps, target 2.0, B 32..512
 
 Writes DIR/summary.json, DIR/runs/*.json (one per stage, batch, seed; reused on a rerun) and the figures
 (fig4a/4b/4c/11a/11b/11c, loss curves). Flags left unset keep the preset's value.
@@ -32,7 +32,8 @@ flags.DEFINE_integer("measure_every", None, "probe snapshot every N evals")
 flags.DEFINE_float("lr_base", None, "base LR at the reference batch (AdamW groups; Muon matrices use 50x)")
 flags.DEFINE_string("lr_multipliers", None, "comma-separated LR multipliers around each scaling centre")
 flags.DEFINE_string("rungs", None, "successive-halving rung budgets as fractions of max_steps, ending at 1")
-flags.DEFINE_enum("selection", None, ["first_seed", "every_seed"], "LR selection on the first seed only, or on every seed")
+flags.DEFINE_enum("selection", None, ["first_seed", "every_seed"],
+                  "LR selection on the first seed only (later seeds reuse its LR), or on every seed")
 
 
 def _floats(text: str) -> tuple[float, ...]:

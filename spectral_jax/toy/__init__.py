@@ -21,7 +21,6 @@ from spectral_jax.toy.model import (
     build_toy_model,
     hidden_and_logits,
     init_toy_model,
-    last_hidden,
     toy_config,
     toy_param_count,
 )
@@ -59,7 +58,6 @@ __all__ = [
     "gini",
     "hidden_and_logits",
     "init_toy_model",
-    "last_hidden",
     "last_states",
     "make_task",
     "pca_fourier",

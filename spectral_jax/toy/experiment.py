@@ -440,7 +440,7 @@ whole validation split, ASHA-like rungs 1/8, 1/2, 1, checkpoints 500/1000/1500, 
 CPU time; here for accelerators."""
 
 CPU = ToyExperimentConfig(
-    batches=(8, 16, 32), seeds=(0, 1), target=4.5, max_steps=300, eval_every=10, val_sequences=256,
+    batches=(8, 16, 32), seeds=(0, 1), target=5.0, max_steps=160, eval_every=10, val_sequences=128,
     measure_every=1, lr_base=1.2e-3, lr_multipliers=(0.5, 1.0, 2.0), rung_fractions=(0.125, 0.25, 0.5, 1.0),
     checkpoint_fractions=(0.25, 0.5, 1.0), progress_fractions=(0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0),
     probe=ToyProbeConfig(n_samples=512, n_probe=1024, n_sweep=512, grad_samples=32))

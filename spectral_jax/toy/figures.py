@@ -168,7 +168,8 @@ def delta_h_peak(fourier_table: Mapping) -> Figure:
     ax.set_xticks(np.arange(len(names)), names, fontsize=8)
     ax.set_xlabel("transition")
     ax.set_ylabel("ΔH_peak (mean over batches and seeds; error bar 1 sd)")
-    at = "; ".join(f"B={b}: steps {', '.join(map(str, v))}" for b, v in fourier_table["checkpoint_steps_by_batch"].items())
+    at = "; ".join(f"B={b}: steps {', '.join(map(str, v))}"
+                   for b, v in fourier_table["checkpoint_steps_by_batch"].items())
     ax.set_title(f"Fourier concentration gain per transition (band {', '.join(fourier_table['bands'])})\n"
                  f"checkpoints {at}", fontsize=7)
     ax.legend(fontsize=7)

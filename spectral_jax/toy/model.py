@@ -17,7 +17,8 @@ tables after construction; everything else is the main GPT's own init.
 
 The representation h used by every toy probe is the final normalised hidden state, the input of the LM head:
 h = rms_norm(residual stream after the last block), shape (B, L, 128). `hidden_and_logits` reads it through NNX's
-capture of the last block's `block_out` (no forked model).
+capture of the last block's `block_out` (no forked model); spectral_jax.toy.probes.last_states reads its last
+position in chunks without the LM head.
 """
 
 from __future__ import annotations
@@ -118,33 +119,8 @@ def _hidden_and_logits(graphdef, state, x_BxL):
     return rms_norm(acts["blocks"][last]["block_out"][0]), logits
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _hidden_last(graphdef, state, x_BxL):
-    model = nnx.merge(graphdef, state)
-    _, acts = nnx.capture(model, nnx.Intermediate)(x_BxL)
-    last = model.config.n_layer - 1
-    return rms_norm(acts["blocks"][last]["block_out"][0][:, -1, :])
-
-
 def hidden_and_logits(model: GPT, x_BxL) -> tuple[jax.Array, jax.Array]:
     """(h, logits): the final normalised hidden state (B, L, D) and the logits (B, L, V) of one forward."""
     graphdef, state = nnx.split(model)
     return _hidden_and_logits(graphdef, state, jnp.asarray(x_BxL, jnp.int32))
 
-
-def last_hidden(model: GPT, x_NxL, chunk: int = 1024):
-    """h at the last position (N, D) as float32 numpy, in chunks of `chunk` sequences (the head is skipped)."""
-    import numpy as np
-
-    x_NxL = np.asarray(x_NxL, np.int32)
-    if x_NxL.ndim != 2 or x_NxL.shape[0] == 0:
-        raise ValueError(f"expected a non-empty (N, L) token array, got shape {x_NxL.shape}")
-    graphdef, state = nnx.split(model)
-    out = []
-    for i in range(0, x_NxL.shape[0], chunk):
-        xb = x_NxL[i:i + chunk]
-        n = xb.shape[0]
-        if n < chunk and x_NxL.shape[0] > chunk:  # pad the tail so every chunk has one shape (one compile)
-            xb = np.concatenate([xb, np.repeat(xb[-1:], chunk - n, axis=0)])
-        out.append(np.asarray(_hidden_last(graphdef, state, jnp.asarray(xb)))[:n])
-    return np.concatenate(out)

@@ -27,7 +27,7 @@ import copy
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -193,7 +193,8 @@ class ToyProber:
         act = centred_eigenvalues(h_NxD)
         grad = centred_eigenvalues(g_NxD)
         windows = dict(tail=cfg.tail, head=cfg.head, bank=(cfg.local,))
-        rec: dict[str, Any] = dict(spectrum_summary(act, **windows), **spectrum_summary(grad, **windows, prefix="grad_"))
+        rec: dict[str, Any] = dict(spectrum_summary(act, **windows),
+                                   **spectrum_summary(grad, **windows, prefix="grad_"))
         rec["act_eigenvalues"] = act.tolist()
         rec["grad_eigenvalues"] = grad.tolist()
         if level == "spectra":
