@@ -16,9 +16,9 @@ Cadence. The validation loss is evaluated at step 0, every `eval_every` steps an
 at the first eval with step > 0 and val <= target ("<=", as the toy reference). Parameter snapshots for the probes
 are kept at step 0, at every `measure_every`-th eval and at the stop (`ToyRun.measure` probes them later).
 Batches: sequence indices drawn with replacement from the train split by numpy's default_rng(seed + 11)
-(reference), B per step, in step order, so a run is a pure function of its config. Large batches are split into micro-batches of `micro_batch` sequences whose
-gradients are averaged inside one jitted step (identical update; faster on CPU, where a (512, 64, 1024) logit
-tensor leaves the cache).
+(reference), B per step, in step order, so a run is a pure function of its config. Large batches are split into
+micro-batches of `micro_batch` sequences whose gradients are averaged inside one jitted step (identical update;
+faster on CPU, where a (512, 64, 1024) logit tensor leaves the cache).
 """
 
 from __future__ import annotations
