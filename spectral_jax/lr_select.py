@@ -114,10 +114,14 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
     out = cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)
     dataset, vmap = fit_vocab(load_data(cfg.data), model_cfg.vocab_size, model_cfg.eot_id)
+    # what every run of a tier must share for earlier results to be reused (not the budget, batch, LR or
+    # logging; not the corpus build time)
     shared = dict(model=model_cfg, train={k: v for k, v in dataclasses.asdict(base_tc).items()
-                                          if k not in ("batch_size", "lr", "max_tokens", "micro_batch")},
-                  data=dataset.metadata)
-    write_json(out / "sweep.json", dict(config=cfg, rungs=rungs, reference_rungs=REFERENCE_RUNGS, **shared))
+                                          if k not in ("batch_size", "lr", "max_tokens", "micro_batch",
+                                                       "log_every_seconds")},
+                  data={k: v for k, v in dataset.metadata.items() if k != "build_seconds"})
+    write_json(out / "sweep.json", dict(config=cfg, rungs=rungs, reference_rungs=REFERENCE_RUNGS, model=model_cfg,
+                                        train=base_tc, data=dataset.metadata))
     ref_batch = model_cfg.optim.reference_batch
     t0 = time.perf_counter()
     for i, batch in enumerate(sorted(set(cfg.tiers))):
@@ -225,22 +229,27 @@ def format_selection(summary: Mapping[str, Any]) -> str:
 
 
 # ---- figures --------------------------------------------------------------------------------------------
-def plot_rung_losses(tiers: Sequence[Mapping[str, Any]]):
-    """Val loss vs LR multiplier (log x), one panel per tier, one line per rung; the selection is starred and
-    candidates that reached the target are ringed (their rank is by tokens, their loss is at the stop)."""
+def _figure(w: float, h: float):
+    """A stand-alone Agg figure (never registered with pyplot), as spectral_jax.plots builds them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from spectral_jax.plots import _colors
-
-    n = len(tiers)
-    fig = Figure(figsize=(4.2 * n, 4.0), dpi=120, layout="constrained")
+    fig = Figure(figsize=(w, h), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    return fig
+
+
+def plot_rung_losses(tiers: Sequence[Mapping[str, Any]]):
+    """Val loss vs LR multiplier (log x), one panel per tier, one line per rung; the selection is starred and
+    candidates that reached the target are ringed (their rank is by tokens, their loss is at the stop)."""
+    from spectral_jax.plots import series_colors
+
+    fig = _figure(4.2 * len(tiers), 4.0)
+    axes = fig.subplots(1, len(tiers), squeeze=False)[0]
     for ax, t in zip(axes, tiers):
         rows = t["table"]
         rungs = sorted({r["rung"] for r in rows})
-        for color, k in zip(_colors(len(rungs)), rungs):
+        for color, k in zip(series_colors(len(rungs)), rungs):
             pts = sorted((r["multiplier"], np.nan if r["loss"] is None else r["loss"], r["reached"])
                          for r in rows if r["rung"] == k)
             x = [p[0] for p in pts]
@@ -269,9 +278,8 @@ def plot_rung_losses(tiers: Sequence[Mapping[str, Any]]):
 def plot_selected_lr(tiers: Sequence[Mapping[str, Any]]):
     """Selected multiplier vs B (log-log) over the candidate grid, with the two scaling centres
     sqrt(B/B0) and B/B0 drawn through the anchor (multiplier 1 at B0)."""
-    from spectral_jax.plots import _figure
-
-    fig, ax = _figure()
+    fig = _figure(6.4, 4.4)
+    ax = fig.add_subplot()
     b = np.array([t["batch"] for t in tiers], float)
     b0 = tiers[0]["reference_batch"]
     for t in tiers:

@@ -130,6 +130,15 @@ def test_killed_sweep_resumes_through_the_cli_to_the_same_table(lr_sweep, tmp_pa
     assert all((copy / name).is_file() for name in FIGURES)
 
 
+def test_resume_refuses_results_of_other_settings(lr_sweep, tmp_path):
+    cfg, out, _, _ = lr_sweep
+    copy = tmp_path / "other"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    other = LRSweepConfig(**{**cfg.__dict__, "out": str(copy), "train_overrides": {**TRAIN, "target_loss": 5.0}})
+    with pytest.raises(ValueError, match=r"B4 holds LR-sweep results made with other settings \(train differ\)"):
+        run_lr_sweep(other, log=lambda m: None)
+
+
 def test_cli_unknown_family_is_a_one_line_error_with_exit_code_2(tmp_path):
     proc = _cli("--family=nope", f"--out={tmp_path}")
     assert proc.returncode == 2
