@@ -1,7 +1,9 @@
 """Every ablation end to end at reduced budgets: summary keys, figures, the data-split JS checks, CLI errors.
 
 One probe sweep (tiers 1, 2, 4) serves layerwise, probe_matrices and seed_control (module-scoped fixture); the
-Adam-vs-Muon sweeps run tiers 1, 2. Budgets are the batch-sweep test's, with a higher target (7.5)."""
+Adam-vs-Muon sweeps run tiers 1, 2. Budgets are the batch-sweep test's, with a higher target (7.5). The sweep-based
+tests are `slow` (about 4 CPU-minutes together); the default suite runs the entry point end to end through the
+data_split subcommand and its error path."""
 
 import json
 import math
@@ -49,6 +51,7 @@ def layerwise(out):
     return ablations.layerwise(_cfg(out), log=quiet)
 
 
+@pytest.mark.slow
 def test_layerwise_rho_per_block(out, layerwise):
     s = json.loads((out / "layerwise" / "summary.json").read_text())
     assert s["ablation"] == "layerwise" and [r["layer"] for r in s["layers"]] == list(range(8))
@@ -66,6 +69,7 @@ def test_layerwise_rho_per_block(out, layerwise):
     assert index["ablations"]["layerwise"]["summary"] == "layerwise/summary.json"
 
 
+@pytest.mark.slow
 def test_probe_matrices_reuse_the_sweep_and_cover_four_matrices(out, layerwise):
     results = out / "probe_sweep" / "tier_B1" / "result.json"
     mtime = results.stat().st_mtime_ns
@@ -84,6 +88,7 @@ def test_probe_matrices_reuse_the_sweep_and_cover_four_matrices(out, layerwise):
     _pngs(out / "probe_matrices", s)
 
 
+@pytest.mark.slow
 def test_seed_control_compares_seed_spread_with_tier_separation(out, layerwise):
     s = ablations.seed_control(_cfg(out), log=quiet)
     assert [r["seed"] for r in s["per_seed"]] == [42, 43]
@@ -116,6 +121,7 @@ def _foreign_source(directory):
     return str(directory)
 
 
+@pytest.mark.slow
 def test_data_split_js_is_zero_on_itself_and_large_on_another_source(out, layerwise, tmp_path):
     tier = out / "probe_sweep" / "tier_B2"
     same = ablations.data_split_js(_cfg(tmp_path / "same", data_a="embedded:pool", data_b="embedded:pool",
@@ -132,6 +138,7 @@ def test_data_split_js_is_zero_on_itself_and_large_on_another_source(out, layerw
         ablations.data_split_js(_cfg(tmp_path / "bad", model_dir=str(tmp_path)), log=quiet)
 
 
+@pytest.mark.slow
 def test_adam_vs_muon(tmp_path):
     s = ablations.adam_vs_muon(_cfg(tmp_path, tiers=(1, 2)), log=quiet)
     assert set(s["families"]) == {"lswa", "lswa_adam"}
