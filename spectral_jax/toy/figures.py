@@ -89,6 +89,9 @@ def spearman_vs_progress(progress: Mapping) -> Figure:
     ax.set_title("local activation-tail statistic (ranks 10-40) vs eventual token cost", fontsize=9)
     if pooled or stages:
         ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no Spearman: fewer than 3 runs reached the target\n(per seed pooled, or per stage)",
+                transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
     return fig
 
 
