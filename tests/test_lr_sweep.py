@@ -100,6 +100,7 @@ def _cli(*args):
                           timeout=600)
 
 
+@pytest.mark.slow  # 30 s; halving restarts are also tested in test_sweep.py, train resume in test_train.py
 def test_killed_sweep_resumes_through_the_cli_to_the_same_table(lr_sweep, tmp_path):
     _, out, summary, _ = lr_sweep
     copy = tmp_path / "resume"
