@@ -20,8 +20,7 @@ from flax import nnx
 
 from _timing import median_time
 from spectral_jax.models import GPT, make_config
-from spectral_jax.optim import make_optimizer
-from spectral_jax.train import _loss_and_grad, _make_apply
+from spectral_jax.train import Schedules, TrainStep, group_learning_rates, train_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("family", "betterwin", "family")
@@ -62,20 +61,17 @@ def main(argv):
     window = FLAGS.window or cfg.max_window
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     peak, n = matmul_rate(dtype, FLAGS.repeats)
+    tc = train_config(FLAGS.preset, batch_size=FLAGS.batch, micro_batch=FLAGS.batch)
+    step_fn = TrainStep(cfg, group_learning_rates(cfg, tc.lr), Schedules.build(cfg, tc).step_scale, 1)
     graphdef, params = nnx.split(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-    tx = make_optimizer(cfg)
-    opt_state = tx.init(params)
-    apply = _make_apply(tx, 1)
-    x = jnp.asarray(np.random.default_rng(0).integers(1, cfg.vocab_size, (FLAGS.batch, cfg.seq_len)), jnp.int32)
-    w = jnp.int32(window)
-
-    state = (params, opt_state)
+    tokens_Bx_T1 = np.random.default_rng(0).integers(1, cfg.vocab_size, (FLAGS.batch, cfg.seq_len + 1))
+    state = step_fn.init(params)
 
     def step():
         nonlocal state
-        _, grads = _loss_and_grad(graphdef, state[0], x, x, w)
-        state = apply(*state, grads)
-        jax.block_until_ready(state)
+        params, opt_state, loss = step_fn(graphdef, *state, [tokens_Bx_T1], window)
+        state = (params, opt_state)
+        float(loss)
 
     dt = median_time(step, FLAGS.repeats)
     params = state[0]

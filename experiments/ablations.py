@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from experiments._cli import int_list, user_errors_exit_2
+from experiments._cli import define_train_flags, train_overrides, int_list, user_errors_exit_2
 from spectral_jax.ablations import RUNNERS, AblationConfig
 from spectral_jax.runs import DEFAULT_TIERS
 
@@ -38,16 +38,10 @@ flags.DEFINE_string("data_b", "embedded:pool", "data_split source B, same syntax
 flags.DEFINE_string("model", None, "data_split: a trained tier directory (e.g. <sweep>/tier_B8) whose newest "
                     "checkpoint is measured; default a freshly initialised --family model (seed --seed)")
 flags.DEFINE_integer("split_sequences", None, "data_split: sequences per sample (default: the preset's pool size)")
-flags.DEFINE_float("target_loss", None, "stop at the first eval at or below this val loss (preset default)")
-flags.DEFINE_integer("max_tokens", None, "per-tier token budget (preset default)")
-flags.DEFINE_integer("eval_every_tokens", None, "eval cadence in training tokens (preset default)")
-flags.DEFINE_integer("val_tokens", None, "validation tokens (preset default)")
-flags.DEFINE_integer("probe_every_evals", None, "probe at every k-th eval (preset default)")
-flags.DEFINE_integer("micro_batch", None, "sequences per forward/backward (default: fit to the preset)")
 flags.DEFINE_integer("pool_sequences", None, "sequences in the measurement pool (preset default)")
 flags.DEFINE_integer("grad_samples", None, "M, sequences for per-sample gradients (preset default)")
 flags.DEFINE_float("early_fraction", 0.2, "early checkpoint as a fraction of each tier's T(B)")
-flags.DEFINE_integer("seed", None, "model init seed of the sweeps (default 42)")
+define_train_flags("target_loss", "max_tokens", "eval_every_tokens", "val_tokens", "probe_every_evals", "micro_batch", "seed")
 
 
 @user_errors_exit_2
@@ -56,10 +50,7 @@ def main(argv):
         got = " ".join(argv[1:]) or "nothing"
         raise ValueError(f"expected one subcommand ({' | '.join(RUNNERS)}), got {got}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
-    overrides = {k: v for k, v in dict(
-        target_loss=FLAGS.target_loss, max_tokens=FLAGS.max_tokens, eval_every_tokens=FLAGS.eval_every_tokens,
-        val_tokens=FLAGS.val_tokens, probe_every_evals=FLAGS.probe_every_evals, micro_batch=FLAGS.micro_batch,
-        seed=FLAGS.seed).items() if v is not None}
+    overrides = train_overrides()
     cfg = AblationConfig(
         out=FLAGS.out or f"results/ablations/{FLAGS.preset}", preset=FLAGS.preset, family=FLAGS.family,
         tiers=int_list(FLAGS.tiers), data=FLAGS.data, lr=FLAGS.lr, resume=FLAGS.resume,

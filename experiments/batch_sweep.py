@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from experiments._cli import int_list, user_errors_exit_2
+from experiments._cli import define_train_flags, train_overrides, int_list, user_errors_exit_2
 from spectral_jax.runs import DEFAULT_TIERS, SweepConfig, run_batch_sweep
 
 FLAGS = flags.FLAGS
@@ -28,12 +28,8 @@ flags.DEFINE_string("matrices", "final_attn_out", "gradient-probe matrices: fina
                     "attn_v, mlp_out (comma-separated)")
 flags.DEFINE_integer("pool_sequences", None, "sequences in the measurement pool (preset default)")
 flags.DEFINE_integer("grad_samples", None, "M, sequences for per-sample gradients (preset default)")
-flags.DEFINE_float("target_loss", None, "stop at the first eval at or below this val loss (preset default)")
-flags.DEFINE_integer("max_tokens", None, "per-tier token budget (preset default)")
-flags.DEFINE_integer("eval_every_tokens", None, "eval cadence in training tokens (preset default)")
-flags.DEFINE_integer("micro_batch", None, "sequences per forward/backward (default: fit to the preset)")
 flags.DEFINE_float("early_fraction", 0.2, "early checkpoint as a fraction of each tier's T(B)")
-flags.DEFINE_integer("seed", 42, "model init seed")
+define_train_flags("target_loss", "max_tokens", "eval_every_tokens", "micro_batch", "seed")
 
 
 @user_errors_exit_2
@@ -41,15 +37,13 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
-    train_overrides = {k: v for k, v in dict(
-        target_loss=FLAGS.target_loss, max_tokens=FLAGS.max_tokens, eval_every_tokens=FLAGS.eval_every_tokens,
-        micro_batch=FLAGS.micro_batch, seed=FLAGS.seed).items() if v is not None}
+    overrides = train_overrides()
     cfg = SweepConfig(
         family=FLAGS.family, preset=FLAGS.preset, tiers=int_list(FLAGS.tiers), data=FLAGS.data, lr=FLAGS.lr,
         lr_table=FLAGS.lr_table,
         out=FLAGS.out, resume=FLAGS.resume, layers=int_list(FLAGS.layers),
         matrices=tuple(m for m in FLAGS.matrices.split(",") if m), pool_sequences=FLAGS.pool_sequences,
-        grad_samples=FLAGS.grad_samples, early_fraction=FLAGS.early_fraction, train_overrides=train_overrides)
+        grad_samples=FLAGS.grad_samples, early_fraction=FLAGS.early_fraction, train_overrides=overrides)
     run_batch_sweep(cfg)
     print(f"results in {cfg.out_dir()}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from experiments._cli import user_errors_exit_2
+from experiments._cli import define_train_flags, train_overrides, user_errors_exit_2
 from spectral_jax.chain import DEFAULT_BATCH, ChainConfig, run_chain
 from spectral_jax.efficiency import TaxonomyThresholds
 
@@ -25,12 +25,6 @@ flags.DEFINE_string("out", None, "results directory (default results/chain/<pres
 flags.DEFINE_bool("resume", True, "reuse finished families and resume interrupted ones from their checkpoints")
 flags.DEFINE_integer("pool_sequences", None, "sequences in the measurement pool (preset default)")
 flags.DEFINE_integer("grad_samples", None, "M, sequences for per-sample gradients (preset default)")
-flags.DEFINE_float("target_loss", None, "stop at the first eval at or below this val loss (preset default)")
-flags.DEFINE_integer("max_tokens", None, "per-family token budget (preset default)")
-flags.DEFINE_integer("eval_every_tokens", None, "eval cadence in training tokens (preset default)")
-flags.DEFINE_integer("val_tokens", None, "validation tokens per eval (preset default)")
-flags.DEFINE_integer("probe_every_evals", None, "probe spectra at every k-th eval (preset default)")
-flags.DEFINE_integer("seed", 42, "model init seed")
 flags.DEFINE_string("gain_target", "train", "loss at which T is read for the gains: train (the training target, "
                     "the paper's), common (the lowest loss every family reached), or a number")
 flags.DEFINE_enum("throughput", "interleaved", ["interleaved", "train"], "Q for the throughput gains: every "
@@ -46,6 +40,7 @@ flags.DEFINE_float("grad_log_rankme_threshold", _T.grad_log_rankme, "gradient sh
 flags.DEFINE_float("grad_alpha_threshold", _T.grad_alpha, "gradient shift: |delta alpha_tail|")
 flags.DEFINE_float("grad_head_mass_threshold", _T.grad_head_mass, "gradient shift: |delta top-10 mass|")
 flags.DEFINE_float("grad_path_js_threshold", _T.grad_path_js, "gradient shift: mean matched-loss JS")
+define_train_flags("target_loss", "max_tokens", "eval_every_tokens", "val_tokens", "probe_every_evals", "seed")
 
 
 @user_errors_exit_2
@@ -53,10 +48,7 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    train_overrides = {k: v for k, v in dict(
-        target_loss=FLAGS.target_loss, max_tokens=FLAGS.max_tokens, eval_every_tokens=FLAGS.eval_every_tokens,
-        val_tokens=FLAGS.val_tokens, probe_every_evals=FLAGS.probe_every_evals, seed=FLAGS.seed).items()
-        if v is not None}
+    overrides = train_overrides()
     thresholds = TaxonomyThresholds(
         tok=FLAGS.tok_threshold, thr=FLAGS.thr_threshold, act_alpha_head=FLAGS.act_alpha_head_threshold,
         act_head_mass=FLAGS.act_head_mass_threshold, act_path_js=FLAGS.act_path_js_threshold,
@@ -66,7 +58,7 @@ def main(argv):
     cfg = ChainConfig(families=families, preset=FLAGS.preset, batch=FLAGS.batch, data=FLAGS.data, lr=FLAGS.lr,
                       out=FLAGS.out, resume=FLAGS.resume, pool_sequences=FLAGS.pool_sequences,
                       grad_samples=FLAGS.grad_samples, thresholds=thresholds, gain_target=FLAGS.gain_target,
-                      throughput=FLAGS.throughput, throughput_rounds=FLAGS.throughput_rounds, train_overrides=train_overrides)
+                      throughput=FLAGS.throughput, throughput_rounds=FLAGS.throughput_rounds, train_overrides=overrides)
     run_chain(cfg)
     print(f"results in {cfg.out_dir()}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from experiments._cli import int_list, user_errors_exit_2
+from experiments._cli import define_train_flags, train_overrides, int_list, user_errors_exit_2
 from spectral_jax.lr_select import DEFAULT_ETA, DEFAULT_TIERS, LRSweepConfig, run_lr_sweep
 
 FLAGS = flags.FLAGS
@@ -22,11 +22,7 @@ flags.DEFINE_float("eta", DEFAULT_ETA, "keep the best 1/eta of the candidates at
 flags.DEFINE_string("out", None, "results directory (default results/lr_sweep/<family>_<preset>)")
 flags.DEFINE_bool("resume", True, "reuse finished rungs and continue interrupted candidates from checkpoints; "
                   "--noresume starts the requested tiers over")
-flags.DEFINE_float("target_loss", None, "a candidate stops at the first eval at or below this (preset default)")
-flags.DEFINE_integer("eval_every_tokens", None, "eval cadence in training tokens (preset default)")
-flags.DEFINE_integer("val_tokens", None, "validation tokens per eval (preset default)")
-flags.DEFINE_integer("micro_batch", None, "sequences per forward/backward (default: fit to the preset)")
-flags.DEFINE_integer("seed", 42, "model init seed")
+define_train_flags("target_loss", "eval_every_tokens", "val_tokens", "micro_batch", "seed")
 
 
 @user_errors_exit_2
@@ -34,13 +30,11 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
-    train_overrides = {k: v for k, v in dict(
-        target_loss=FLAGS.target_loss, eval_every_tokens=FLAGS.eval_every_tokens, val_tokens=FLAGS.val_tokens,
-        micro_batch=FLAGS.micro_batch, seed=FLAGS.seed).items() if v is not None}
+    overrides = train_overrides()
     cfg = LRSweepConfig(
         family=FLAGS.family, preset=FLAGS.preset, tiers=int_list(FLAGS.tiers), data=FLAGS.data,
         rungs=int_list(FLAGS.rungs) if FLAGS.rungs else None, eta=FLAGS.eta, out=FLAGS.out, resume=FLAGS.resume,
-        train_overrides=train_overrides)
+        train_overrides=overrides)
     run_lr_sweep(cfg)
     print(f"results in {cfg.out_dir()}")
 

@@ -455,13 +455,12 @@ def _sample(dataset, split: str, seq_len: int, n: int, val_tokens: int) -> np.nd
 def load_tier_model(tier_dir: str | pathlib.Path):
     """(model, window, description) from a finished tier's newest checkpoint. The model config is rebuilt with
     make_config from the tier's records and must reproduce the run's config fingerprint."""
-    import jax
     import orbax.checkpoint as ocp
     from flax import nnx
 
     from spectral_jax.models import GPT, make_config
     from spectral_jax.optim import make_optimizer
-    from spectral_jax.train import Schedules, TrainConfig, config_fingerprint
+    from spectral_jax.train import Schedules, TrainConfig, config_fingerprint, restore_state
 
     tier_dir = pathlib.Path(tier_dir)
     if not (tier_dir / "run.json").is_file() or not (tier_dir / "checkpoints").is_dir():
@@ -485,9 +484,7 @@ def load_tier_model(tier_dir: str | pathlib.Path):
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"{tier_dir}/checkpoints holds no checkpoint; rerun the sweep for that tier")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(params=params, opt_state=opt_state))
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-    nnx.update(model, state["params"])
+    nnx.update(model, restore_state(manager, step, params, opt_state)[0])
     return model, sched.window(config, step), dict(kind="checkpoint", dir=str(tier_dir), step=step,
                                                    tokens=step * sched.tokens_per_step, family=run["family"])
 
@@ -565,7 +562,7 @@ def data_split_js(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) 
     d = cfg.path(name)
     s_last = {k: v[layers[-1]] for k, v in spec.items()}
     figs = [plots.save_figure(plots.plot_spectra(
-        {f"A = {cfg.data_a} (half 1)": s_last["A1"], f"A (half 2)": s_last["A2"],
+        {f"A = {cfg.data_a} (half 1)": s_last["A1"], "A (half 2)": s_last["A2"],
          f"B = {cfg.data_b} (half 1)": s_last["B1"]},
         title=f"activation spectra on two data sources, block {layers[-1]} ({model_info['kind']} model)\n"
               f"JS(A, B) = {last['js_a_vs_b']:.3g}; floor JS(A1, A2) = {last['js_floor_a']:.3g}",

@@ -48,7 +48,7 @@ import numpy as np
 from spectral_jax import efficiency, spectra
 from spectral_jax.data.shards import atomic_write_bytes
 from spectral_jax.efficiency import TaxonomyThresholds
-from spectral_jax.runs import LOCAL_WINDOWS, PROBE_DEFAULTS, ProbeCallback, load_spectrum, load_tier, resolve_lr
+from spectral_jax.runs import LOCAL_WINDOWS, PROBE_DEFAULTS, ProbeCallback, load_spectrum, load_tier, probe_settings, resolve_lr
 from spectral_jax.train import log_stderr, train, train_config, write_json
 
 DEFAULT_BATCH = 8
@@ -89,12 +89,8 @@ class ChainConfig:
         return pathlib.Path(self.out or f"results/chain/{self.preset}")
 
     def probe_settings(self) -> dict:
-        base = dict(PROBE_DEFAULTS[self.preset])
-        for key, value in (("pool_sequences", self.pool_sequences), ("grad_samples", self.grad_samples),
-                           ("chunk", self.probe_chunk)):
-            if value is not None:
-                base[key] = value
-        return base
+        return probe_settings(self.preset, pool_sequences=self.pool_sequences, grad_samples=self.grad_samples,
+                              chunk=self.probe_chunk)
 
 
 def transitions_of(families: Sequence[str]) -> list[tuple[str, str]]:

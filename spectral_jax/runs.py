@@ -64,12 +64,18 @@ class SweepConfig:
         return pathlib.Path(self.out or f"results/batch_sweep/{self.family}_{self.preset}")
 
     def probe_settings(self) -> dict:
-        base = dict(PROBE_DEFAULTS[self.preset])
-        for key, value in (("pool_sequences", self.pool_sequences), ("grad_samples", self.grad_samples),
-                           ("chunk", self.probe_chunk)):
-            if value is not None:
-                base[key] = value
-        return base
+        return probe_settings(self.preset, pool_sequences=self.pool_sequences, grad_samples=self.grad_samples,
+                              chunk=self.probe_chunk)
+
+
+def probe_settings(preset: str, **overrides: int | None) -> dict:
+    """The preset's probe sizes (pool_sequences, grad_samples, chunk) with the non-None `overrides` applied."""
+    if preset not in PROBE_DEFAULTS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PROBE_DEFAULTS)}")
+    unknown = set(overrides) - set(PROBE_DEFAULTS[preset])
+    if unknown:
+        raise ValueError(f"unknown probe settings {sorted(unknown)}; choose from {sorted(PROBE_DEFAULTS[preset])}")
+    return {**PROBE_DEFAULTS[preset], **{k: v for k, v in overrides.items() if v is not None}}
 
 
 def save_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -307,6 +307,15 @@ def _fmt_time(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def restore_state(manager, step: int, params, opt_state):
+    """(params, optimizer state) of checkpoint `step`, restored into the shapes and dtypes of the templates."""
+    import orbax.checkpoint as ocp
+
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(params=params, opt_state=opt_state))
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    return state["params"], state["opt_state"]
+
+
 def _checkpoint_manager(directory: pathlib.Path, keep: int):
     import orbax.checkpoint as ocp
 
@@ -505,9 +514,7 @@ def train(
         if not _same_config(meta.get("fingerprint"), fingerprint):
             raise ValueError(f"checkpoint in {ckpt_dir} was written by a different configuration; "
                              "use another --out directory or delete it to start over")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(params=params, opt_state=opt_state))
-        state = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-        params, opt_state = state["params"], state["opt_state"]
+        params, opt_state = restore_state(manager, latest, params, opt_state)
         step, timed_tokens, timed_seconds = meta["step"], meta["timed_tokens"], meta["timed_seconds"]
         train_loss = float("nan") if meta.get("train_loss") is None else meta["train_loss"]
         for later in [s for s in manager.all_steps() if s > latest]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import logging
 import os
 import pathlib
@@ -22,8 +21,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-
-import numpy as np
 
 from spectral_jax.data.shards import ShardError, TokenDataset, load_shard_dir, write_dataset
 from spectral_jax.data.tokenize import Tokenizer

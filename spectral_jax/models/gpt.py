@@ -384,7 +384,9 @@ class GPT(nnx.Module):
             return [None if i is None else tables[i] for i in layout]
         return [None] * cfg.n_layer
 
-    def _head(self, x_BxTxD) -> jax.Array:
+    def head(self, x_BxTxD) -> jax.Array:
+        """Logits (float32) from final hidden states already through the last rms_norm: the LM head with the
+        family's tying, FP8 path and soft-cap. Public for probes that perturb the last hidden state."""
         cfg = self.config
         if cfg.fp8_head:
             w_DxV = self.embed.embedding[...].T if cfg.tied_head else self.lm_head.kernel[...]
@@ -422,4 +424,4 @@ class GPT(nnx.Module):
                 v1 = v
             if cfg.unet and i < half:
                 skips.append(x)
-        return self._head(rms_norm(x))
+        return self.head(rms_norm(x))

@@ -11,12 +11,11 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from spectral_jax import efficiency, spectra
-from spectral_jax.plots import save_figure
+from spectral_jax.plots import save_figure, series_colors
 from spectral_jax.toy.probes import band_key
 
 STAGE_COLORS = {"baseline": "tab:gray", "rope": "tab:blue", "muon": "tab:orange", "untied": "tab:red"}
@@ -32,8 +31,7 @@ def _panels(n: int, w: float = 4.2, h: float = 3.4) -> tuple[Figure, list]:
 
 
 def _batch_colors(batches: Sequence[int]) -> dict[int, tuple]:
-    cmap = colormaps["viridis"]
-    return {b: cmap(x) for b, x in zip(batches, np.linspace(0.0, 0.85, max(len(batches), 1)))}
+    return dict(zip(batches, series_colors(len(batches))))
 
 
 def _color(stage: str):
@@ -160,13 +158,13 @@ def delta_h_peak(fourier_table: Mapping) -> Figure:
     names = fourier_table.get("transition_order") or list(fourier_table["transitions"])  # summary.json sorts keys
     steps = fourier_table["checkpoints"]
     width = 0.8 / max(len(steps), 1)
-    cmap = colormaps["viridis"]
+    colors = series_colors(len(steps))
     for j, s in enumerate(steps):
         means = [fourier_table["transitions"][n]["dH_peak"][s]["mean"] for n in names]
         sds = [fourier_table["transitions"][n]["dH_peak"][s]["sd"] for n in names]
         x = np.arange(len(names)) + (j - (len(steps) - 1) / 2) * width
         ax.bar(x, [np.nan if m is None else m for m in means], width, yerr=[0 if v is None else v for v in sds],
-               color=cmap(0.85 * j / max(len(steps) - 1, 1)), label=f"checkpoint {j + 1}", capsize=2)
+               color=colors[j], label=f"checkpoint {j + 1}", capsize=2)
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xticks(np.arange(len(names)), names, fontsize=8)
     ax.set_xlabel("transition")

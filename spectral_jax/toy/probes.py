@@ -93,7 +93,7 @@ def _last_state(graphdef, state, x_BxL, y_last_B, with_grad: bool):
     h_BxD = rms_norm(acts["blocks"][model.config.n_layer - 1]["block_out"][0][:, -1, :])
     if not with_grad:
         return h_BxD, h_BxD
-    logits_BxV = model._head(h_BxD[:, None, :])[:, 0, :]
+    logits_BxV = model.head(h_BxD[:, None, :])[:, 0, :]
     p_BxV = jax.nn.softmax(logits_BxV.astype(jnp.float32), axis=-1)
     p_true_B = jnp.take_along_axis(p_BxV, y_last_B[:, None], axis=-1)[:, 0]
     return h_BxD, (p_true_B - 1.0)[:, None] * h_BxD
