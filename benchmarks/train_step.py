@@ -7,6 +7,11 @@ Model FLOPs per token = 6 * N_matmul + 12 * L * d * ctx (PaLM appendix B convent
 block matrices and the LM head (embedding lookups are not matmuls); ctx is the mean number of keys a query
 attends under the current window (causal, window-limited). The reference rate is the best of float32 (or
 the compute dtype) square matmuls of a few sizes, timed in the same process just before the step.
+
+Side by side in the same run (medians, interleaved): the model's forward + backward with the fused chunked
+head + loss (`GPT.loss`, what training runs) against the same pass through materialised (B, T, V) logits
+(`cross_entropy(model(x))`), and one attention layer's forward + backward under each kernel of
+`attention.banded_attention` (chunked / dense / banded) at the model's shapes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from absl import app, flags
 from flax import nnx
 
 from _timing import median_time
-from spectral_jax.models import GPT, make_config
+from spectral_jax.models import GPT, attention, make_config
+from spectral_jax.models.gpt import cross_entropy
 from spectral_jax.train import Schedules, TrainStep, group_learning_rates, train_config
 
 FLAGS = flags.FLAGS
@@ -28,6 +34,8 @@ flags.DEFINE_string("preset", "tiny", "tier")
 flags.DEFINE_integer("batch", 4, "sequences per step (one micro-batch)")
 flags.DEFINE_integer("window", None, "attention window in tokens (default: the family's window_max)")
 flags.DEFINE_integer("repeats", 5, "timed steps")
+flags.DEFINE_bool("tune_allocator", True, "glibc heap tuning as the entry points do (experiments._cli)")
+flags.DEFINE_bool("components", True, "also time the fused head and the attention kernels side by side")
 
 
 def matmul_rate(dtype, repeats: int) -> tuple[float, int]:
@@ -55,8 +63,59 @@ def model_flops_per_token(cfg, params, window: int) -> float:
     return 6 * n_matmul + 12 * n_attn * cfg.d_model * ctx
 
 
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """Median seconds of each blocking callable, warmed up once, then timed in turns (rotating order)."""
+    import time
+
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def components(cfg, graphdef, params, tokens_Bx_T1, window: int, repeats: int) -> None:
+    x, y = jnp.asarray(tokens_Bx_T1[:, :-1]), jnp.asarray(tokens_Bx_T1[:, 1:])
+    fused = jax.jit(jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(x, y, window=window)))
+    dense = jax.jit(jax.value_and_grad(lambda p: cross_entropy(nnx.merge(graphdef, p)(x, window=window), y)))
+    t = interleaved_medians({"fused": lambda: jax.block_until_ready(fused(params)),
+                             "dense": lambda: jax.block_until_ready(dense(params))}, repeats)
+    print("\n| forward + backward (whole model) | ms |\n|---|---|")
+    print(f"| fused chunked head + loss (GPT.loss) | {t['fused'] * 1e3:,.1f} |")
+    print(f"| materialised (B, T, V) logits | {t['dense'] * 1e3:,.1f} |")
+    print(f"| ratio materialised / fused | {t['dense'] / t['fused']:.2f} |")
+    if cfg.window == "none":
+        return
+    B, T = x.shape
+    keys = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(key, (B, T, cfg.n_head, cfg.head_dim), jnp.float32) for key in keys)
+    gran = "token" if cfg.window in ("fixed", "token") else "block"
+    fns = {}
+    for impl in ("chunked", "dense", "banded"):
+        f = jax.jit(jax.value_and_grad(lambda q, k, v, impl=impl: jnp.sum(jnp.sin(attention.banded_attention(
+            q, k, v, window=window, max_window=cfg.max_window, block_size=cfg.attn_block_size, granularity=gran,
+            scale=cfg.scale, impl=impl))), (0, 1, 2)))
+        fns[impl] = lambda f=f: jax.block_until_ready(f(q, k, v))
+    t = interleaved_medians(fns, repeats)
+    print(f"\n| one attention layer, forward + backward (B {B}, T {T}, window {window}) | ms | vs chunked |")
+    print("|---|---|---|")
+    for impl, dt in t.items():
+        print(f"| {impl} | {dt * 1e3:,.2f} | {dt / t['chunked']:.2f} |")
+    print(f"(attention impl 'auto' on {jax.default_backend()}: "
+          f"{'chunked' if jax.default_backend() == 'cpu' else 'dense or banded by band width'})")
+
+
 def main(argv):
     del argv
+    if FLAGS.tune_allocator:
+        from experiments._cli import tune_host_allocator
+
+        print(f"allocator tuned as the entry points: {tune_host_allocator()}")
     cfg = make_config(FLAGS.family, FLAGS.preset)
     window = FLAGS.window or cfg.max_window
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
@@ -86,6 +145,8 @@ def main(argv):
     print(f"| model FLOPs per token (6 N_matmul + attention) | {fpt / 1e6:,.2f} MFLOP |")
     print(f"| model FLOP rate | {rate / 1e9:,.1f} GFLOP/s |")
     print(f"| MFU vs matmul rate | {rate / peak:.1%} |")
+    if FLAGS.components:
+        components(cfg, graphdef, params, tokens_Bx_T1, window, FLAGS.repeats)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ Matrices (PROTOCOL §2). Names used across the project, all kernels in Flax (in,
 are "L{layer}.{name}" (e.g. "L7.attn_out"); `resolve_matrix` also accepts such a key as the matrix name.
 
 Per-sample gradients. One sample = one sequence; its loss is the training loss of that sequence alone,
-`cross_entropy(model(tokens[None], window=window), targets[None])` (mean token CE, soft-cap / FP8 head
-included). Row m of G (M x P, float32) is the flattened gradient of sample m's loss w.r.t. the matrix.
+`model.loss(tokens[None], targets[None], window=window)` (mean token CE through the fused head + loss that
+training uses, soft-cap / FP8 head included). Row m of G (M x P, float32) is the flattened gradient of sample
+m's loss w.r.t. the matrix.
 Two methods, both evaluated in chunks of `chunk` sequences (memory bounded; the last chunk is padded
 with ignored targets so every chunk has one shape and compiles once):
   "vmap"     jax.vmap(jax.grad(loss)) over sequences, differentiating ONLY the chosen kernel (the model is
@@ -60,7 +61,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from spectral_jax import spectra
 from spectral_jax.covariance import CovarianceAccumulator
-from spectral_jax.models.gpt import cross_entropy, cross_entropy_per_sequence, rms_norm
+from spectral_jax.models.gpt import mean_nll, mean_nll_per_sequence, rms_norm
 
 MATRICES: tuple[str, ...] = ("attn_out", "attn_q", "attn_v", "mlp_out")
 ALIASES: dict[str, tuple[str, int]] = {"final_attn_out": ("attn_out", -1)}
@@ -69,11 +70,12 @@ DEFAULT_METHOD = "auto"
 """capture on probe layers, vmap elsewhere. On CPU the two are within a few per cent, capture ahead in most
 runs (betterwin tiny, M=32, chunk 1, 2 shared cores, interleaved medians: T=256 capture 1.32 s vs vmap
 1.34 s; T=512 2.67 s vs 2.77 s; benchmarks/per_sample_grads.py)."""
-DEFAULT_CHUNK_TOKENS = {"cpu": 256, "gpu": 8192, "tpu": 8192}
-"""Tokens per chunk by platform: default chunk = max(1, tokens // T) sequences. On CPU the per-sample
-gradient is fastest one sequence at a time: its (T, V) logits and their gradient then stay in the last-level
-cache (benchmarks/per_sample_grads.py: betterwin tiny, T=256, V=8192 on 2 cores, chunk 1 vs 2 vs 4 sequences
-took 0.79 / 1.13 / 0.92 s for M=32); accelerators want wide batches."""
+DEFAULT_CHUNK_TOKENS = {"cpu": 2048, "gpu": 8192, "tpu": 8192}
+"""Tokens per chunk by platform: default chunk = max(1, tokens // T) sequences. On CPU, 2,048 tokens (8
+sequences at T = 256): benchmarks/per_sample_grads.py, betterwin tiny, M = 32, T = 256, V = 8,192 on 2 cores,
+chunks of 1 / 2 / 4 / 8 / 16 / 32 sequences took 0.80 / 0.80 / 0.55 / 0.46 / 0.52 / 0.57 s with the fused
+head + loss (2026-12-01). Before the fused loss one sequence was fastest (its (T, V) logits stayed in the
+last-level cache); the fused loss keeps every chunk's logits in cache, so wider chunks now win."""
 DEFAULT_GRAD_SAMPLES = 512  # paper / reference M
 
 _TRACES: collections.Counter = collections.Counter()  # traces per device function (tests: compile once)
@@ -295,8 +297,8 @@ def _forward_loss_fn(graphdef, has_window: bool):
 
     def fn(state, x_BxT, y_BxT, window):
         _TRACES["forward"] += 1
-        logits = nnx.merge(graphdef, state)(x_BxT, window=window if has_window else None)
-        return cross_entropy_per_sequence(logits, y_BxT)
+        model = nnx.merge(graphdef, state)
+        return mean_nll_per_sequence(*model.token_nll(x_BxT, y_BxT, window=window if has_window else None))
 
     return jax.jit(fn)
 
@@ -323,11 +325,11 @@ def _vmap_grad_fn(graphdef, specs: tuple[MatrixSpec, ...], act_layers: tuple[int
             model = nnx.merge(graphdef, wrt, rest)
             win = window if has_window else None
             if act_layers:
-                logits, acts = nnx.capture(model, nnx.Intermediate)(x_T[None], window=win)
+                nll, acts = nnx.capture(model.token_nll, nnx.Intermediate)(x_T[None], y_T[None], window=win)
                 outs = tuple(rms_norm(acts["blocks"][l]["block_out"][0][0]) for l in act_layers)
             else:
-                logits, outs = model(x_T[None], window=win), ()
-            return cross_entropy(logits, y_T[None]), outs
+                nll, outs = model.token_nll(x_T[None], y_T[None], window=win), ()
+            return mean_nll(*nll), outs
 
         (losses, acts), grads = jax.vmap(jax.value_and_grad(sequence_loss, has_aux=True),
                                          in_axes=(None, 0, 0))(wrt, x_CxT, y_CxT)
@@ -361,9 +363,9 @@ def _capture_grad_fn(graphdef, specs: tuple[MatrixSpec, ...], act_layers: tuple[
         def total_loss(perturb):
             model = nnx.merge(graphdef, state)
             init = _nest({p: nnx.Perturbation(v) for p, v in perturb.items()})
-            logits, acts = nnx.capture(model, nnx.Intermediate, init=init)(
-                x_CxT, window=window if has_window else None)
-            losses = cross_entropy_per_sequence(logits, y_CxT)
+            nll, acts = nnx.capture(model.token_nll, nnx.Intermediate, init=init)(
+                x_CxT, y_CxT, window=window if has_window else None)
+            losses = mean_nll_per_sequence(*nll)
             return losses.sum(), (losses, acts)
 
         zeros = {p: jnp.zeros((C, T, n), dtype) for p, n in zip(out_paths, out_dims)}

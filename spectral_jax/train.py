@@ -46,7 +46,7 @@ from flax import nnx
 from spectral_jax.data.shards import TokenDataset, atomic_write_bytes
 from spectral_jax.models import attention
 from spectral_jax.models.config import ModelConfig
-from spectral_jax.models.gpt import GPT, cross_entropy
+from spectral_jax.models.gpt import GPT
 from spectral_jax.optim import group_learning_rates, make_optimizer, scaled_steps
 
 
@@ -213,7 +213,7 @@ def environment() -> dict:
 @functools.partial(jax.jit, static_argnums=0)
 def _loss_and_grad(graphdef, params, x_BxT, y_BxT, window):
     def loss_fn(p):
-        return cross_entropy(nnx.merge(graphdef, p)(x_BxT, window=window), y_BxT)
+        return nnx.merge(graphdef, p).loss(x_BxT, y_BxT, window=window)
 
     return jax.value_and_grad(loss_fn)(params)
 
@@ -225,7 +225,7 @@ def _accumulate(acc, grads, loss_acc, loss):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_loss(graphdef, params, x_BxT, y_BxT, window):
-    return cross_entropy(nnx.merge(graphdef, params)(x_BxT, window=window), y_BxT)
+    return nnx.merge(graphdef, params).loss(x_BxT, y_BxT, window=window)
 
 
 def _lr_field(group: str) -> str:

@@ -47,7 +47,7 @@ def test_reference_mask_small_cases():
     ("block", [8, 16, 24, 40]),
 ])
 @pytest.mark.parametrize("use_docs", [False, True])
-@pytest.mark.parametrize("impl", ["banded", "dense"])
+@pytest.mark.parametrize("impl", ["banded", "chunked", "dense"])
 def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_docs, impl):
     q, k, v = _qkv()
     tokens, docs = _random_docs(np.random.default_rng(1), B, T)
@@ -72,17 +72,27 @@ def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_do
     assert len(traces) == 1, "changing the window must not retrace"
 
 
-def test_auto_impl_picks_dense_only_when_the_band_spans_half_the_sequence(monkeypatch):
+@pytest.mark.parametrize("backend,narrow,wide", [("cpu", "chunked", "chunked"), ("gpu", "banded", "dense")])
+def test_auto_impl_choice(monkeypatch, backend, narrow, wide):
+    """auto: chunked on CPU; elsewhere dense only when the band spans half the sequence."""
     calls = []
-    real = jax.nn.dot_product_attention
-    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    q, k, v = (x[:, :, :, :] for x in _qkv(4))
-    attention.banded_attention(q, k, v, window=8, max_window=16, block_size=BS, scale=0.3)  # 3 blocks x 8 < 32
-    assert not calls
-    attention.banded_attention(q, k, v, window=8, max_window=MAX_W, block_size=BS, scale=0.3)  # 48 >= 32
-    assert calls
+    real_chunked, real_dpa = attention._chunked_attention, jax.nn.dot_product_attention
+    monkeypatch.setattr(attention, "_chunked_attention", lambda *a, **kw: calls.append("chunked") or real_chunked(*a, **kw))
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: calls.append("dense") or real_dpa(*a, **kw))
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    q, k, v = _qkv(4)
+    for max_window, expected in ((16, narrow), (MAX_W, wide)):  # bands of 3 x 8 < T/2 = 32, and 48 >= 32
+        calls.clear()
+        attention.banded_attention(q, k, v, window=8, max_window=max_window, block_size=BS, scale=0.3)
+        assert calls[:1] == ([] if expected == "banded" else [expected])
     with pytest.raises(ValueError, match="impl"):
         attention.banded_attention(q, k, v, window=8, max_window=16, block_size=BS, scale=0.3, impl="flash")
+
+
+def test_chunk_size_divides_the_sequence():
+    assert attention._chunk_size(512, 16) == 64
+    assert attention._chunk_size(48, 16) == 48 and attention._chunk_size(80, 16) == 16
+    assert attention._chunk_size(65_536, 128) == 128
 
 
 def test_band_wider_than_sequence_is_clipped():
@@ -95,7 +105,7 @@ def test_band_wider_than_sequence_is_clipped():
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("impl", ["banded", "dense"])
+@pytest.mark.parametrize("impl", ["banded", "chunked", "dense"])
 def test_banded_gradients_match_dense(impl):
     q, k, v = _qkv(2)
     _, docs = _random_docs(np.random.default_rng(3), B, T)

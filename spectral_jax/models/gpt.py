@@ -42,6 +42,9 @@ from flax import nnx
 
 from spectral_jax.models import attention
 from spectral_jax.models.config import ModelConfig
+from spectral_jax.models.head import (  # noqa: F401  (re-exported: the head's public names live here too)
+    cross_entropy, cross_entropy_per_sequence, default_chunk, fp8_matmul, fused_token_nll, head_logits, logit_head,
+    mean_nll, mean_nll_per_sequence, token_nll)
 
 
 # ---- small pure helpers -----------------------------------------------------------------------
@@ -68,76 +71,6 @@ def apply_rotary(x_BxTxHxK: jax.Array, inv_freq_F: jax.Array, sign: float) -> ja
     x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
     y = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
     return y.astype(x_BxTxHxK.dtype)
-
-
-def logit_head(z: jax.Array, config: ModelConfig) -> jax.Array:
-    """Logit soft-cap in float32: none, cap*tanh(z/cap) or cap*sigmoid(z/(cap/4*sqrt(d)))."""
-    z = z.astype(jnp.float32)
-    cap = config.logit_cap
-    if config.logit_head == "tanh":
-        return cap * jnp.tanh(z / cap)
-    if config.logit_head == "sigmoid":
-        return cap * jax.nn.sigmoid(z / (0.25 * cap * math.sqrt(config.d_model)))
-    return z
-
-
-def _token_nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-token negative log-likelihood in float32 (0 where target < 0) and the validity mask."""
-    logits = logits_BxTxV.astype(jnp.float32)
-    valid_BxT = targets_BxT >= 0
-    safe_BxT = jnp.where(valid_BxT, targets_BxT, 0)
-    # a one-hot select instead of take_along_axis: its transpose is a fused elementwise op, not a scatter
-    # into the (B, T, V) gradient followed by a transposed copy (45 % of a tiny CPU step; BUILD_NOTES.md)
-    hit_BxTxV = jnp.arange(logits.shape[-1], dtype=safe_BxT.dtype) == safe_BxT[..., None]
-    picked_BxT = jnp.sum(jnp.where(hit_BxTxV, logits, 0.0), axis=-1)
-    return jnp.where(valid_BxT, jax.nn.logsumexp(logits, axis=-1) - picked_BxT, 0.0), valid_BxT
-
-
-def cross_entropy_per_sequence(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-    """Mean token cross-entropy of each sequence in float32; targets < 0 are ignored."""
-    nll_BxT, valid_BxT = _token_nll(logits_BxTxV, targets_BxT)
-    return nll_BxT.sum(-1) / jnp.maximum(valid_BxT.sum(-1), 1)
-
-
-def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-    """Mean token cross-entropy over every valid token of the batch, float32."""
-    nll_BxT, valid_BxT = _token_nll(logits_BxTxV, targets_BxT)
-    return nll_BxT.sum() / jnp.maximum(valid_BxT.sum(), 1)
-
-
-# ---- FP8 head -----------------------------------------------------------------------------------
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def fp8_matmul(x_NxD, w_DxV, x_scale: float, w_scale: float, grad_scale: float) -> jax.Array:
-    """x @ w through float8 like record 19: e4m3fn operands scaled by x_scale / w_scale, bf16 out.
-
-    The backward casts the output gradient (times grad_scale) to e5m2 and forms dX (bf16) and dW (fp32)
-    from fp8 products with the reference's scales. One code path: XLA accepts fp8 dot_general with float32
-    accumulation on CPU too, where it upcasts the fp8 operands exactly (a faithful emulation); on GPUs with
-    fp8 units XLA may lower the same dot_general to an fp8 GEMM.
-    """
-    return _fp8_forward(x_NxD, w_DxV, x_scale, w_scale, grad_scale)[0]
-
-
-def _dot(a, b, contract):
-    return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
-
-
-def _fp8_forward(x_NxD, w_DxV, x_scale, w_scale, grad_scale):
-    x_f8 = (x_NxD * x_scale).astype(jnp.float8_e4m3fn)
-    w_f8 = (w_DxV * w_scale).astype(jnp.float8_e4m3fn)
-    out_NxV = (_dot(x_f8, w_f8, ((1,), (0,))) * (1.0 / (x_scale * w_scale))).astype(jnp.bfloat16)
-    return out_NxV, (x_f8, w_f8, jnp.zeros((), x_NxD.dtype), jnp.zeros((), w_DxV.dtype))
-
-
-def _fp8_backward(x_scale, w_scale, grad_scale, residuals, g_NxV):
-    x_f8, w_f8, x_proto, w_proto = residuals
-    g_f8 = (g_NxV.astype(jnp.float32) * grad_scale).astype(jnp.float8_e5m2)
-    dx_NxD = (_dot(g_f8, w_f8, ((1,), (1,))) * (1.0 / (grad_scale * w_scale))).astype(jnp.bfloat16)
-    dw_DxV = _dot(x_f8, g_f8, ((0,), (0,))) * (1.0 / (grad_scale * x_scale))
-    return dx_NxD.astype(x_proto.dtype), dw_DxV.astype(w_proto.dtype)
-
-
-fp8_matmul.defvjp(_fp8_forward, _fp8_backward)
 
 
 # ---- initialisers -------------------------------------------------------------------------------
@@ -384,24 +317,40 @@ class GPT(nnx.Module):
             return [None if i is None else tables[i] for i in layout]
         return [None] * cfg.n_layer
 
+    def head_weight(self) -> jax.Array:
+        """The head's (d, V) weight: the tied embedding transposed, or the untied kernel."""
+        return self.embed.embedding[...].T if self.config.tied_head else self.lm_head.kernel[...]
+
     def head(self, x_BxTxD) -> jax.Array:
         """Logits (float32) from final hidden states already through the last rms_norm: the LM head with the
-        family's tying, FP8 path and soft-cap. Public for probes that perturb the last hidden state."""
-        cfg = self.config
-        if cfg.fp8_head:
-            w_DxV = self.embed.embedding[...].T if cfg.tied_head else self.lm_head.kernel[...]
-            B, T, D = x_BxTxD.shape
-            z = fp8_matmul(x_BxTxD.reshape(B * T, D), w_DxV, cfg.fp8_x_scale, cfg.fp8_w_scale,
-                           cfg.fp8_grad_scale).reshape(B, T, -1)
-        elif cfg.tied_head:
-            z = self.embed.attend(x_BxTxD)
-        else:
-            z = self.lm_head(x_BxTxD)
-        return logit_head(z, cfg)
+        family's tying, FP8 path and soft-cap (`head.head_logits`). Public for probes that perturb the last
+        hidden state."""
+        return head_logits(self.config, self.head_weight(), x_BxTxD)
+
+    def token_nll(self, tokens_BxT: jax.Array, targets_BxT: jax.Array, *, window: jax.Array | int | None = None,
+                  chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+        """(per-token NLL, validity mask), each (B, T), of the logits `__call__` would return, through the fused
+        chunked head + cross-entropy (`head.fused_token_nll`; `chunk` tokens at a time, default
+        `head.default_chunk`). Targets < 0 are ignored (NLL 0). Training, evaluation and the probes use this."""
+        h_BxTxD = self.hidden(tokens_BxT, window=window)
+        B, T, D = h_BxTxD.shape
+        chunk = chunk or default_chunk(self.config.vocab_size)
+        nll_N = fused_token_nll(self.config, self.head_weight(), h_BxTxD.reshape(B * T, D),
+                                targets_BxT.reshape(B * T), min(chunk, B * T))
+        return nll_N.reshape(B, T), targets_BxT >= 0
+
+    def loss(self, tokens_BxT: jax.Array, targets_BxT: jax.Array, *, window: jax.Array | int | None = None,
+             chunk: int | None = None) -> jax.Array:
+        """Mean token cross-entropy over the batch's valid targets (float32), as in training."""
+        return mean_nll(*self.token_nll(tokens_BxT, targets_BxT, window=window, chunk=chunk))
 
     def __call__(self, tokens_BxT: jax.Array, *, window: jax.Array | int | None = None) -> jax.Array:
         """Logits (B, T, V) float32. `window`: current attention window in tokens (traced int32 is fine;
         None = window_max; ignored by dense and fixed-window models)."""
+        return self.head(self.hidden(tokens_BxT, window=window))
+
+    def hidden(self, tokens_BxT: jax.Array, *, window: jax.Array | int | None = None) -> jax.Array:
+        """The head's input (B, T, D): the last block's output through the final rms_norm."""
         cfg = self.config
         T = tokens_BxT.shape[1]
         self._check_inputs(T, window)
@@ -424,4 +373,4 @@ class GPT(nnx.Module):
                 v1 = v
             if cfg.unet and i < half:
                 skips.append(x)
-        return self.head(rms_norm(x))
+        return rms_norm(x)

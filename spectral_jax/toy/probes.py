@@ -87,7 +87,7 @@ def _last_state(graphdef, state, x_BxL, y_last_B, with_grad: bool):
     """h[:, -1] (B, D) and, with_grad, the proxy-gradient rows (p_true - 1) h[:, -1] of one chunk.
 
     Only the block outputs are taken from the capture, so XLA drops the LM head over all positions; the proxy needs
-    the logits at the last position only, from the model's own head (`GPT._head`, soft-cap included)."""
+    the logits at the last position only, from the model's own head (`GPT.head`, soft-cap included)."""
     model = nnx.merge(graphdef, state)
     _, acts = nnx.capture(model, nnx.Intermediate)(x_BxL)
     h_BxD = rms_norm(acts["blocks"][model.config.n_layer - 1]["block_out"][0][:, -1, :])

@@ -36,7 +36,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from spectral_jax.models.gpt import cross_entropy
 from spectral_jax.optim import muon, param_labels
 from spectral_jax.toy.model import STAGE_OPTIMIZER, ToyDims, check_stage, init_toy_model, toy_config
 from spectral_jax.toy.task import Split
@@ -129,7 +128,7 @@ def _train_step(graphdef, tx, params, opt_state, x_AxMxL, y_AxMxL):
     """One optimizer step on A micro-batches of M sequences (mean of their mean losses and gradients)."""
 
     def loss_fn(p, x, y):
-        return cross_entropy(nnx.merge(graphdef, p)(x), y)
+        return nnx.merge(graphdef, p).loss(x, y)
 
     grad_fn = jax.value_and_grad(loss_fn)
     if x_AxMxL.shape[0] == 1:
@@ -149,7 +148,7 @@ def _train_step(graphdef, tx, params, opt_state, x_AxMxL, y_AxMxL):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_chunk(graphdef, params, x_BxL, y_BxL):
-    return cross_entropy(nnx.merge(graphdef, params)(x_BxL), y_BxL)
+    return nnx.merge(graphdef, params).loss(x_BxL, y_BxL)
 
 
 def eval_loss(graphdef, params, x_NxL, y_NxL, chunk: int = 512) -> float:
