@@ -17,3 +17,18 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def interleaved_medians(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """({name: median seconds}, {name: first result}) of blocking callables: each is called once (warm-up /
+    compile; its result is returned), then all are timed in turns, `repeats` rounds in a rotating order so that
+    no callable always follows the same neighbour and load changes on a shared machine hit them alike."""
+    results = {name: fn() for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    order = list(fns)
+    for r in range(repeats):
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}, results

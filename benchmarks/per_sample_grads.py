@@ -22,8 +22,6 @@ gradient of W_O zero; those kernels get N(0, 0.02) entries first (a stand-in for
 
 from __future__ import annotations
 
-import time
-
 from absl import app, flags
 
 import jax
@@ -31,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from _timing import interleaved_medians
 from spectral_jax import probes
 from spectral_jax.models import GPT, make_config
 from spectral_jax.models.gpt import cross_entropy
@@ -125,16 +124,8 @@ def main(argv):
             model, x, y, FLAGS.matrix, chunk=chunk, method=other),
         "(d) reference: loop + f32 SVD": lambda: reference_singular_values(model, x, y, spec),
     }
-    results = {name: fn() for name, fn in runs.items()}  # warm-up / compile
-    times = {name: [] for name in runs}
-    order = list(runs)
-    for r in range(FLAGS.repeats):
-        for name in order[r % len(order):] + order[:r % len(order)]:  # rotate: no fixed neighbour
-            fn = runs[name]
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - t0)
-    med = {name: float(np.median(t)) for name, t in times.items()}
+    med, results = interleaved_medians(
+        {name: lambda fn=fn: jax.block_until_ready(fn()) for name, fn in runs.items()}, FLAGS.repeats)
 
     names = list(runs)
     t_fwd, t_ours, t_other, t_ref = (med[n] for n in names)

@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from _timing import median_time
+from _timing import interleaved_medians, median_time
 from spectral_jax.models import GPT, attention, make_config
 from spectral_jax.models.gpt import cross_entropy
 from spectral_jax.train import Schedules, TrainStep, group_learning_rates, train_config
@@ -63,28 +63,12 @@ def model_flops_per_token(cfg, params, window: int) -> float:
     return 6 * n_matmul + 12 * n_attn * cfg.d_model * ctx
 
 
-def interleaved_medians(fns: dict, repeats: int) -> dict:
-    """Median seconds of each blocking callable, warmed up once, then timed in turns (rotating order)."""
-    import time
-
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
 def components(cfg, graphdef, params, tokens_Bx_T1, window: int, repeats: int) -> None:
     x, y = jnp.asarray(tokens_Bx_T1[:, :-1]), jnp.asarray(tokens_Bx_T1[:, 1:])
     fused = jax.jit(jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(x, y, window=window)))
     dense = jax.jit(jax.value_and_grad(lambda p: cross_entropy(nnx.merge(graphdef, p)(x, window=window), y)))
-    t = interleaved_medians({"fused": lambda: jax.block_until_ready(fused(params)),
-                             "dense": lambda: jax.block_until_ready(dense(params))}, repeats)
+    t, _ = interleaved_medians({"fused": lambda: jax.block_until_ready(fused(params)),
+                                "dense": lambda: jax.block_until_ready(dense(params))}, repeats)
     print("\n| forward + backward (whole model) | ms |\n|---|---|")
     print(f"| fused chunked head + loss (GPT.loss) | {t['fused'] * 1e3:,.1f} |")
     print(f"| materialised (B, T, V) logits | {t['dense'] * 1e3:,.1f} |")
@@ -101,7 +85,7 @@ def components(cfg, graphdef, params, tokens_Bx_T1, window: int, repeats: int) -
             q, k, v, window=window, max_window=cfg.max_window, block_size=cfg.attn_block_size, granularity=gran,
             scale=cfg.scale, impl=impl))), (0, 1, 2)))
         fns[impl] = lambda f=f: jax.block_until_ready(f(q, k, v))
-    t = interleaved_medians(fns, repeats)
+    t, _ = interleaved_medians(fns, repeats)
     print(f"\n| one attention layer, forward + backward (B {B}, T {T}, window {window}) | ms | vs chunked |")
     print("|---|---|---|")
     for impl, dt in t.items():

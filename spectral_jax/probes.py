@@ -61,7 +61,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from spectral_jax import spectra
 from spectral_jax.covariance import CovarianceAccumulator
-from spectral_jax.models.gpt import mean_nll, mean_nll_per_sequence, rms_norm
+from spectral_jax.models.gpt import rms_norm
+from spectral_jax.models.head import mean_nll, mean_nll_per_sequence
 
 MATRICES: tuple[str, ...] = ("attn_out", "attn_q", "attn_v", "mlp_out")
 ALIASES: dict[str, tuple[str, int]] = {"final_attn_out": ("attn_out", -1)}

@@ -153,8 +153,7 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
     q_NxBxCxHxK = q_BxTxHxK.reshape(B, nc, C, H, K).swapaxes(0, 1)
     q_pos_NxC = jnp.arange(T).reshape(nc, C)
     k_pos_NxS = jnp.arange(nc)[:, None] * C - pad + jnp.arange(S)[None, :]
-    docs = (jnp.zeros((nc, B, C), jnp.int32), jnp.zeros((nc, B, S), jnp.int32)) if docs_BxT is None else \
-        (docs_BxT.reshape(B, nc, C).swapaxes(0, 1), band(docs_BxT, -1))
+    docs = (None, None) if docs_BxT is None else (docs_BxT.reshape(B, nc, C).swapaxes(0, 1), band(docs_BxT, -1))
 
     @jax.checkpoint
     def step(_, xs):
@@ -162,7 +161,9 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
         s_BxHxCxS = jnp.einsum("bqhk,bshk->bhqs", q_BxCxHxK, k_BxSxHxK, preferred_element_type=jnp.float32) * scale
         q_pos, k_pos = q_pos_C[:, None], k_pos_S[None, :]
         allowed = (k_pos >= 0) & (k_pos <= q_pos) & _window_allowed(q_pos, k_pos, window, granularity, block_size)
-        allowed = allowed[None, None] & (dq_BxC[:, :, None] == dk_BxS[:, None, :])[:, None]
+        allowed = allowed[None, None]
+        if dq_BxC is not None:
+            allowed = allowed & (dq_BxC[:, :, None] == dk_BxS[:, None, :])[:, None]
         p_BxHxCxS = jax.nn.softmax(jnp.where(allowed, s_BxHxCxS, -jnp.inf), axis=-1).astype(v_BxSxHxK.dtype)
         return None, jnp.einsum("bhqs,bshk->bqhk", p_BxHxCxS, v_BxSxHxK)
 

@@ -33,7 +33,6 @@ batch-mean loss would weight sequences by their valid-token counts.)
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -42,9 +41,9 @@ from flax import nnx
 
 from spectral_jax.models import attention
 from spectral_jax.models.config import ModelConfig
-from spectral_jax.models.head import (  # noqa: F401  (re-exported: the head's public names live here too)
-    cross_entropy, cross_entropy_per_sequence, default_chunk, fp8_matmul, fused_token_nll, head_logits, logit_head,
-    mean_nll, mean_nll_per_sequence, token_nll)
+from spectral_jax.models.head import default_chunk, fused_token_nll, head_logits, mean_nll
+from spectral_jax.models.head import (  # noqa: F401  (re-exported: these lived here before head.py)
+    cross_entropy, cross_entropy_per_sequence, fp8_matmul, logit_head)
 
 
 # ---- small pure helpers -----------------------------------------------------------------------

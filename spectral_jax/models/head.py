@@ -142,11 +142,17 @@ def _chunked(chunk: int, *arrays_N):
     return out
 
 
-def _chunk_nll(config, w_DxV, x_CxD, y_C):
-    z_CxV = head_logits(config, w_DxV, x_CxD)
+def _nll_and_lse(z_CxV, y_C):
+    """(per-token NLL, 0 where y < 0; logsumexp) of one chunk's float32 logits."""
     valid_C = y_C >= 0
     lse_C = jax.nn.logsumexp(z_CxV, axis=-1)
     return jnp.where(valid_C, lse_C - _picked(z_CxV, jnp.where(valid_C, y_C, 0)), 0.0), lse_C
+
+
+def _dlogits(z_CxV, lse_C, y_C, g_C):
+    """g * dNLL/dz = g * (softmax(z) - onehot(y)) per token, 0 where y < 0."""
+    hit_CxV = jnp.arange(z_CxV.shape[-1], dtype=y_C.dtype) == y_C[:, None]
+    return (jnp.exp(z_CxV - lse_C[:, None]) - hit_CxV) * jnp.where(y_C >= 0, g_C, 0.0)[:, None]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
@@ -168,19 +174,15 @@ def _fused_forward(config, w_DxV, x_NxD, y_N, chunk):
     scaling by g: no second head pass. Otherwise the backward recomputes the chunk's logits."""
     w, x, y = w_DxV.value, x_NxD.value, y_N.value
     if w_DxV.perturbed or config.fp8_head:
-        nll_N, (_, _, _, lse_KxC) = _scan_forward(config, w, x, y, chunk)
+        nll_N, lse_KxC = _scan_forward(config, w, x, y, chunk)
         return nll_N, {"recompute": (w, x, y, lse_KxC)}  # the key is static pytree structure
     x_KxCxD, y_KxC = _chunked(chunk, x, y)
 
     def step(_, xy):
         x_CxD, y_C = xy
         z_CxV, pull = jax.vjp(lambda x: head_logits(config, w, x), x_CxD)
-        valid_C = y_C >= 0
-        lse_C = jax.nn.logsumexp(z_CxV, axis=-1)
-        nll_C = jnp.where(valid_C, lse_C - _picked(z_CxV, jnp.where(valid_C, y_C, 0)), 0.0)
-        hit_CxV = jnp.arange(z_CxV.shape[-1], dtype=y_C.dtype) == y_C[:, None]
-        dz_CxV = (jnp.exp(z_CxV - lse_C[:, None]) - hit_CxV) * valid_C[:, None]
-        return None, (nll_C, pull(dz_CxV)[0])
+        nll_C, lse_C = _nll_and_lse(z_CxV, y_C)
+        return None, (nll_C, pull(_dlogits(z_CxV, lse_C, y_C, jnp.ones_like(lse_C)))[0])
 
     _, (nll_KxC, dx_KxCxD) = jax.lax.scan(step, None, (x_KxCxD, y_KxC))
     n = x.shape[0]
@@ -188,10 +190,11 @@ def _fused_forward(config, w_DxV, x_NxD, y_N, chunk):
 
 
 def _scan_forward(config, w_DxV, x_NxD, y_N, chunk):
+    """(per-token NLL (N,), per-chunk logsumexp (K, chunk))."""
     x_KxCxD, y_KxC = _chunked(chunk, x_NxD, y_N)
     _, (nll_KxC, lse_KxC) = jax.lax.scan(
-        lambda _, xy: (None, _chunk_nll(config, w_DxV, *xy)), None, (x_KxCxD, y_KxC))
-    return nll_KxC.reshape(-1)[:x_NxD.shape[0]], (w_DxV, x_NxD, y_N, lse_KxC)
+        lambda _, xy: (None, _nll_and_lse(head_logits(config, w_DxV, xy[0]), xy[1])), None, (x_KxCxD, y_KxC))
+    return nll_KxC.reshape(-1)[:x_NxD.shape[0]], lse_KxC
 
 
 def _fused_backward(config, chunk, residuals, g_N):
@@ -205,10 +208,7 @@ def _fused_backward(config, chunk, residuals, g_N):
     def step(dw_DxV, inputs):
         x_CxD, y_C, lse_C, g_C = inputs
         z_CxV, pull = jax.vjp(lambda w, x: head_logits(config, w, x), w_DxV, x_CxD)
-        valid_C = y_C >= 0
-        hit_CxV = jnp.arange(z_CxV.shape[-1], dtype=y_C.dtype) == y_C[:, None]
-        dz_CxV = (jnp.exp(z_CxV - lse_C[:, None]) - hit_CxV) * jnp.where(valid_C, g_C, 0.0)[:, None]
-        dw_c, dx_CxD = pull(dz_CxV)
+        dw_c, dx_CxD = pull(_dlogits(z_CxV, lse_C, y_C, g_C))
         return dw_DxV + dw_c, dx_CxD
 
     dw_DxV, dx_KxCxD = jax.lax.scan(step, jnp.zeros_like(w_DxV), (x_KxCxD, y_KxC, lse_KxC, g_KxC))
