@@ -10,8 +10,9 @@ the compute dtype) square matmuls of a few sizes, timed in the same process just
 
 Side by side in the same run (medians, interleaved): the model's forward + backward with the fused chunked
 head + loss (`GPT.loss`, what training runs) against the same pass through materialised (B, T, V) logits
-(`cross_entropy(model(x))`), and one attention layer's forward + backward under each kernel of
-`attention.banded_attention` (chunked / dense / banded) at the model's shapes.
+(`cross_entropy(model(x))`); `GPT.loss` at half, one and twice the default loss chunk; and one attention
+layer's forward + backward under each kernel of `attention.banded_attention` (chunked / dense / banded) at
+the model's shapes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flax import nnx
 from _timing import interleaved_medians, median_time
 from spectral_jax.models import GPT, attention, make_config
 from spectral_jax.models.gpt import cross_entropy
+from spectral_jax.models.head import default_chunk
 from spectral_jax.train import Schedules, TrainStep, group_learning_rates, train_config
 
 FLAGS = flags.FLAGS
@@ -73,6 +75,16 @@ def components(cfg, graphdef, params, tokens_Bx_T1, window: int, repeats: int) -
     print(f"| fused chunked head + loss (GPT.loss) | {t['fused'] * 1e3:,.1f} |")
     print(f"| materialised (B, T, V) logits | {t['dense'] * 1e3:,.1f} |")
     print(f"| ratio materialised / fused | {t['dense'] / t['fused']:.2f} |")
+    default = min(default_chunk(cfg.vocab_size), x.size)
+    chunks = sorted({max(8, default // 2), default, min(2 * default, x.size)})
+    fns = {}
+    for c in chunks:
+        f = jax.jit(jax.value_and_grad(lambda p, c=c: nnx.merge(graphdef, p).loss(x, y, window=window, chunk=c)))
+        fns[c] = lambda f=f: jax.block_until_ready(f(params))
+    t, _ = interleaved_medians(fns, repeats)
+    print(f"\n| GPT.loss forward + backward by loss chunk (tokens) | ms | vs default ({default}) |\n|---|---|---|")
+    for c, dt in t.items():
+        print(f"| {c} | {dt * 1e3:,.1f} | {dt / t[default]:.2f} |")
     if cfg.window == "none":
         return
     B, T = x.shape
