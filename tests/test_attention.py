@@ -18,6 +18,18 @@ def _random_docs(rng, batch, length, eot=7, vocab=16):
     return tokens, attention.document_ids(jnp.asarray(tokens), eot)
 
 
+IMPLS = ["banded", "chunked", "chunked_scan", "dense"]
+
+
+def _impl(monkeypatch, impl):
+    """The kernel name for banded_attention; chunked variants take chunks of 16 queries (4 per sequence), and
+    "chunked_scan" is the chunked kernel's scan path (long sequences) instead of its static loop."""
+    if impl.startswith("chunked"):
+        monkeypatch.setattr(attention, "CHUNK_QUERIES", 16)
+        monkeypatch.setattr(attention, "MAX_STATIC_CHUNKS", 0 if impl == "chunked_scan" else 64)
+    return impl.removesuffix("_scan")
+
+
 _masked = jax.jit(lambda q, k, v, mask: attention.masked_attention(q, k, v, mask, scale=0.3))
 
 
@@ -47,8 +59,9 @@ def test_reference_mask_small_cases():
     ("block", [8, 16, 24, 40]),
 ])
 @pytest.mark.parametrize("use_docs", [False, True])
-@pytest.mark.parametrize("impl", ["banded", "chunked", "dense"])
-def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_docs, impl):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_docs, impl, monkeypatch):
+    impl = _impl(monkeypatch, impl)
     q, k, v = _qkv()
     tokens, docs = _random_docs(np.random.default_rng(1), B, T)
     traces = []
@@ -105,8 +118,9 @@ def test_band_wider_than_sequence_is_clipped():
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("impl", ["banded", "chunked", "dense"])
-def test_banded_gradients_match_dense(impl):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_banded_gradients_match_dense(impl, monkeypatch):
+    impl = _impl(monkeypatch, impl)
     q, k, v = _qkv(2)
     _, docs = _random_docs(np.random.default_rng(3), B, T)
     masks = np.stack([attention.reference_mask(T, window=13, docs_T=np.asarray(d)) for d in docs])

@@ -14,9 +14,11 @@ block, masked by the run-time `window` (a traced int32), causality and document 
 max_window); the whole band is computed even while the warming-up window is narrower. Three kernels realise
 the same predicates (tests check each against the brute-force mask, values and gradients):
   "banded"   every query block's band stacked at once: one batched matmul (B, H, T/bs, bs, band);
-  "chunked"  a scan over chunks of CHUNK_QUERIES queries, each against its own band, rematerialised in the
-             backward: the score tile of a chunk stays in cache and the (T, band) probabilities are never
-             stored. The CPU default ("auto"): the full tiny step 0.41 s -> 0.34 s (BUILD_NOTES.md);
+  "chunked"  chunks of CHUNK_QUERIES queries, each against its own band, rematerialised in the backward: the
+             score tile of a chunk stays in cache and the (T, band) probabilities are never stored. Up to
+             MAX_STATIC_CHUNKS chunks are a loop over static slices (independent tiles the CPU runs
+             concurrently, no padded band for the first chunks), longer sequences a scan. The CPU default
+             ("auto"; timings in BUILD_NOTES.md);
   "dense"    the predicates as one T x T mask (jax.nn.dot_product_attention).
 "auto" = chunked on CPU; elsewhere dense when the band covers at least half of the sequence, else banded.
 """
@@ -32,6 +34,7 @@ import numpy as np
 GRANULARITIES = ("token", "block")
 IMPLS = ("auto", "banded", "chunked", "dense")
 CHUNK_QUERIES = 64  # queries per step of the chunked kernel (64 beat 32 and 128 at tiny on 2 CPU cores)
+MAX_STATIC_CHUNKS = 64  # the chunked kernel unrolls up to this many chunks, scans beyond (compile time)
 
 
 def document_ids(tokens_BxT: jax.Array, eot_id: int) -> jax.Array:
@@ -140,36 +143,54 @@ def _chunk_size(seq_len: int, block_size: int) -> int:
 
 def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, block_size: int, granularity: str,
                        docs_BxT, scale: float) -> jax.Array:
-    """The "chunked" kernel: chunk c of C queries attends keys [c*C - pad, (c+1)*C) (left-padded, masked)."""
+    """The "chunked" kernel: chunk c of C queries attends keys [c*C - pad, (c+1)*C), rematerialised.
+
+    Up to MAX_STATIC_CHUNKS chunks run as a Python loop over static slices of (B, H, T, K) operands: no stacked
+    band copies, the first chunks attend only the keys that exist (no left padding), and independent chunks
+    can run concurrently on the CPU's cores. Longer sequences scan over a stacked, left-padded band (compile
+    time stays bounded)."""
     B, T, H, K = q_BxTxHxK.shape
     C = _chunk_size(T, block_size)
-    nc, S = T // C, C + pad
-
-    def band(x_BxTx___, fill):
-        """(B, T, ...) -> (nc, B, S, ...): chunk c's keys."""
-        x = jnp.pad(x_BxTx___, [(0, 0), (pad, 0)] + [(0, 0)] * (x_BxTx___.ndim - 2), constant_values=fill)
-        return jnp.stack([jax.lax.slice_in_dim(x, c * C, c * C + S, axis=1) for c in range(nc)])
-
-    q_NxBxCxHxK = q_BxTxHxK.reshape(B, nc, C, H, K).swapaxes(0, 1)
-    q_pos_NxC = jnp.arange(T).reshape(nc, C)
-    k_pos_NxS = jnp.arange(nc)[:, None] * C - pad + jnp.arange(S)[None, :]
-    docs = (None, None) if docs_BxT is None else (docs_BxT.reshape(B, nc, C).swapaxes(0, 1), band(docs_BxT, -1))
+    nc = T // C
 
     @jax.checkpoint
-    def step(_, xs):
-        q_BxCxHxK, k_BxSxHxK, v_BxSxHxK, q_pos_C, k_pos_S, dq_BxC, dk_BxS = xs
-        s_BxHxCxS = jnp.einsum("bqhk,bshk->bhqs", q_BxCxHxK, k_BxSxHxK, preferred_element_type=jnp.float32) * scale
+    def tile(q_BxHxCxK, k_BxHxSxK, v_BxHxSxK, q_pos_C, k_pos_S, dq_BxC, dk_BxS):
+        s_BxHxCxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxCxK, k_BxHxSxK, preferred_element_type=jnp.float32)
         q_pos, k_pos = q_pos_C[:, None], k_pos_S[None, :]
         allowed = (k_pos >= 0) & (k_pos <= q_pos) & _window_allowed(q_pos, k_pos, window, granularity, block_size)
         allowed = allowed[None, None]
         if dq_BxC is not None:
             allowed = allowed & (dq_BxC[:, :, None] == dk_BxS[:, None, :])[:, None]
-        p_BxHxCxS = jax.nn.softmax(jnp.where(allowed, s_BxHxCxS, -jnp.inf), axis=-1).astype(v_BxSxHxK.dtype)
-        return None, jnp.einsum("bhqs,bshk->bqhk", p_BxHxCxS, v_BxSxHxK)
+        p_BxHxCxS = jax.nn.softmax(jnp.where(allowed, s_BxHxCxS * scale, -jnp.inf), axis=-1)
+        return jnp.einsum("bhqs,bhsk->bhqk", p_BxHxCxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
 
-    _, o_NxBxCxHxK = jax.lax.scan(step, None, (q_NxBxCxHxK, band(k_BxTxHxK, 0), band(v_BxTxHxK, 0), q_pos_NxC,
-                                               k_pos_NxS, *docs))
-    return o_NxBxCxHxK.swapaxes(0, 1).reshape(B, T, H, K)
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK))  # (B, H, T, K)
+    if nc <= MAX_STATIC_CHUNKS:
+        pos = jnp.arange(T)
+        outs = []
+        for c in range(nc):
+            lo, hi = max(0, c * C - pad), (c + 1) * C
+            keys = lambda x, axis=2: jax.lax.slice_in_dim(x, lo, hi, axis=axis)
+            docs = (None, None) if docs_BxT is None else (docs_BxT[:, c * C:hi], keys(docs_BxT, 1))
+            outs.append(tile(q[:, :, c * C:hi], keys(k), keys(v), pos[c * C:hi], pos[lo:hi], *docs))
+        return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
+
+    S = C + pad
+
+    def band(x, fill, axis):
+        """chunk c's keys, stacked on a new leading axis."""
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (pad, 0)
+        x = jnp.pad(x, widths, constant_values=fill)
+        return jnp.stack([jax.lax.slice_in_dim(x, c * C, c * C + S, axis=axis) for c in range(nc)])
+
+    q_NxBxHxCxK = q.reshape(B, H, nc, C, K).transpose(2, 0, 1, 3, 4)
+    q_pos_NxC = jnp.arange(T).reshape(nc, C)
+    k_pos_NxS = jnp.arange(nc)[:, None] * C - pad + jnp.arange(S)[None, :]
+    docs = (None, None) if docs_BxT is None else (docs_BxT.reshape(B, nc, C).swapaxes(0, 1), band(docs_BxT, -1, 1))
+    _, o_NxBxHxCxK = jax.lax.scan(lambda _, xs: (None, tile(*xs)), None,
+                                  (q_NxBxHxCxK, band(k, 0, 2), band(v, 0, 2), q_pos_NxC, k_pos_NxS, *docs))
+    return o_NxBxHxCxK.transpose(1, 0, 3, 2, 4).reshape(B, T, H, K)
 
 
 def dense_attention(
