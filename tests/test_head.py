@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from spectral_jax.models import GPT, make_config
-from spectral_jax.models.head import cross_entropy, default_chunk, fused_token_nll, head_logits, token_nll
+from spectral_jax.models.head import (cross_entropy, default_chunk, fused_mean_nll, fused_token_nll, head_logits,
+                                     token_nll)
 
 
 def _numpy_nll_and_grads(cfg, w, x, y):
@@ -58,6 +59,30 @@ def test_fused_matches_float64_numpy(logit_head, chunk):
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-5 * np.abs(dx_ref).max())
     # w held fixed (as the probes' perturbation gradients): the backward skips dW, dX is unchanged
     dx_only = jax.jit(jax.grad(lambda x: fused(jnp.asarray(w), x).sum()))(x)
+    np.testing.assert_allclose(dx_only, dx, rtol=1e-6, atol=1e-7 * np.abs(dx_ref).max())
+
+
+@pytest.mark.parametrize("logit_head", ["none", "tanh"])
+@pytest.mark.parametrize("chunk", [8, 64])
+def test_fused_mean_matches_float64_numpy(logit_head, chunk):
+    """The training loss whose forward forms the gradients: value, dW and dX of a scaled mean (cotangent 3,
+    not 1), and dX alone with w held fixed."""
+    cfg = dataclasses.replace(make_config("betterwin", "tiny"), logit_head=logit_head, logit_cap=5.0,
+                              vocab_size=96, d_model=16, head_dim=8)
+    rng = np.random.default_rng(4)
+    n = 50
+    x = rng.normal(size=(n, 16)).astype(np.float32)
+    w = rng.normal(scale=0.5, size=(16, 96)).astype(np.float32)
+    y = rng.integers(0, 96, n)
+    y[[0, 20, 21]] = -1
+    nll_ref, dw_ref, dx_ref = _numpy_nll_and_grads(cfg, w, x, y)
+    n_valid = (y >= 0).sum()
+    mean = jax.jit(lambda w, x: fused_mean_nll(cfg, w, x, jnp.asarray(y), chunk))
+    np.testing.assert_allclose(mean(w, x), nll_ref.sum() / n_valid, rtol=1e-5)
+    dw, dx = jax.jit(jax.grad(lambda w, x: 3.0 * mean(w, x), (0, 1)))(w, x)
+    np.testing.assert_allclose(dw, 3 * dw_ref / n_valid, rtol=1e-4, atol=1e-5 * np.abs(dw_ref).max() / n_valid)
+    np.testing.assert_allclose(dx, 3 * dx_ref / n_valid, rtol=1e-4, atol=1e-5 * np.abs(dx_ref).max() / n_valid)
+    dx_only = jax.jit(jax.grad(lambda x: 3.0 * mean(jnp.asarray(w), x)))(x)
     np.testing.assert_allclose(dx_only, dx, rtol=1e-6, atol=1e-7 * np.abs(dx_ref).max())
 
 

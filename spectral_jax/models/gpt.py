@@ -42,7 +42,7 @@ from flax import nnx
 
 from spectral_jax.models import attention
 from spectral_jax.models.config import ModelConfig
-from spectral_jax.models.head import default_chunk, fused_token_nll, head_logits, mean_nll
+from spectral_jax.models.head import default_chunk, fused_mean_nll, fused_token_nll, head_logits, mean_nll
 from spectral_jax.models.head import (  # noqa: F401  (re-exported: these lived here before head.py)
     cross_entropy, cross_entropy_per_sequence, fp8_matmul, logit_head)
 
@@ -353,8 +353,16 @@ class GPT(nnx.Module):
 
     def loss(self, tokens_BxT: jax.Array, targets_BxT: jax.Array, *, window: jax.Array | int | None = None,
              chunk: int | None = None) -> jax.Array:
-        """Mean token cross-entropy over the batch's valid targets (float32), as in training."""
-        return mean_nll(*self.token_nll(tokens_BxT, targets_BxT, window=window, chunk=chunk))
+        """Mean token cross-entropy over the batch's valid targets (float32), as in training: the same value as
+        mean_nll(*token_nll(...)), through `head.fused_mean_nll` (gradients formed in the forward) except for
+        the FP8 head."""
+        if self.config.fp8_head:
+            return mean_nll(*self.token_nll(tokens_BxT, targets_BxT, window=window, chunk=chunk))
+        h_BxTxD = self.hidden(tokens_BxT, window=window)
+        B, T, D = h_BxTxD.shape
+        chunk = chunk or default_chunk(self.config.vocab_size)
+        return fused_mean_nll(self.config, self.head_weight(), h_BxTxD.reshape(B * T, D),
+                              targets_BxT.reshape(B * T), min(chunk, B * T))
 
     def __call__(self, tokens_BxT: jax.Array, *, window: jax.Array | int | None = None) -> jax.Array:
         """Logits (B, T, V) float32. `window`: current attention window in tokens (traced int32 is fine;

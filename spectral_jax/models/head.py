@@ -7,7 +7,8 @@ gradients) cost more than the matmuls on CPU, and at d12 (T = 65,536, V = 50,304
 per sequence. `fused_token_nll` runs the head and the loss over chunks of `chunk` tokens whose logits stay in
 cache; its backward recomputes each chunk's logits (one extra head matmul) and forms dX and dW from them. The
 loss is the same function of the same logits (`head_logits` is the model's only head), so training, evaluation
-and the probes' per-sample losses share it.
+and the probes' per-sample losses share it. `fused_mean_nll` is the training loss (`GPT.loss`) as a scalar: its
+forward forms dW and dX while each chunk is in cache, so the backward does not recompute the logits.
 """
 
 from __future__ import annotations
@@ -216,3 +217,43 @@ def _fused_backward(config, chunk, residuals, g_N):
 
 
 fused_token_nll.defvjp(_fused_forward, _fused_backward, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
+def fused_mean_nll(config: ModelConfig, w_DxV: jax.Array, x_NxD: jax.Array, y_N: jax.Array, chunk: int) -> jax.Array:
+    """mean_nll(fused_token_nll(config, w, x, y, chunk), y >= 0): the training loss, as a scalar.
+
+    Under differentiation its forward forms dW and dX (of the mean, i.e. with the 1/n_valid cotangent the
+    per-token path's backward would receive) while each chunk's logits are in cache, and the backward only
+    scales them by the scalar cotangent: three head matmuls and one pass over the logits instead of four and
+    two (the tiny head's forward + backward 1.41x faster, BUILD_NOTES.md). Not for the FP8 head, whose
+    backward rounds g * dz to e5m2: GPT.loss takes fused_token_nll there."""
+    return mean_nll(_scan_forward(config, w_DxV, x_NxD, y_N, chunk)[0], y_N >= 0)
+
+
+def _mean_forward(config, w_DxV, x_NxD, y_N, chunk):
+    w, x, y = w_DxV.value, x_NxD.value, y_N.value
+    with_dw = w_DxV.perturbed
+    inv_n = 1.0 / jnp.maximum((y >= 0).sum(), 1).astype(jnp.float32)
+    x_KxCxD, y_KxC = _chunked(chunk, x, y)
+
+    def step(dw_DxV, xy):
+        x_CxD, y_C = xy
+        z_CxV, pull = jax.vjp(lambda w, x: head_logits(config, w, x), w, x_CxD)
+        nll_C, lse_C = _nll_and_lse(z_CxV, y_C)
+        dw_c, dx_CxD = pull(_dlogits(z_CxV, lse_C, y_C, jnp.full_like(lse_C, inv_n)))
+        return (dw_DxV + dw_c if with_dw else None), (nll_C, dx_CxD)
+
+    dw_DxV, (nll_KxC, dx_KxCxD) = jax.lax.scan(step, jnp.zeros_like(w) if with_dw else None, (x_KxCxD, y_KxC))
+    n = x.shape[0]
+    return nll_KxC.sum() * inv_n, (dw_DxV, dx_KxCxD.reshape(-1, x.shape[-1])[:n])
+
+
+def _mean_backward(config, chunk, residuals, g):
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        return None, None, None
+    dw_DxV, dx_NxD = residuals
+    return (None if dw_DxV is None else g * dw_DxV), g * dx_NxD, None
+
+
+fused_mean_nll.defvjp(_mean_forward, _mean_backward, symbolic_zeros=True)
