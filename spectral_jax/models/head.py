@@ -234,20 +234,24 @@ def fused_mean_nll(config: ModelConfig, w_DxV: jax.Array, x_NxD: jax.Array, y_N:
 
 def _mean_forward(config, w_DxV, x_NxD, y_N, chunk):
     w, x, y = w_DxV.value, x_NxD.value, y_N.value
-    with_dw = w_DxV.perturbed
-    inv_n = 1.0 / jnp.maximum((y >= 0).sum(), 1).astype(jnp.float32)
+    with_dw = w_DxV.perturbed  # False when only activations are differentiated: no dW accumulation
+    n_valid = jnp.maximum((y >= 0).sum(), 1).astype(jnp.float32)
     x_KxCxD, y_KxC = _chunked(chunk, x, y)
 
     def step(dw_DxV, xy):
         x_CxD, y_C = xy
-        z_CxV, pull = jax.vjp(lambda w, x: head_logits(config, w, x), w, x_CxD)
+        if with_dw:
+            z_CxV, pull = jax.vjp(lambda w, x: head_logits(config, w, x), w, x_CxD)
+        else:
+            z_CxV, pull_x = jax.vjp(lambda x: head_logits(config, w, x), x_CxD)
+            pull = lambda dz: (None, *pull_x(dz))
         nll_C, lse_C = _nll_and_lse(z_CxV, y_C)
-        dw_c, dx_CxD = pull(_dlogits(z_CxV, lse_C, y_C, jnp.full_like(lse_C, inv_n)))
+        dw_c, dx_CxD = pull(_dlogits(z_CxV, lse_C, y_C, jnp.full_like(lse_C, 1.0 / n_valid)))
         return (dw_DxV + dw_c if with_dw else None), (nll_C, dx_CxD)
 
     dw_DxV, (nll_KxC, dx_KxCxD) = jax.lax.scan(step, jnp.zeros_like(w) if with_dw else None, (x_KxCxD, y_KxC))
     n = x.shape[0]
-    return nll_KxC.sum() * inv_n, (dw_DxV, dx_KxCxD.reshape(-1, x.shape[-1])[:n])
+    return nll_KxC.sum() / n_valid, (dw_DxV, dx_KxCxD.reshape(-1, x.shape[-1])[:n])
 
 
 def _mean_backward(config, chunk, residuals, g):
