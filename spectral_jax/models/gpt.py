@@ -339,17 +339,20 @@ class GPT(nnx.Module):
         hidden state."""
         return head_logits(self.config, self.head_weight(), x_BxTxD)
 
+    def _head_inputs(self, tokens_BxT, targets_BxT, window, chunk):
+        """(head weight, hidden states (B*T, D), targets (B*T,), loss chunk) for the fused head + loss."""
+        h_BxTxD = self.hidden(tokens_BxT, window=window)
+        B, T, D = h_BxTxD.shape
+        chunk = chunk or default_chunk(self.config.vocab_size)
+        return self.head_weight(), h_BxTxD.reshape(B * T, D), targets_BxT.reshape(B * T), min(chunk, B * T)
+
     def token_nll(self, tokens_BxT: jax.Array, targets_BxT: jax.Array, *, window: jax.Array | int | None = None,
                   chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
         """(per-token NLL, validity mask), each (B, T), of the logits `__call__` would return, through the fused
         chunked head + cross-entropy (`head.fused_token_nll`; `chunk` tokens at a time, default
         `head.default_chunk`). Targets < 0 are ignored (NLL 0). Training, evaluation and the probes use this."""
-        h_BxTxD = self.hidden(tokens_BxT, window=window)
-        B, T, D = h_BxTxD.shape
-        chunk = chunk or default_chunk(self.config.vocab_size)
-        nll_N = fused_token_nll(self.config, self.head_weight(), h_BxTxD.reshape(B * T, D),
-                                targets_BxT.reshape(B * T), min(chunk, B * T))
-        return nll_N.reshape(B, T), targets_BxT >= 0
+        nll_N = fused_token_nll(self.config, *self._head_inputs(tokens_BxT, targets_BxT, window, chunk))
+        return nll_N.reshape(targets_BxT.shape), targets_BxT >= 0
 
     def loss(self, tokens_BxT: jax.Array, targets_BxT: jax.Array, *, window: jax.Array | int | None = None,
              chunk: int | None = None) -> jax.Array:
@@ -358,11 +361,7 @@ class GPT(nnx.Module):
         the FP8 head."""
         if self.config.fp8_head:
             return mean_nll(*self.token_nll(tokens_BxT, targets_BxT, window=window, chunk=chunk))
-        h_BxTxD = self.hidden(tokens_BxT, window=window)
-        B, T, D = h_BxTxD.shape
-        chunk = chunk or default_chunk(self.config.vocab_size)
-        return fused_mean_nll(self.config, self.head_weight(), h_BxTxD.reshape(B * T, D),
-                              targets_BxT.reshape(B * T), min(chunk, B * T))
+        return fused_mean_nll(self.config, *self._head_inputs(tokens_BxT, targets_BxT, window, chunk))
 
     def __call__(self, tokens_BxT: jax.Array, *, window: jax.Array | int | None = None) -> jax.Array:
         """Logits (B, T, V) float32. `window`: current attention window in tokens (traced int32 is fine;

@@ -178,17 +178,29 @@ def _fused_forward(config, w_DxV, x_NxD, y_N, chunk):
     if w_DxV.perturbed or config.fp8_head:
         nll_N, lse_KxC = _scan_forward(config, w, x, y, chunk)
         return nll_N, {"recompute": (w, x, y, lse_KxC)}  # the key is static pytree structure
-    x_KxCxD, y_KxC = _chunked(chunk, x, y)
+    nll_N, _, dx_NxD = _scan_with_grads(config, w, x, y, chunk, jnp.float32(1.0), with_dw=False)
+    return nll_N, {"scale": dx_NxD}
 
-    def step(_, xy):
+
+def _scan_with_grads(config, w_DxV, x_NxD, y_N, chunk, g, *, with_dw: bool):
+    """(per-token NLL (N,), dW (None unless with_dw), dX (N, D)) of the NLL scaled by the scalar g per token, each
+    chunk's gradients formed while its logits are in cache (no second head pass)."""
+    x_KxCxD, y_KxC = _chunked(chunk, x_NxD, y_N)
+
+    def step(dw_DxV, xy):
         x_CxD, y_C = xy
-        z_CxV, pull = jax.vjp(lambda x: head_logits(config, w, x), x_CxD)
+        if with_dw:
+            z_CxV, pull = jax.vjp(lambda w, x: head_logits(config, w, x), w_DxV, x_CxD)
+        else:
+            z_CxV, pull_x = jax.vjp(lambda x: head_logits(config, w_DxV, x), x_CxD)
+            pull = lambda dz: (None, *pull_x(dz))
         nll_C, lse_C = _nll_and_lse(z_CxV, y_C)
-        return None, (nll_C, pull(_dlogits(z_CxV, lse_C, y_C, jnp.ones_like(lse_C)))[0])
+        dw_c, dx_CxD = pull(_dlogits(z_CxV, lse_C, y_C, jnp.full_like(lse_C, g)))
+        return (dw_DxV + dw_c if with_dw else None), (nll_C, dx_CxD)
 
-    _, (nll_KxC, dx_KxCxD) = jax.lax.scan(step, None, (x_KxCxD, y_KxC))
-    n = x.shape[0]
-    return nll_KxC.reshape(-1)[:n], {"scale": dx_KxCxD.reshape(-1, x.shape[-1])[:n]}
+    dw_DxV, (nll_KxC, dx_KxCxD) = jax.lax.scan(step, jnp.zeros_like(w_DxV) if with_dw else None, (x_KxCxD, y_KxC))
+    n = x_NxD.shape[0]
+    return nll_KxC.reshape(-1)[:n], dw_DxV, dx_KxCxD.reshape(-1, x_NxD.shape[-1])[:n]
 
 
 def _scan_forward(config, w_DxV, x_NxD, y_N, chunk):
@@ -234,24 +246,10 @@ def fused_mean_nll(config: ModelConfig, w_DxV: jax.Array, x_NxD: jax.Array, y_N:
 
 def _mean_forward(config, w_DxV, x_NxD, y_N, chunk):
     w, x, y = w_DxV.value, x_NxD.value, y_N.value
-    with_dw = w_DxV.perturbed  # False when only activations are differentiated: no dW accumulation
     n_valid = jnp.maximum((y >= 0).sum(), 1).astype(jnp.float32)
-    x_KxCxD, y_KxC = _chunked(chunk, x, y)
-
-    def step(dw_DxV, xy):
-        x_CxD, y_C = xy
-        if with_dw:
-            z_CxV, pull = jax.vjp(lambda w, x: head_logits(config, w, x), w, x_CxD)
-        else:
-            z_CxV, pull_x = jax.vjp(lambda x: head_logits(config, w, x), x_CxD)
-            pull = lambda dz: (None, *pull_x(dz))
-        nll_C, lse_C = _nll_and_lse(z_CxV, y_C)
-        dw_c, dx_CxD = pull(_dlogits(z_CxV, lse_C, y_C, jnp.full_like(lse_C, 1.0 / n_valid)))
-        return (dw_DxV + dw_c if with_dw else None), (nll_C, dx_CxD)
-
-    dw_DxV, (nll_KxC, dx_KxCxD) = jax.lax.scan(step, jnp.zeros_like(w) if with_dw else None, (x_KxCxD, y_KxC))
-    n = x.shape[0]
-    return nll_KxC.sum() / n_valid, (dw_DxV, dx_KxCxD.reshape(-1, x.shape[-1])[:n])
+    # dW only when the head weight is differentiated (training); activations-only gradients skip it
+    nll_N, dw_DxV, dx_NxD = _scan_with_grads(config, w, x, y, chunk, 1.0 / n_valid, with_dw=w_DxV.perturbed)
+    return mean_nll(nll_N, y >= 0), (dw_DxV, dx_NxD)
 
 
 def _mean_backward(config, chunk, residuals, g):
