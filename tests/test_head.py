@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from spectral_jax.models import GPT, make_config
+from spectral_jax.models import GPT, head, make_config
 from spectral_jax.models.head import (cross_entropy, default_chunk, fused_mean_nll, fused_token_nll, head_logits,
                                      token_nll)
 
@@ -62,13 +62,15 @@ def test_fused_matches_float64_numpy(logit_head, chunk):
     np.testing.assert_allclose(dx_only, dx, rtol=1e-6, atol=1e-7 * np.abs(dx_ref).max())
 
 
-@pytest.mark.parametrize("logit_head", ["none", "tanh"])
+@pytest.mark.parametrize("logit_head,cap", [("none", 5.0), ("tanh", 5.0), ("sigmoid", 5.0), ("tanh", 90.0)])
 @pytest.mark.parametrize("chunk", [8, 64])
-def test_fused_mean_matches_float64_numpy(logit_head, chunk):
-    """The training loss whose forward forms the gradients: value, dW and dX of a scaled mean (cotangent 3,
-    not 1), and dX alone with w held fixed."""
-    cfg = dataclasses.replace(make_config("betterwin", "tiny"), logit_head=logit_head, logit_cap=5.0,
+def test_fused_mean_matches_float64_numpy(logit_head, cap, chunk):
+    """The training loss whose forward forms the gradients by hand: value, dW and dX of a scaled mean
+    (cotangent 3, not 1), and dX alone with w held fixed; soft-caps small enough for the max-free log-sum-exp
+    and one too large for it (cap 90: exp(90) overflows float32)."""
+    cfg = dataclasses.replace(make_config("betterwin", "tiny"), logit_head=logit_head, logit_cap=cap,
                               vocab_size=96, d_model=16, head_dim=8)
+    assert head._bounded(cfg) == (logit_head != "none" and cap < 50)
     rng = np.random.default_rng(4)
     n = 50
     x = rng.normal(size=(n, 16)).astype(np.float32)
@@ -84,6 +86,19 @@ def test_fused_mean_matches_float64_numpy(logit_head, chunk):
     np.testing.assert_allclose(dx, 3 * dx_ref / n_valid, rtol=1e-4, atol=1e-5 * np.abs(dx_ref).max() / n_valid)
     dx_only = jax.jit(jax.grad(lambda x: 3.0 * mean(jnp.asarray(w), x)))(x)
     np.testing.assert_allclose(dx_only, dx, rtol=1e-6, atol=1e-7 * np.abs(dx_ref).max())
+
+
+def test_max_free_log_sum_exp_only_where_exp_cannot_overflow():
+    """The soft-capped families at every tier take the max-free log-sum-exp; uncapped ones never do."""
+    for tier in ("tiny", "d12", "d48"):
+        assert head._bounded(make_config("betterwin", tier))  # cap 30 + log(50,304) = 40.8 < 80
+        assert head._bounded(make_config("softcap", tier)) and head._bounded(make_config("attnscale", tier))
+        assert not head._bounded(make_config("baseline", tier))
+    big = dataclasses.replace(make_config("betterwin", "tiny"), logit_cap=1e4)
+    x = jnp.full((2, 16), 1.0)
+    w = jnp.full((16, big.vocab_size), 1.0)  # every logit at the cap of 1e4: any exp(z) would be inf
+    nll = fused_mean_nll(big, w, x, jnp.asarray([1, 2]), 8)
+    np.testing.assert_allclose(nll, np.log(big.vocab_size), rtol=1e-5)
 
 
 def test_fused_equals_dense_token_nll_under_vmap():

@@ -331,3 +331,31 @@ def test_joint_linear_equals_separate_layers_in_values_and_kernel_gradients():
     for a, b in zip(_joint_linear(x, lins), [lin(x) for lin in lins]):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_matmul_values_and_gradients_match_float64_numpy(dtype):
+    """gpt._matmul (the block matrices' product, with its hand-written weight gradient): x @ W, dX = dY W^T and
+    dW = sum over tokens of x^T dY, against float64 NumPy for a 3-D input; a bf16 layer gives bf16 values and
+    a float32 kernel gradient as nnx.Linear does."""
+    from spectral_jax.models.gpt import _apply
+
+    lin = nnx.Linear(24, 40, use_bias=False, dtype=jnp.dtype(dtype), param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (3, 7, 24))
+    c = jax.random.normal(jax.random.key(2), (3, 7, 40))
+    graphdef, params = nnx.split(lin)
+
+    def loss(params, x):
+        return jnp.sum(_apply(nnx.merge(graphdef, params), x).astype(jnp.float32) * c)
+
+    (g_params, g_x) = jax.grad(loss, (0, 1))(params, x)
+    y = _apply(lin, x)
+    assert y.dtype == jnp.dtype(dtype) and g_params["kernel"][...].dtype == jnp.float32
+    w64, x64, c64 = (np.asarray(a, np.float64) for a in (lin.kernel[...], x, c))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=3e-2, atol=3e-2)
+    np.testing.assert_allclose(np.asarray(y, np.float64), x64 @ w64, **tol)
+    np.testing.assert_allclose(g_x, c64 @ w64.T, **tol)
+    np.testing.assert_allclose(g_params["kernel"][...], np.einsum("bti,bto->io", x64, c64), **tol)
+    # and equal to autodiff through nnx.Linear itself
+    g_ref = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x).astype(jnp.float32) * c))(params)
+    np.testing.assert_allclose(g_params["kernel"][...], g_ref["kernel"][...], **tol)

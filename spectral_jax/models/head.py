@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from spectral_jax.models.config import ModelConfig
+from spectral_jax.models.matmul import xt_dot
 
 
 def logit_head(z: jax.Array, config: ModelConfig) -> jax.Array:
@@ -77,9 +78,28 @@ def head_logits(config: ModelConfig, w_DxV: jax.Array, x_NxD: jax.Array) -> jax.
         z = fp8_matmul(x_NxD.reshape(-1, x_NxD.shape[-1]), w_DxV, config.fp8_x_scale, config.fp8_w_scale,
                        config.fp8_grad_scale).reshape(*lead, -1)
     else:
-        dtype = jnp.result_type(x_NxD, w_DxV) if config.tied_head else jnp.dtype(config.compute_dtype)
+        dtype = _head_dtype(config, w_DxV, x_NxD)
         z = jnp.dot(x_NxD.astype(dtype), w_DxV.astype(dtype))
     return logit_head(z, config)
+
+
+def _head_dtype(config: ModelConfig, w_DxV, x_NxD):
+    """The head matmul's dtype: float32 when tied (as nnx.Embed.attend), else the compute dtype."""
+    return jnp.result_type(x_NxD, w_DxV) if config.tied_head else jnp.dtype(config.compute_dtype)
+
+
+def _capped_with_slope(config: ModelConfig, u: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """(logit_head(u), its elementwise derivative or None for the identity), float32."""
+    u = u.astype(jnp.float32)
+    cap = config.logit_cap
+    if config.logit_head == "tanh":
+        t = jnp.tanh(u / cap)
+        return cap * t, 1.0 - t * t
+    if config.logit_head == "sigmoid":
+        a = 1.0 / (0.25 * cap * math.sqrt(config.d_model))
+        sg = jax.nn.sigmoid(u * a)
+        return cap * sg, (cap * a) * sg * (1.0 - sg)
+    return u, None
 
 
 # ---- cross-entropy ------------------------------------------------------------------------------
@@ -144,11 +164,23 @@ def _chunked(chunk: int, *arrays_N):
     return out
 
 
-def _nll_and_lse(z_CxV, y_C):
-    """(per-token NLL, 0 where y < 0; logsumexp) of one chunk's float32 logits."""
+def _bounded(config: ModelConfig) -> bool:
+    """Soft-capped logits lie within +-cap: exp(z) summed over V cannot overflow float32 (e^88) when
+    cap + log V < 80, so the log-sum-exp needs no max pass (the same value up to rounding: float32's relative
+    precision does not depend on the shift)."""
+    return config.logit_head in ("tanh", "sigmoid") and config.logit_cap + math.log(config.vocab_size) < 80
+
+
+def _nll_and_lse(config: ModelConfig, z_CxV, y_C):
+    """(per-token NLL, 0 where y < 0; logsumexp) of one chunk's float32 logits. A forward-only function (the
+    primal of the fused heads' custom VJPs), so the target's logit is a gather, not a one-hot select."""
     valid_C = y_C >= 0
-    lse_C = jax.nn.logsumexp(z_CxV, axis=-1)
-    return jnp.where(valid_C, lse_C - _picked(z_CxV, jnp.where(valid_C, y_C, 0)), 0.0), lse_C
+    if _bounded(config):
+        lse_C = jnp.log(jnp.sum(jnp.exp(z_CxV), axis=-1))
+    else:
+        lse_C = jax.nn.logsumexp(z_CxV, axis=-1)
+    picked_C = jnp.take_along_axis(z_CxV, jnp.where(valid_C, y_C, 0)[:, None], axis=-1)[:, 0]
+    return jnp.where(valid_C, lse_C - picked_C, 0.0), lse_C
 
 
 def _dlogits(z_CxV, lse_C, y_C, g_C):
@@ -185,17 +217,25 @@ def _fused_forward(config, w_DxV, x_NxD, y_N, chunk):
 def _scan_with_grads(config, w_DxV, x_NxD, y_N, chunk, g, *, with_dw: bool):
     """(per-token NLL (N,), dW (None unless with_dw), dX (N, D)) of the NLL scaled by the scalar g per token, each
     chunk's gradients formed while its logits are in cache (no second head pass)."""
+    if config.fp8_head:
+        raise ValueError("the FP8 head's backward rounds g * dz to e5m2, which this path does not; "
+                         "differentiate fused_token_nll, whose backward recomputes through fp8_matmul")
     x_KxCxD, y_KxC = _chunked(chunk, x_NxD, y_N)
+    dtype = _head_dtype(config, w_DxV, x_NxD)
+    w_c = w_DxV.astype(dtype)
+
+    def grads(x_CxD, y_C):
+        """head_logits' products written out: the soft-cap's slope from its forward, dW through xt_dot."""
+        x_c = x_CxD.astype(dtype)
+        z_CxV, slope_CxV = _capped_with_slope(config, x_c @ w_c)
+        nll_C, lse_C = _nll_and_lse(config, z_CxV, y_C)
+        du_CxV = _dlogits(z_CxV, lse_C, y_C, jnp.full_like(lse_C, g))
+        du_CxV = (du_CxV if slope_CxV is None else du_CxV * slope_CxV).astype(dtype)
+        dw_c = xt_dot(x_c, du_CxV).astype(w_DxV.dtype) if with_dw else None
+        return nll_C, dw_c, (du_CxV @ w_c.T).astype(x_CxD.dtype)
 
     def step(dw_DxV, xy):
-        x_CxD, y_C = xy
-        if with_dw:
-            z_CxV, pull = jax.vjp(lambda w, x: head_logits(config, w, x), w_DxV, x_CxD)
-        else:
-            z_CxV, pull_x = jax.vjp(lambda x: head_logits(config, w_DxV, x), x_CxD)
-            pull = lambda dz: (None, *pull_x(dz))
-        nll_C, lse_C = _nll_and_lse(z_CxV, y_C)
-        dw_c, dx_CxD = pull(_dlogits(z_CxV, lse_C, y_C, jnp.full_like(lse_C, g)))
+        nll_C, dw_c, dx_CxD = grads(*xy)
         return (dw_DxV + dw_c if with_dw else None), (nll_C, dx_CxD)
 
     dw_DxV, (nll_KxC, dx_KxCxD) = jax.lax.scan(step, jnp.zeros_like(w_DxV) if with_dw else None, (x_KxCxD, y_KxC))
@@ -207,7 +247,8 @@ def _scan_forward(config, w_DxV, x_NxD, y_N, chunk):
     """(per-token NLL (N,), per-chunk logsumexp (K, chunk))."""
     x_KxCxD, y_KxC = _chunked(chunk, x_NxD, y_N)
     _, (nll_KxC, lse_KxC) = jax.lax.scan(
-        lambda _, xy: (None, _nll_and_lse(head_logits(config, w_DxV, xy[0]), xy[1])), None, (x_KxCxD, y_KxC))
+        lambda _, xy: (None, _nll_and_lse(config, head_logits(config, w_DxV, xy[0]), xy[1])), None,
+        (x_KxCxD, y_KxC))
     return nll_KxC.reshape(-1)[:x_NxD.shape[0]], lse_KxC
 
 
