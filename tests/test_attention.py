@@ -194,3 +194,22 @@ def test_scheduled_window_d12_and_tiny(family, first, last):
         assert 1 <= w <= tiny.max_window <= tiny.seq_len
         if family in ("sparsev", "lswa"):
             assert w % tiny.attn_block_size == 0
+
+
+@pytest.mark.parametrize("spans", [((0, 8), (0, 16), (4, 24), (16, 32)), ((2, 6), (10, 14))])
+def test_overlapping_slices_backward_equals_autodiff_of_slicing(spans):
+    """The chunked kernel's key/value slices: values as plain slices, and the segment-wise backward (overlapping
+    spans summed, positions no span covers zero) equal to autodiff's pad-and-add, also under vmap."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 32, 4))
+    cots = [jax.random.normal(jax.random.key(i + 1), (2, 3, hi - lo, 4)) for i, (lo, hi) in enumerate(spans)]
+
+    def loss(x, fast):
+        parts = attention._overlapping_slices(x, spans, 32) if fast else [x[:, :, lo:hi] for lo, hi in spans]
+        return sum(jnp.sum(jnp.sin(p) * c) for p, c in zip(parts, cots))
+
+    for a, b in zip(attention._overlapping_slices(x, spans, 32), [x[:, :, lo:hi] for lo, hi in spans]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(jax.grad(loss)(x, True), jax.grad(loss)(x, False), rtol=1e-6, atol=1e-6)
+    xs = jnp.stack([x, 2 * x])
+    np.testing.assert_allclose(jax.vmap(jax.grad(lambda x: loss(x, True)))(xs),
+                               jax.vmap(jax.grad(lambda x: loss(x, False)))(xs), rtol=1e-6, atol=1e-6)

@@ -25,6 +25,7 @@ the same predicates (tests check each against the brute-force mask, values and g
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -176,13 +177,13 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
     q, k, v = (t.transpose(0, 2, 1, 3) for t in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK))  # (B, H, T, K)
     if nc <= MAX_STATIC_CHUNKS:
         pos = jnp.arange(T)
+        spans = tuple((max(0, c * C - pad), (c + 1) * C) for c in range(nc))
+        k_chunks, v_chunks = _overlapping_slices(k, spans, T), _overlapping_slices(v, spans, T)
         outs = []
-        for c in range(nc):
-            lo, hi = max(0, c * C - pad), (c + 1) * C
-            keys = lambda x, axis=2: jax.lax.slice_in_dim(x, lo, hi, axis=axis)
-            docs = (None, None) if docs_BxT is None else (docs_BxT[:, c * C:hi], keys(docs_BxT, 1))
+        for c, (lo, hi) in enumerate(spans):
+            docs = (None, None) if docs_BxT is None else (docs_BxT[:, c * C:hi], docs_BxT[:, lo:hi])
             # the bias is an input of the rematerialised tile, so the backward does not recompute it
-            outs.append(tile(q[:, :, c * C:hi], keys(k), keys(v), bias(pos[c * C:hi], pos[lo:hi], *docs)))
+            outs.append(tile(q[:, :, c * C:hi], k_chunks[c], v_chunks[c], bias(pos[c * C:hi], pos[lo:hi], *docs)))
         return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
     S = C + pad
@@ -202,6 +203,35 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
     _, o_NxBxHxCxK = jax.lax.scan(lambda _, xs: (None, step(*xs)), None,
                                   (q_NxBxHxCxK, band(k, 0, 2), band(v, 0, 2), q_pos_NxC, k_pos_NxS, *docs))
     return o_NxBxHxCxK.transpose(1, 0, 3, 2, 4).reshape(B, T, H, K)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _overlapping_slices(x_BxHxTxK: jax.Array, spans: tuple[tuple[int, int], ...], T: int) -> tuple[jax.Array, ...]:
+    """x[:, :, lo:hi] for each static (lo, hi) span (the chunks' overlapping key ranges) of x's T positions.
+
+    The backward sums the slices' cotangents segment by segment (between consecutive span boundaries) and
+    concatenates once; autodiff's transpose pads every slice's cotangent to T and adds them, which XLA CPU ran as
+    one slow many-operand fusion per layer (the tiny forward + backward 1.04x faster this way, BUILD_NOTES.md)."""
+    return tuple(jax.lax.slice_in_dim(x_BxHxTxK, lo, hi, axis=2) for lo, hi in spans)
+
+
+def _overlapping_slices_fwd(x_BxHxTxK, spans, T):
+    return _overlapping_slices(x_BxHxTxK, spans, T), None
+
+
+def _overlapping_slices_bwd(spans, T, _, g_chunks):
+    g0 = g_chunks[0]
+    cuts = sorted({0, T} | {b for span in spans for b in span})
+    segments = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        parts = [jax.lax.slice_in_dim(g, a - lo, b - lo, axis=2) for g, (lo, hi) in zip(g_chunks, spans)
+                 if lo <= a and b <= hi]
+        shape = g0.shape[:2] + (b - a,) + g0.shape[3:]
+        segments.append(functools.reduce(jnp.add, parts) if parts else jnp.zeros(shape, g0.dtype))
+    return (jnp.concatenate(segments, axis=2),)
+
+
+_overlapping_slices.defvjp(_overlapping_slices_fwd, _overlapping_slices_bwd)
 
 
 def dense_attention(
