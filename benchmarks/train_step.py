@@ -5,8 +5,11 @@
 
 Model FLOPs per token = 6 * N_matmul + 12 * L * d * ctx (PaLM appendix B convention): N_matmul counts the
 block matrices and the LM head (embedding lookups are not matmuls); ctx is the mean number of keys a query
-attends under the current window (causal, window-limited). The reference rate is the best of float32 (or
-the compute dtype) square matmuls of a few sizes, timed in the same process just before the step.
+attends under the current window (causal, window-limited). The reference rate is a float32 (or compute dtype)
+square matmul at the fastest of a few sizes, timed in the same rounds as the step (each round: the best of five
+matmuls, then three steps of which the last two count), so that both see the same machine: on a shared VM the speed drifts by tens of percent within
+a minute, and a rate taken before the steps can belong to another phase. Printed: medians over rounds, and the
+median of the per-round MFU.
 
 Side by side in the same run (medians, interleaved): the model's forward + backward with the fused chunked
 head + loss (`GPT.loss`, what training runs) against the same pass through materialised (B, T, V) logits
@@ -17,6 +20,7 @@ the model's shapes.
 
 from __future__ import annotations
 
+import time
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +52,33 @@ def matmul_rate(dtype, repeats: int) -> tuple[float, int]:
         dt = median_time(lambda: f(a, a).block_until_ready(), repeats)
         best = max(best, (2 * n ** 3 / dt, n))
     return best
+
+
+def interleaved_step_and_matmul(step, dtype, n: int, rounds: int) -> tuple[float, float, list[float]]:
+    """(median step seconds, median matmul FLOP/s, per-round 1 / (step seconds * matmul FLOP/s)): each round
+    times five n x n matmuls back to back and keeps the fastest (the first after a step runs on cold caches and
+    sleeping threads; the best keeps the reference rate conservative), then three steps back to back and keeps
+    the median of the last two (training runs steps back to back; the first after the matmuls starts cold)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    step()
+    steps, mms, per_round = [], [], []
+    for _ in range(rounds):
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            f(a, a).block_until_ready()
+            ts.append(time.perf_counter() - t0)
+        st = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            step()
+            st.append(time.perf_counter() - t0)
+        steps.append(float(np.median(st[1:])))
+        mms.append(2 * n ** 3 / min(ts))
+        per_round.append(1.0 / (steps[-1] * mms[-1]))
+    return float(np.median(steps)), float(np.median(mms)), per_round
 
 
 def model_flops_per_token(cfg, params, window: int) -> float:
@@ -113,7 +144,7 @@ def main(argv):
     cfg = make_config(FLAGS.family, FLAGS.preset)
     window = FLAGS.window or cfg.max_window
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-    peak, n = matmul_rate(dtype, FLAGS.repeats)
+    _, n = matmul_rate(dtype, 3)
     tc = train_config(FLAGS.preset, batch_size=FLAGS.batch, micro_batch=FLAGS.batch)
     step_fn = TrainStep(cfg, group_learning_rates(cfg, tc.lr), Schedules.build(cfg, tc).step_scale, 1)
     graphdef, params = nnx.split(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
@@ -126,7 +157,7 @@ def main(argv):
         state = (params, opt_state)
         float(loss)
 
-    dt = median_time(step, FLAGS.repeats)
+    dt, peak, mfu_rounds = interleaved_step_and_matmul(step, dtype, n, FLAGS.repeats)
     params = state[0]
     tokens = FLAGS.batch * cfg.seq_len
     fpt = model_flops_per_token(cfg, params, window)
@@ -134,11 +165,16 @@ def main(argv):
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.family} {FLAGS.preset}, "
           f"batch {FLAGS.batch} x {cfg.seq_len}, window {window}")
     print("| quantity | value |\n|---|---|")
-    print(f"| matmul rate ({np.dtype(dtype).name}, best of 512/1024/2048, n={n}) | {peak / 1e9:,.1f} GFLOP/s |")
-    print(f"| train step (forward + backward + optimizer) | {dt * 1e3:,.1f} ms, {tokens / dt:,.0f} tokens/s |")
+    print(f"| matmul rate ({np.dtype(dtype).name}, n={n}: fastest of 512/1024/2048; best of 5 per round, median of "
+          f"{FLAGS.repeats} rounds interleaved with the steps) | {peak / 1e9:,.1f} GFLOP/s |")
+    print(f"| train step (forward + backward + optimizer; 2 per round, median of {FLAGS.repeats} rounds) | "
+          f"{dt * 1e3:,.1f} ms, "
+          f"{tokens / dt:,.0f} tokens/s |")
     print(f"| model FLOPs per token (6 N_matmul + attention) | {fpt / 1e6:,.2f} MFLOP |")
     print(f"| model FLOP rate | {rate / 1e9:,.1f} GFLOP/s |")
-    print(f"| MFU vs matmul rate | {rate / peak:.1%} |")
+    print(f"| MFU vs matmul rate (medians) | {rate / peak:.1%} |")
+    mfu = np.asarray(mfu_rounds) * fpt * tokens
+    print(f"| MFU per round: median (min - max) | {np.median(mfu):.1%} ({mfu.min():.1%} - {mfu.max():.1%}) |")
     if FLAGS.components:
         components(cfg, graphdef, params, tokens_Bx_T1, window, FLAGS.repeats)
 
