@@ -3,8 +3,8 @@
 Autodiff forms dW = x^T dy as one dot contracting both operands over their leading (token) axis. XLA CPU cannot
 hand that layout to YNNPACK: it ran such products through its fallback dot, single-threaded, at 25-43 GFLOP/s on
 one core for the tiny tier's block matrices (dy first copied to (out, N)), against 55-94 GFLOP/s, on both cores,
-once x^T is materialised first. `xt_dot` is that product; `matmul` is x @ w whose
-backward uses it. Elsewhere (GPUs, whose GEMMs take transposed operands) both are plain autodiff math.
+once x^T is materialised first. `xt_dot` is that product; `matmul` is x @ w whose backward uses it. Elsewhere
+(GPUs, whose GEMMs take transposed operands) both are plain autodiff math.
 """
 
 from __future__ import annotations
