@@ -7,9 +7,9 @@ Model FLOPs per token = 6 * N_matmul + 12 * L * d * ctx (PaLM appendix B convent
 block matrices and the LM head (embedding lookups are not matmuls); ctx is the mean number of keys a query
 attends under the current window (causal, window-limited). The reference rate is a float32 (or compute dtype)
 square matmul at the fastest of a few sizes, timed in the same rounds as the step (each round: the best of five
-matmuls, then three steps of which the last two count), so that both see the same machine: on a shared VM the speed drifts by tens of percent within
-a minute, and a rate taken before the steps can belong to another phase. Printed: medians over rounds, and the
-median of the per-round MFU.
+matmuls, then three steps of which the last two count), so that both see the same machine: on a shared VM the
+speed drifts by tens of percent within a minute, and a rate taken before the steps can belong to another phase.
+Printed: medians over rounds, and the median of the per-round MFU.
 
 Side by side in the same run (medians, interleaved): the model's forward + backward with the fused chunked
 head + loss (`GPT.loss`, what training runs) against the same pass through materialised (B, T, V) logits
@@ -168,8 +168,7 @@ def main(argv):
     print(f"| matmul rate ({np.dtype(dtype).name}, n={n}: fastest of 512/1024/2048; best of 5 per round, median of "
           f"{FLAGS.repeats} rounds interleaved with the steps) | {peak / 1e9:,.1f} GFLOP/s |")
     print(f"| train step (forward + backward + optimizer; 2 per round, median of {FLAGS.repeats} rounds) | "
-          f"{dt * 1e3:,.1f} ms, "
-          f"{tokens / dt:,.0f} tokens/s |")
+          f"{dt * 1e3:,.1f} ms, {tokens / dt:,.0f} tokens/s |")
     print(f"| model FLOPs per token (6 N_matmul + attention) | {fpt / 1e6:,.2f} MFLOP |")
     print(f"| model FLOP rate | {rate / 1e9:,.1f} GFLOP/s |")
     print(f"| MFU vs matmul rate (medians) | {rate / peak:.1%} |")

@@ -335,9 +335,9 @@ def test_joint_linear_equals_separate_layers_in_values_and_kernel_gradients():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_matmul_values_and_gradients_match_float64_numpy(dtype):
-    """gpt._matmul (the block matrices' product, with its hand-written weight gradient): x @ W, dX = dY W^T and
-    dW = sum over tokens of x^T dY, against float64 NumPy for a 3-D input; a bf16 layer gives bf16 values and
-    a float32 kernel gradient as nnx.Linear does."""
+    """matmul.matmul through gpt._apply (the block matrices' product, hand-written weight gradient): x @ W,
+    dX = dY W^T and dW = sum over tokens of x^T dY, against float64 NumPy for a 3-D input; a bf16 layer gives
+    bf16 values and a float32 kernel gradient as nnx.Linear does."""
     from spectral_jax.models.gpt import _apply
 
     lin = nnx.Linear(24, 40, use_bias=False, dtype=jnp.dtype(dtype), param_dtype=jnp.float32, rngs=nnx.Rngs(0))

@@ -42,10 +42,10 @@ from flax import nnx
 
 from spectral_jax.models import attention
 from spectral_jax.models.config import ModelConfig
-from spectral_jax.models.matmul import matmul
 from spectral_jax.models.head import default_chunk, fused_mean_nll, fused_token_nll, head_logits, mean_nll
 from spectral_jax.models.head import (  # noqa: F401  (re-exported: these lived here before head.py)
     cross_entropy, cross_entropy_per_sequence, fp8_matmul, logit_head)
+from spectral_jax.models.matmul import matmul
 
 
 # ---- small pure helpers -----------------------------------------------------------------------

@@ -25,13 +25,22 @@ from spectral_jax.models.matmul import xt_dot
 
 def logit_head(z: jax.Array, config: ModelConfig) -> jax.Array:
     """Logit soft-cap in float32: none, cap*tanh(z/cap) or cap*sigmoid(z/(cap/4*sqrt(d)))."""
-    z = z.astype(jnp.float32)
+    return _capped_with_slope(config, z)[0]
+
+
+def _capped_with_slope(config: ModelConfig, u: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """(logit_head(u), its elementwise derivative or None for the identity), float32. One definition of the
+    soft-caps: `logit_head` takes the value (autodiff drops the unused slope), the fused training head both."""
+    u = u.astype(jnp.float32)
     cap = config.logit_cap
     if config.logit_head == "tanh":
-        return cap * jnp.tanh(z / cap)
+        t = jnp.tanh(u / cap)
+        return cap * t, 1.0 - t * t
     if config.logit_head == "sigmoid":
-        return cap * jax.nn.sigmoid(z / (0.25 * cap * math.sqrt(config.d_model)))
-    return z
+        s = 0.25 * cap * math.sqrt(config.d_model)
+        sg = jax.nn.sigmoid(u / s)
+        return cap * sg, (cap / s) * sg * (1.0 - sg)
+    return u, None
 
 
 # ---- FP8 head -----------------------------------------------------------------------------------
@@ -87,19 +96,6 @@ def _head_dtype(config: ModelConfig, w_DxV, x_NxD):
     """The head matmul's dtype: float32 when tied (as nnx.Embed.attend), else the compute dtype."""
     return jnp.result_type(x_NxD, w_DxV) if config.tied_head else jnp.dtype(config.compute_dtype)
 
-
-def _capped_with_slope(config: ModelConfig, u: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """(logit_head(u), its elementwise derivative or None for the identity), float32."""
-    u = u.astype(jnp.float32)
-    cap = config.logit_cap
-    if config.logit_head == "tanh":
-        t = jnp.tanh(u / cap)
-        return cap * t, 1.0 - t * t
-    if config.logit_head == "sigmoid":
-        a = 1.0 / (0.25 * cap * math.sqrt(config.d_model))
-        sg = jax.nn.sigmoid(u * a)
-        return cap * sg, (cap * a) * sg * (1.0 - sg)
-    return u, None
 
 
 # ---- cross-entropy ------------------------------------------------------------------------------
