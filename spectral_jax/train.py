@@ -627,10 +627,11 @@ def train(
         now = time.perf_counter()
         if now - last_log >= tc.log_every_seconds:
             last_log = now
-            q = throughput() or float("nan")
+            q = throughput()
             left = (sched.max_steps - step) * sched.tokens_per_step
+            speed = f"{q:,.0f} tok/s | ETA <= {_fmt_time(left / q)}" if q else "tok/s and ETA after the compile steps"
             log(f"{tag} step {step}/{sched.max_steps} | {step * sched.tokens_per_step:,} tokens | "
-                f"loss {train_loss:.4f} | {q:,.0f} tok/s | ETA <= {_fmt_time(left / q)}")
+                f"loss {train_loss:.4f} | {speed}")
 
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainingDiverged", "RunState", "Schedules", "train", "train_config",
