@@ -135,10 +135,11 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
 
 
 # ---- fused, chunked head + cross-entropy --------------------------------------------------------
-# Logits per chunk: 2^21 float32 (8 MiB) on CPU, i.e. 256 tokens at tiny, whose training forward + backward ran
-# 1.14x faster than with 128 and 1.04x faster than with 512 in one run (BUILD_NOTES.md); 2^28 (1 GiB) elsewhere,
-# where the chunk only bounds memory (d12: 5,336 tokens x 50,304).
-_CHUNK_LOGITS = {"cpu": 1 << 21}
+# Logits per chunk: 2^22 float32 (16 MiB) on CPU, i.e. 512 tokens at tiny, whose training forward + backward
+# (with the hand-written chunk gradients) ran 1.08 / 1.10 / 1.06x faster than with 256 in three A/Bs, and faster
+# than 1,024 or 2,048 (BUILD_NOTES.md); 2^28 (1 GiB) elsewhere, where the chunk only bounds memory (d12: 5,336
+# tokens x 50,304).
+_CHUNK_LOGITS = {"cpu": 1 << 22}
 _CHUNK_LOGITS_DEFAULT = 1 << 28
 
 
