@@ -18,16 +18,18 @@ def _random_docs(rng, batch, length, eot=7, vocab=16):
     return tokens, attention.document_ids(jnp.asarray(tokens), eot)
 
 
-IMPLS = ["banded", "chunked", "chunked_scan", "dense"]
+IMPLS = ["banded", "chunked", "chunked_remat", "chunked_scan", "dense"]
 
 
 def _impl(monkeypatch, impl):
-    """The kernel name for banded_attention; chunked variants take chunks of 16 queries (4 per sequence), and
-    "chunked_scan" is the chunked kernel's scan path (long sequences) instead of its static loop."""
+    """The kernel name for banded_attention; chunked variants take chunks of 16 queries (4 per sequence):
+    "chunked" keeps its tiles' probabilities for the backward (these sizes are under REMAT_BYTES),
+    "chunked_remat" rematerialises them, "chunked_scan" is the scan path (long sequences), rematerialised."""
     if impl.startswith("chunked"):
         monkeypatch.setattr(attention, "CHUNK_QUERIES", 16)
         monkeypatch.setattr(attention, "MAX_STATIC_CHUNKS", 0 if impl == "chunked_scan" else 64)
-    return impl.removesuffix("_scan")
+        monkeypatch.setattr(attention, "REMAT_BYTES", attention.REMAT_BYTES if impl == "chunked" else 0)
+    return "chunked" if impl.startswith("chunked") else impl
 
 
 _masked = jax.jit(lambda q, k, v, mask: attention.masked_attention(q, k, v, mask, scale=0.3))
@@ -213,3 +215,14 @@ def test_overlapping_slices_backward_equals_autodiff_of_slicing(spans):
     xs = jnp.stack([x, 2 * x])
     np.testing.assert_allclose(jax.vmap(jax.grad(lambda x: loss(x, True)))(xs),
                                jax.vmap(jax.grad(lambda x: loss(x, False)))(xs), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat_bytes,expect", [(None, False), (0, True)])
+def test_chunked_tiles_are_rematerialised_only_above_remat_bytes(remat_bytes, expect, monkeypatch):
+    if remat_bytes is not None:
+        monkeypatch.setattr(attention, "REMAT_BYTES", remat_bytes)
+    q, k, v = _qkv(4)
+    loss = lambda q, k, v: jnp.sum(attention.banded_attention(q, k, v, window=13, max_window=MAX_W, block_size=BS,
+                                                              scale=0.3, impl="chunked"))
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, k, v))
+    assert ("checkpoint" in jaxpr or "remat" in jaxpr) == expect

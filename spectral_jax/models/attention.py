@@ -14,8 +14,9 @@ block, masked by the run-time `window` (a traced int32), causality and document 
 max_window); the whole band is computed even while the warming-up window is narrower. Three kernels realise
 the same predicates (tests check each against the brute-force mask, values and gradients):
   "banded"   every query block's band stacked at once: one batched matmul (B, H, T/bs, bs, band);
-  "chunked"  chunks of CHUNK_QUERIES queries, each against its own band, rematerialised in the backward: the
-             score tile of a chunk stays in cache and the (T, band) probabilities are never stored. Up to
+  "chunked"  chunks of CHUNK_QUERIES queries, each against its own band. The backward keeps the chunks'
+             probabilities while they total at most REMAT_BYTES per layer (tiny: 4.5 MB), and beyond that
+             recomputes them per chunk (rematerialised: the (T, band) probabilities are never stored). Up to
              MAX_STATIC_CHUNKS chunks are a loop over static slices (independent tiles the CPU runs
              concurrently, no padded band for the first chunks), longer sequences a scan. The CPU default
              ("auto"; timings in BUILD_NOTES.md);
@@ -36,6 +37,9 @@ GRANULARITIES = ("token", "block")
 IMPLS = ("auto", "banded", "chunked", "dense")
 CHUNK_QUERIES = 64  # queries per step of the chunked kernel (64 beat 32 and 128 at tiny on 2 CPU cores)
 MAX_STATIC_CHUNKS = 64  # the chunked kernel unrolls up to this many chunks, scans beyond (compile time)
+# Saved probabilities per layer above which the chunked kernel rematerialises its tiles: storing them made the
+# tiny forward + backward 1.09 / 1.06x faster than recomputing (BUILD_NOTES.md); d12 lengths would need GBs.
+REMAT_BYTES = 1 << 26
 
 
 def document_ids(tokens_BxT: jax.Array, eot_id: int) -> jax.Array:
@@ -144,7 +148,8 @@ def _chunk_size(seq_len: int, block_size: int) -> int:
 
 def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, block_size: int, granularity: str,
                        docs_BxT, scale: float) -> jax.Array:
-    """The "chunked" kernel: chunk c of C queries attends keys [c*C - pad, (c+1)*C), rematerialised.
+    """The "chunked" kernel: chunk c of C queries attends keys [c*C - pad, (c+1)*C); tiles rematerialised in the
+    backward when their probabilities would exceed REMAT_BYTES.
 
     Up to MAX_STATIC_CHUNKS chunks run as a Python loop over static slices of (B, H, T, K) operands: no stacked
     band copies, the first chunks attend only the keys that exist (no left padding), and independent chunks
@@ -153,6 +158,8 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
     B, T, H, K = q_BxTxHxK.shape
     C = _chunk_size(T, block_size)
     nc = T // C
+    saved_bytes = B * H * T * (C + pad) * jnp.dtype(jnp.float32).itemsize
+    remat = jax.checkpoint if saved_bytes > REMAT_BYTES else (lambda f: f)
 
     def bias(q_pos_C, k_pos_S, dq_BxC, dk_BxS):
         """(B or 1, 1, C, S) float32: 0 where the mask allows, -inf elsewhere (never a whole row: each query
@@ -164,7 +171,7 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
             allowed = allowed & (dq_BxC[:, :, None] == dk_BxS[:, None, :])[:, None]
         return jnp.where(allowed, 0.0, -jnp.inf)
 
-    @jax.checkpoint
+    @remat
     def tile(q_BxHxCxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xCxS):
         s_BxHxCxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxCxK, k_BxHxSxK,
                                preferred_element_type=jnp.float32) * scale + bias_Bx1xCxS
@@ -182,7 +189,7 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
         outs = []
         for c, (lo, hi) in enumerate(spans):
             docs = (None, None) if docs_BxT is None else (docs_BxT[:, c * C:hi], docs_BxT[:, lo:hi])
-            # the bias is an input of the rematerialised tile, so the backward does not recompute it
+            # the bias is an input of the (possibly rematerialised) tile, so the backward does not recompute it
             outs.append(tile(q[:, :, c * C:hi], k_chunks[c], v_chunks[c], bias(pos[c * C:hi], pos[lo:hi], *docs)))
         return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
@@ -199,7 +206,7 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
     q_pos_NxC = jnp.arange(T).reshape(nc, C)
     k_pos_NxS = jnp.arange(nc)[:, None] * C - pad + jnp.arange(S)[None, :]
     docs = (None, None) if docs_BxT is None else (docs_BxT.reshape(B, nc, C).swapaxes(0, 1), band(docs_BxT, -1, 1))
-    step = jax.checkpoint(lambda q, k, v, *positions_docs: tile(q, k, v, bias(*positions_docs)))
+    step = remat(lambda q, k, v, *positions_docs: tile(q, k, v, bias(*positions_docs)))
     _, o_NxBxHxCxK = jax.lax.scan(lambda _, xs: (None, step(*xs)), None,
                                   (q_NxBxHxCxK, band(k, 0, 2), band(v, 0, 2), q_pos_NxC, k_pos_NxS, *docs))
     return o_NxBxHxCxK.transpose(1, 0, 3, 2, 4).reshape(B, T, H, K)
