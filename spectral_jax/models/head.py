@@ -97,7 +97,6 @@ def _head_dtype(config: ModelConfig, w_DxV, x_NxD):
     return jnp.result_type(x_NxD, w_DxV) if config.tied_head else jnp.dtype(config.compute_dtype)
 
 
-
 # ---- cross-entropy ------------------------------------------------------------------------------
 def _picked(logits_NxV: jax.Array, safe_N: jax.Array) -> jax.Array:
     # a one-hot select instead of take_along_axis: its transpose is a fused elementwise op, not a scatter
