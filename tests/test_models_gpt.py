@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from spectral_jax.models import FAMILIES, GPT, abstract_model, attention, make_config
+from spectral_jax.models import gpt as gpt_module
 from spectral_jax.optim import make_optimizer
 from spectral_jax.models.gpt import (apply_rotary, cross_entropy, cross_entropy_per_sequence, fp8_matmul,
                                      logit_head, rms_norm, rotary_frequencies)
@@ -269,6 +270,23 @@ def test_rotary_is_relative_and_truncated_pairs_are_identity():
     np.testing.assert_allclose(truncated[0, 17, 0, 8:16], x[0, 17, 0, 8:16])
     np.testing.assert_allclose(truncated[0, 17, 0, 24:], x[0, 17, 0, 24:])
     assert not np.allclose(truncated[0, 17, 0, :8], x[0, 17, 0, :8])
+
+
+def test_rotary_constant_tables_equal_the_graph_computation(monkeypatch):
+    """The NumPy tables (tiny lengths) and the in-graph cos/sin (long tables, or traced frequencies) agree."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 2, 32)), jnp.float32)
+    for pos, sign in (("rope", 1.0), ("trunc_rope", -1.0)):
+        freq = rotary_frequencies(32, pos, 10000.0)
+        assert isinstance(freq, np.ndarray) and freq.dtype == np.float32
+        assert isinstance(gpt_module.rotary_tables(64, freq)[0], np.ndarray)
+        constant = jax.jit(lambda x: apply_rotary(x, freq, sign))(x)
+        traced = jax.jit(lambda x, f: apply_rotary(x, f, sign))(x, jnp.asarray(freq))
+        monkeypatch.setattr(gpt_module, "ROTARY_CONSTANT_ENTRIES", 0)
+        assert isinstance(gpt_module.rotary_tables(64, freq)[0], jax.Array)
+        in_graph = jax.jit(lambda x: apply_rotary(x, freq, sign))(x)
+        monkeypatch.undo()
+        np.testing.assert_allclose(constant, traced, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(constant, in_graph, rtol=1e-5, atol=1e-5)
 
 
 def test_cross_entropy_matches_optax_and_ignores_negative_targets():
