@@ -167,16 +167,21 @@ def _bounded(config: ModelConfig) -> bool:
     return config.logit_head in ("tanh", "sigmoid") and config.logit_cap + math.log(config.vocab_size) < 80
 
 
-def _nll_and_lse(config: ModelConfig, z_CxV, y_C):
-    """(per-token NLL, 0 where y < 0; logsumexp) of one chunk's float32 logits. A forward-only function (the
-    primal of the fused heads' custom VJPs), so the target's logit is a gather, not a one-hot select."""
+def _nll_from_lse(z_CxV, lse_C, y_C):
+    """Per-token NLL lse - z[y], 0 where y < 0. Forward-only (the fused heads' custom VJPs), so the target's
+    logit is a gather, not a one-hot select."""
     valid_C = y_C >= 0
+    picked_C = jnp.take_along_axis(z_CxV, jnp.where(valid_C, y_C, 0)[:, None], axis=-1)[:, 0]
+    return jnp.where(valid_C, lse_C - picked_C, 0.0)
+
+
+def _nll_and_lse(config: ModelConfig, z_CxV, y_C):
+    """(per-token NLL, 0 where y < 0; logsumexp) of one chunk's float32 logits."""
     if _bounded(config):
         lse_C = jnp.log(jnp.sum(jnp.exp(z_CxV), axis=-1))
     else:
         lse_C = jax.nn.logsumexp(z_CxV, axis=-1)
-    picked_C = jnp.take_along_axis(z_CxV, jnp.where(valid_C, y_C, 0)[:, None], axis=-1)[:, 0]
-    return jnp.where(valid_C, lse_C - picked_C, 0.0), lse_C
+    return _nll_from_lse(z_CxV, lse_C, y_C), lse_C
 
 
 def _nll_and_softmax(config: ModelConfig, z_CxV, y_C):
@@ -186,11 +191,9 @@ def _nll_and_softmax(config: ModelConfig, z_CxV, y_C):
     if not _bounded(config):
         nll_C, lse_C = _nll_and_lse(config, z_CxV, y_C)
         return nll_C, jnp.exp(z_CxV - lse_C[:, None])
-    valid_C = y_C >= 0
     e_CxV = jnp.exp(z_CxV)
     s_C = jnp.sum(e_CxV, axis=-1)
-    picked_C = jnp.take_along_axis(z_CxV, jnp.where(valid_C, y_C, 0)[:, None], axis=-1)[:, 0]
-    return jnp.where(valid_C, jnp.log(s_C) - picked_C, 0.0), e_CxV * (1.0 / s_C)[:, None]
+    return _nll_from_lse(z_CxV, jnp.log(s_C), y_C), e_CxV * (1.0 / s_C)[:, None]
 
 
 def _dlogits_from_softmax(p_CxV, y_C, g_C):
