@@ -33,6 +33,7 @@ batch-mean loss would weight sequences by their valid-token counts.)
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -80,16 +81,28 @@ def rotary_tables(seq_len: int, inv_freq_F) -> tuple:
         except jax.errors.TracerArrayConversionError:
             freq_F = None
         if freq_F is not None:
-            theta_TxF = (np.arange(seq_len, dtype=np.float32)[:, None] * freq_F[None, :]).astype(np.float64)
-            return np.cos(theta_TxF).astype(np.float32), np.sin(theta_TxF).astype(np.float32)
+            return _constant_rotary_tables(seq_len, freq_F.tobytes())
     theta_TxF = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq_F, jnp.float32)[None, :]
     return jnp.cos(theta_TxF), jnp.sin(theta_TxF)
+
+
+@functools.lru_cache(maxsize=32)
+def _constant_rotary_tables(seq_len: int, freq_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """rotary_tables' NumPy pair, one read-only pair per (length, frequencies): every layer's q and k then close
+    over the same two arrays, which a trace holds as two constants (not two per call: d36 would carry 1 GB)."""
+    freq_F = np.frombuffer(freq_bytes, np.float32)
+    theta_TxF = (np.arange(seq_len, dtype=np.float32)[:, None] * freq_F[None, :]).astype(np.float64)
+    tables = np.cos(theta_TxF).astype(np.float32), np.sin(theta_TxF).astype(np.float32)
+    for table in tables:
+        table.flags.writeable = False
+    return tables
 
 
 def apply_rotary(x_BxTxHxK: jax.Array, inv_freq_F, sign: float) -> jax.Array:
     """Half-split rotation by sign*theta in float32 (sign -1 is TruncRoPE's convention)."""
     cos_TxF, sin_TxF = rotary_tables(x_BxTxHxK.shape[1], inv_freq_F)
-    cos, sin = cos_TxF[None, :, None, :], sign * sin_TxF[None, :, None, :]
+    # indexed after jnp.asarray: a NumPy view would be a new constant at every call
+    cos, sin = jnp.asarray(cos_TxF)[None, :, None, :], sign * jnp.asarray(sin_TxF)[None, :, None, :]
     x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
     y = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
     return y.astype(x_BxTxHxK.dtype)
