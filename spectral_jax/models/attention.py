@@ -176,10 +176,13 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
         s_BxHxCxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxCxK, k_BxHxSxK,
                                preferred_element_type=jnp.float32) * scale + bias_Bx1xCxS
         # softmax written out over the additive mask (vs jnp.where + jax.nn.softmax: one tiny-tier layer 1.13x,
-        # the whole forward + backward 1.04x; BUILD_NOTES.md)
+        # the whole forward + backward 1.04x) and normalised after the value product: (e v) / sum(e) divides the
+        # C x K output, not the C x S tile, and its backward's row reduction runs over K instead of S (the tiny
+        # forward + backward 1.03-1.05x; BUILD_NOTES.md)
         e_BxHxCxS = jnp.exp(s_BxHxCxS - jax.lax.stop_gradient(jnp.max(s_BxHxCxS, axis=-1, keepdims=True)))
-        p_BxHxCxS = e_BxHxCxS / jnp.sum(e_BxHxCxS, axis=-1, keepdims=True)
-        return jnp.einsum("bhqs,bhsk->bhqk", p_BxHxCxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
+        u_BxHxCxK = jnp.einsum("bhqs,bhsk->bhqk", e_BxHxCxS.astype(v_BxHxSxK.dtype), v_BxHxSxK,
+                               preferred_element_type=jnp.float32)
+        return (u_BxHxCxK / jnp.sum(e_BxHxCxS, axis=-1, keepdims=True)).astype(v_BxHxSxK.dtype)
 
     q, k, v = (t.transpose(0, 2, 1, 3) for t in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK))  # (B, H, T, K)
     if nc <= MAX_STATIC_CHUNKS:

@@ -13,13 +13,16 @@ import jax
 
 
 def xt_dot(x_NxI: jax.Array, dy_NxO: jax.Array) -> jax.Array:
-    """x^T @ dy, (I, O), for 2-D operands sharing their leading axis; on CPU x^T is materialised first (the
-    barrier keeps XLA from folding the transpose back into the dot; transposing the narrower of x and dy
-    instead made no difference at tiny)."""
-    x_IxN = x_NxI.T
-    if jax.default_backend() == "cpu":
-        x_IxN = jax.lax.optimization_barrier(x_IxN)
-    return x_IxN @ dy_NxO
+    """x^T @ dy, (I, O), for 2-D operands sharing their leading axis. On CPU the narrower operand is transposed
+    and materialised first: x^T @ dy, or (dy^T @ x)^T when dy is narrower (the MLP's output projection, whose
+    256-wide x^T copy fused with relu^2 was the slowest transpose of the tiny step). The barriers keep XLA from
+    folding the transposes back into the dot, which turns it into the slow transposed-operand product again."""
+    if jax.default_backend() != "cpu":
+        return x_NxI.T @ dy_NxO
+    if dy_NxO.shape[1] < x_NxI.shape[1]:
+        dy_OxN = jax.lax.optimization_barrier(dy_NxO.T)
+        return jax.lax.optimization_barrier(dy_OxN @ x_NxI).T
+    return jax.lax.optimization_barrier(x_NxI.T) @ dy_NxO
 
 
 @jax.custom_vjp
