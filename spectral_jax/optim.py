@@ -275,32 +275,45 @@ def scaled_steps(steps: int, step_scale: float) -> int:
     return int(round(steps * step_scale))
 
 
-def lr_multiplier(config: OptimConfig, *, step_scale: float = 1.0) -> optax.Schedule:
+def schedule_steps(config: Any, *, step_scale: float = 1.0) -> dict[str, int]:
+    """The schedules' step counts at one batch size: N = scaled num_iterations (at least 1), the warmdown
+    W_d = round(warmdown_frac·N) and the momentum warmup W_m, each token-normalised by step_scale."""
+    optim = _optim_config(config)
+    n = max(1, scaled_steps(optim.num_iterations, step_scale))
+    return {"num_iterations": n, "warmdown": int(round(optim.warmdown_frac * n)),
+            "momentum_warmup": scaled_steps(optim.momentum_warmup_steps, step_scale)}
+
+
+def lr_multiplier(config: OptimConfig, *, step_scale: float = 1.0,
+                  steps: Mapping[str, Any] | None = None) -> optax.Schedule:
     """LR multiplier of the step count, in [0, 1]; N = scaled num_iterations.
 
     "warmdown": 1 until N − W_d, then (N − step)/W_d, 0 from N on (W_d = round(warmdown_frac·N));
     "cosine":   ½(1 + cos(π·min(step, N)/N)), peak → 0 over N;   "constant": 1.
+    steps: `schedule_steps` counts to use instead of step_scale's; they may be traced int32 scalars, so that one
+    compiled update serves every batch size of a sweep (the values are the same as with Python ints).
     """
-    n = max(1, scaled_steps(config.num_iterations, step_scale))
+    steps = schedule_steps(config, step_scale=step_scale) if steps is None else steps
+    n, w_d = steps["num_iterations"], steps["warmdown"]
     if config.schedule == "constant":
         return lambda count: jnp.ones([], jnp.float32)
     if config.schedule == "cosine":
         return lambda count: 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count, n) / n))
     if config.schedule == "warmdown":
-        w_d = int(round(config.warmdown_frac * n))
-        if w_d == 0:
-            return lambda count: jnp.where(count < n, 1.0, 0.0)
-        return lambda count: jnp.clip((n - count) / w_d, 0.0, 1.0)
+        return lambda count: jnp.where(w_d > 0, jnp.clip((n - count) / jnp.maximum(w_d, 1), 0.0, 1.0),
+                                       jnp.where(count < n, 1.0, 0.0))
     raise ValueError(f"unknown schedule {config.schedule!r}")
 
 
-def momentum_schedule(config: OptimConfig, *, step_scale: float = 1.0) -> optax.Schedule:
-    """Muon momentum m(step) = momentum_start + min(step/W_m, 1)·(momentum − momentum_start)."""
-    w_m = scaled_steps(config.momentum_warmup_steps, step_scale)
+def momentum_schedule(config: OptimConfig, *, step_scale: float = 1.0,
+                      steps: Mapping[str, Any] | None = None) -> optax.Schedule:
+    """Muon momentum m(step) = momentum_start + min(step/W_m, 1)·(momentum − momentum_start); `momentum` when
+    W_m <= 0. steps: as for `lr_multiplier`."""
+    steps = schedule_steps(config, step_scale=step_scale) if steps is None else steps
+    w_m = steps["momentum_warmup"]
     lo, hi = config.momentum_start, config.momentum
-    if w_m <= 0:
-        return lambda count: jnp.asarray(hi, jnp.float32)
-    return lambda count: lo + jnp.minimum(count / w_m, 1.0) * (hi - lo)
+    return lambda count: jnp.where(w_m > 0, lo + jnp.minimum(count / jnp.maximum(w_m, 1), 1.0) * (hi - lo),
+                                   jnp.float32(hi))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -340,6 +353,7 @@ def make_optimizer(
     lrs: Mapping[str, float] | float | None = None,
     *,
     step_scale: float = 1.0,
+    steps: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformation:
     """The family's optimizer (PROTOCOL §3.4): [global-norm clip over all params] then
 
@@ -349,10 +363,13 @@ def make_optimizer(
     Every group's lr is peak·lr_multiplier(step). config: an OptimConfig or an object with `.optim`.
     lrs: peak LRs by group overriding the config, or one float multiplying every group.
     step_scale: reference_batch / B; multiplies every step count (warmups, num_iterations).
+    steps: the `schedule_steps` counts instead of step_scale's (traced in the training update, see
+    `lr_multiplier`).
     """
     optim = _optim_config(config)
     peaks = group_learning_rates(optim, lrs)
-    mult = lr_multiplier(optim, step_scale=step_scale)
+    steps = schedule_steps(optim, step_scale=step_scale) if steps is None else steps
+    mult = lr_multiplier(optim, steps=steps)
 
     def lr(group: str) -> optax.Schedule:
         peak = peaks[group]
@@ -366,7 +383,7 @@ def make_optimizer(
         tx = optax.adamw(lr("lr"), b1=b1, b2=b2, eps=optim.eps, weight_decay=optim.weight_decay)
     else:
         if optim.kind == "muon":
-            matrix = muon(lr("matrix"), momentum_schedule(optim, step_scale=step_scale),
+            matrix = muon(lr("matrix"), momentum_schedule(optim, steps=steps),
                           nesterov=optim.nesterov, ns_steps=optim.ns_steps)
         else:
             matrix = adam("matrix", optim.betas_matrix)

@@ -47,7 +47,7 @@ from spectral_jax.data.shards import TokenDataset, atomic_write_bytes
 from spectral_jax.models import attention
 from spectral_jax.models.config import ModelConfig
 from spectral_jax.models.gpt import GPT
-from spectral_jax.optim import group_learning_rates, make_optimizer, scaled_steps
+from spectral_jax.optim import group_learning_rates, make_optimizer, scaled_steps, schedule_steps
 
 
 class TrainingDiverged(RuntimeError):
@@ -234,16 +234,19 @@ def _lr_field(group: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _make_apply(optim: Any, step_scale: float, accum: int):
-    """The jitted optimizer update for one recipe, with the peak LRs as ARGUMENTS (not trace-time constants):
-    every LR candidate of a sweep and every continued run in the process share one compiled program (tracing
-    and compiling it took 20-30 s per candidate on 2 CPU cores). The update is built inside the trace from
-    the config with traced peaks, so peak * schedule(step) is the same float32 product as with constants."""
+def _make_apply(optim: Any, accum: int):
+    """The jitted optimizer update for one recipe, with the peak LRs and the schedules' step counts as ARGUMENTS
+    (not trace-time constants): every LR candidate of a sweep, every batch tier with the same accumulation count
+    (the tiers' token-normalised step counts differ) and every continued run in the process share one compiled
+    program (tracing and compiling it took 20-30 s per candidate on 2 CPU cores, ~3.3 s per tier at tiny). The
+    update is built inside the trace from the config with traced peaks and counts, so peak * schedule(step) is
+    the same float32 arithmetic as with constants (tested bitwise). `accum` stays a constant: XLA folds the
+    division by it into the optimizer's constant factors, which a traced divisor would round differently."""
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def apply(params, opt_state, grads, peaks):
+    def apply(params, opt_state, grads, peaks, steps):
         tx = make_optimizer(dataclasses.replace(optim, **{_lr_field(g): v for g, v in peaks.items()}),
-                            step_scale=step_scale)
+                            steps=steps)
         if accum > 1:
             grads = jax.tree.map(lambda g: g / accum, grads)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -330,10 +333,11 @@ class TrainStep:
     def __init__(self, config: ModelConfig, lrs: Mapping[str, float], step_scale: float, accum: int):
         self.accum = accum
         self.tx = make_optimizer(config, lrs, step_scale=step_scale)
-        # cache key without the LRs (they are arguments of the compiled update)
+        # cache key without the LRs and step counts (arguments of the compiled update)
         self.apply = functools.partial(
-            _make_apply(dataclasses.replace(config.optim, **{_lr_field(g): 0.0 for g in lrs}), step_scale, accum),
-            peaks={g: jnp.float32(v) for g, v in lrs.items()})
+            _make_apply(dataclasses.replace(config.optim, **{_lr_field(g): 0.0 for g in lrs}), accum),
+            peaks={g: jnp.float32(v) for g, v in lrs.items()},
+            steps={k: jnp.int32(v) for k, v in schedule_steps(config, step_scale=step_scale).items()})
 
     def init(self, params):
         """(params, optimizer state), committed to the device like orbax's restored arrays: the jitted step then

@@ -181,37 +181,45 @@ def test_truncate_jsonl_keeps_rows_before_the_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("family", ["baseline", "unet"])  # AdamW; Muon + Adam groups
 def test_traced_peak_lrs_update_exactly_as_constant_lrs(family):
-    """train() compiles one update for all LR candidates (peaks are arguments): it must be bitwise the update
-    with the LRs as constants, through the schedule's warmdown."""
+    """train() compiles one update for all LR candidates and batch tiers (peaks and schedule step counts are
+    arguments): it must be bitwise the update with them as constants, through the schedule's warmdown and the
+    momentum warmup, at two step scales sharing the compiled program."""
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
 
     from spectral_jax.models.gpt import GPT
-    from spectral_jax.optim import group_learning_rates, make_optimizer
+    from spectral_jax.optim import group_learning_rates, make_optimizer, schedule_steps
     from spectral_jax.train import _lr_field, _make_apply
 
     config = _config(family)
     graphdef, params = nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param)
     lrs = group_learning_rates(config, 0.7071067811865476)
-    step_scale = 1e-3  # num_iterations of a few steps: the warmdown multiplier changes every step
-    tx = make_optimizer(config, lrs, step_scale=step_scale)
-    apply = _make_apply(config.optim, step_scale, 2)
+    apply = _make_apply(config.optim, 2)
     peaks = {g: jnp.float32(v) for g, v in lrs.items()}
     rng = np.random.default_rng(0)
-    p_const, s_const = params, tx.init(params)
-    p_traced, s_traced = jax.tree.map(jnp.copy, params), tx.init(params)
+    # unet at 3e-4: N = 6, W_d = 1, so steps 5-6 are in the warmdown; at 4e-3: N = 80 and a momentum warmup
+    # W_m = 2 (baseline: cosine over N = 18 and 240)
+    sizes = []
+    accum = 2
+    for step_scale in (3e-4, 4e-3):
+        tx = make_optimizer(config, lrs, step_scale=step_scale)
+        steps = {k: jnp.int32(v) for k, v in schedule_steps(config, step_scale=step_scale).items()}
+        p_const, s_const = params, tx.init(params)
+        p_traced, s_traced = jax.tree.map(jnp.copy, params), tx.init(params)
 
-    @jax.jit
-    def const_apply(p, s, g):  # the pre-sweep train() update: LRs baked in as constants
-        upd, s = tx.update(jax.tree.map(lambda x: x / 2, g), s, p)
-        return optax.apply_updates(p, upd), s
+        @jax.jit
+        def const_apply(p, s, g):  # the pre-sweep train() update: LRs and step counts baked in as constants
+            upd, s = tx.update(jax.tree.map(lambda x: x / accum, g), s, p)
+            return optax.apply_updates(p, upd), s
 
-    for _ in range(4):
-        grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), params)
-        p_const, s_const = const_apply(p_const, s_const, grads)
-        p_traced, s_traced = apply(p_traced, s_traced, grads, peaks)
-    for a, b in zip(jax.tree.leaves(p_const), jax.tree.leaves(p_traced)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        for _ in range(7):
+            grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), params)
+            p_const, s_const = const_apply(p_const, s_const, grads)
+            p_traced, s_traced = apply(p_traced, s_traced, grads, peaks, steps)
+        for a, b in zip(jax.tree.leaves(p_const), jax.tree.leaves(p_traced)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        sizes.append(apply._cache_size())
+    assert sizes[0] == sizes[1]  # the second step scale reused the first one's compiled update
     assert _lr_field("lr") == "lr" and _lr_field("matrix") == "lr_matrix"
