@@ -6,7 +6,8 @@
 Model FLOPs per token = 6 * N_matmul + 12 * L * d * ctx (PaLM appendix B convention): N_matmul counts the
 block matrices and the LM head (embedding lookups are not matmuls); ctx is the mean number of keys a query
 attends under the current window (causal, window-limited). The reference rate is a float32 (or compute dtype)
-square matmul at the fastest of a few sizes, timed in the same rounds as the step (each round: the best of five
+square matmul at the fastest of a few sizes (512 / 1,024 / 2,048 on CPU; 2,048 / 4,096 / 8,192 on accelerators,
+whose peak needs the large ones), timed in the same rounds as the step (each round: the best of five
 matmuls, then three steps of which the last two count), so that both see the same machine: on a shared VM the
 speed drifts by tens of percent within a minute, and a rate taken before the steps can belong to another phase.
 Printed: medians over rounds, and the median of the per-round MFU.
@@ -44,9 +45,13 @@ flags.DEFINE_bool("tune_allocator", True, "glibc heap tuning as the entry points
 flags.DEFINE_bool("components", True, "also time the fused head and the attention kernels side by side")
 
 
+MATMUL_SIZES = {"cpu": (512, 1024, 2048)}
+MATMUL_SIZES_DEFAULT = (2048, 4096, 8192)
+
+
 def matmul_rate(dtype, repeats: int) -> tuple[float, int]:
     best = (0.0, 0)
-    for n in (512, 1024, 2048):
+    for n in MATMUL_SIZES.get(jax.default_backend(), MATMUL_SIZES_DEFAULT):
         a = jnp.ones((n, n), dtype)
         f = jax.jit(lambda x, y: x @ y)
         dt = median_time(lambda: f(a, a).block_until_ready(), repeats)
@@ -165,7 +170,8 @@ def main(argv):
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.family} {FLAGS.preset}, "
           f"batch {FLAGS.batch} x {cfg.seq_len}, window {window}")
     print("| quantity | value |\n|---|---|")
-    print(f"| matmul rate ({np.dtype(dtype).name}, n={n}: fastest of 512/1024/2048; best of 5 per round, median of "
+    sizes = "/".join(map(str, MATMUL_SIZES.get(jax.default_backend(), MATMUL_SIZES_DEFAULT)))
+    print(f"| matmul rate ({np.dtype(dtype).name}, n={n}: fastest of {sizes}; best of 5 per round, median of "
           f"{FLAGS.repeats} rounds interleaved with the steps) | {peak / 1e9:,.1f} GFLOP/s |")
     print(f"| train step (forward + backward + optimizer; 2 per round, median of {FLAGS.repeats} rounds) | "
           f"{dt * 1e3:,.1f} ms, {tokens / dt:,.0f} tokens/s |")

@@ -87,9 +87,10 @@ def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_do
     assert len(traces) == 1, "changing the window must not retrace"
 
 
-@pytest.mark.parametrize("backend,narrow,wide", [("cpu", "chunked", "chunked"), ("gpu", "banded", "dense")])
+@pytest.mark.parametrize("backend,narrow,wide", [("cpu", "chunked", "chunked"), ("gpu", "chunked", "dense")])
 def test_auto_impl_choice(monkeypatch, backend, narrow, wide):
-    """auto: chunked on CPU; elsewhere dense only when the band spans half the sequence."""
+    """auto: chunked on CPU; elsewhere dense only when the band spans half the sequence, else chunked (never
+    banded, whose saved residuals do not fit at d12)."""
     calls = []
     real_chunked, real_dpa = attention._chunked_attention, jax.nn.dot_product_attention
     monkeypatch.setattr(attention, "_chunked_attention", lambda *a, **kw: calls.append("chunked") or real_chunked(*a, **kw))
@@ -108,6 +109,27 @@ def test_chunk_size_divides_the_sequence():
     assert attention._chunk_size(512, 16) == 64
     assert attention._chunk_size(48, 16) == 48 and attention._chunk_size(80, 16) == 16
     assert attention._chunk_size(65_536, 128) == 128
+    assert attention._chunk_size(65_536, 128, "gpu") == 2048 and attention._chunk_size(1_024, 128, "gpu") == 1024
+
+
+def test_accelerators_scan_the_chunks(monkeypatch):
+    """Off CPU the chunked kernel scans even a few chunks (bounded compile time, no saved per-chunk biases),
+    with the same values as the CPU's static loop."""
+    monkeypatch.setattr(attention, "CHUNK_QUERIES", 16)
+    monkeypatch.setattr(attention, "ACCELERATOR_CHUNK_QUERIES", 16)
+    q, k, v = _qkv(5)
+    _, docs = _random_docs(np.random.default_rng(6), B, T)
+    run = lambda: jax.jit(lambda q, k, v: attention.banded_attention(
+        q, k, v, window=13, max_window=MAX_W, block_size=BS, docs_BxT=docs, scale=0.3, impl="chunked"))(q, k, v)
+    static = run()
+    jax.clear_caches()
+    monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")
+    scans = []
+    real_scan = jax.lax.scan
+    monkeypatch.setattr(attention.jax.lax, "scan", lambda *a, **kw: scans.append(1) or real_scan(*a, **kw))
+    scanned = run()
+    assert scans, "the accelerator path must scan"
+    np.testing.assert_allclose(scanned, static, atol=2e-6, rtol=2e-6)
 
 
 def test_band_wider_than_sequence_is_clipped():

@@ -109,6 +109,22 @@ def test_d12_betterwin_at_65536_tokens_shape_only():
     assert out.shape == (1, 65_536, 50_304) and out.dtype == jnp.float32
 
 
+def _saved_residual_gib(cfg, T: int) -> float:
+    """GiB the training loss's VJP keeps for the backward of one T-token sequence (eval_shape: no allocation)."""
+    graphdef, params = nnx.split(abstract_model(cfg), nnx.Param)
+    tokens = jax.ShapeDtypeStruct((1, T), jnp.int32)
+    vjp = lambda p, x: jax.vjp(lambda p: nnx.merge(graphdef, p).loss(x, x, window=cfg.window_max), p)[1]
+    return sum(l.size * l.dtype.itemsize for l in jax.tree.leaves(jax.eval_shape(vjp, params, tokens))) / 2**30
+
+
+def test_d12_betterwin_training_step_fits_an_accelerator(monkeypatch):
+    """On accelerators "auto" attention must keep d12 BetterWin's backward residuals at T = 65,536 well inside one
+    GPU (40 GiB; the banded kernel kept 162 GiB, more than an H200's 139)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    cfg = make_config("betterwin", "d12")
+    assert _saved_residual_gib(cfg, 65_536) < 48
+
+
 def test_lswa_layer_windows():
     cfg = make_config("lswa", "tiny")
     model = abstract_model(cfg)

@@ -14,14 +14,18 @@ block, masked by the run-time `window` (a traced int32), causality and document 
 max_window); the whole band is computed even while the warming-up window is narrower. Three kernels realise
 the same predicates (tests check each against the brute-force mask, values and gradients):
   "banded"   every query block's band stacked at once: one batched matmul (B, H, T/bs, bs, band);
-  "chunked"  chunks of CHUNK_QUERIES queries, each against its own band. The backward keeps the chunks'
-             probabilities while they total at most REMAT_BYTES per layer (tiny: 4.5 MB), and beyond that
-             recomputes them per chunk (rematerialised: the (T, band) probabilities are never stored). Up to
-             MAX_STATIC_CHUNKS chunks are a loop over static slices (independent tiles the CPU runs
-             concurrently, no padded band for the first chunks), longer sequences a scan. The CPU default
-             ("auto"; timings in BUILD_NOTES.md);
+  "chunked"  chunks of CHUNK_QUERIES queries (ACCELERATOR_CHUNK_QUERIES off CPU), each against its own band.
+             The backward keeps the chunks' probabilities while they total at most REMAT_BYTES per layer (tiny:
+             4.5 MB), and beyond that recomputes them per chunk (rematerialised: the (T, band) probabilities are
+             never stored). On CPU up to MAX_STATIC_CHUNKS chunks are a loop over static slices (independent
+             tiles the cores run concurrently, no padded band for the first chunks); longer sequences, and every
+             sequence on accelerators, a scan. The default ("auto") on CPU, and on accelerators for long
+             sequences (timings in BUILD_NOTES.md);
   "dense"    the predicates as one T x T mask (jax.nn.dot_product_attention).
-"auto" = chunked on CPU; elsewhere dense when the band covers at least half of the sequence, else banded.
+"auto" = chunked on CPU; elsewhere dense when the band covers at least half of the sequence, else chunked. Not
+banded: its backward keeps every layer's (T, band) scores, probabilities, mask and banded k / v copies. At d12
+BetterWin (T = 65,536, band 1,920) the whole model's saved residuals come to 162 GB with banded attention, more
+than an H200 holds, and to 40 GB with chunked (`jax.eval_shape` of the loss's VJP, BUILD_NOTES.md).
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ import numpy as np
 
 GRANULARITIES = ("token", "block")
 IMPLS = ("auto", "banded", "chunked", "dense")
-CHUNK_QUERIES = 64  # queries per step of the chunked kernel (64 beat 32 and 128 at tiny on 2 CPU cores)
+CHUNK_QUERIES = 64  # queries per step of the chunked kernel on CPU (64 beat 32 and 128 at tiny on 2 CPU cores)
+# Off CPU: tiles of 2,048 queries x (2,048 + window) keys are GEMMs of >= 1 GFLOP per head group, and the scan's
+# stacked key / value bands stay under 2x the keys (d12: 3,840 / 2,048); chosen by that arithmetic, not yet timed.
+ACCELERATOR_CHUNK_QUERIES = 2048
 MAX_STATIC_CHUNKS = 64  # the chunked kernel unrolls up to this many chunks, scans beyond (compile time)
 # Saved probabilities per layer above which the chunked kernel rematerialises its tiles: storing them made the
 # tiny forward + backward 1.09 / 1.06x faster than recomputing (BUILD_NOTES.md); d12 lengths would need GBs.
@@ -95,7 +102,7 @@ def banded_attention(
     pad = (nb - 1) * bs
     window = jnp.asarray(window, jnp.int32)
     if impl == "auto":
-        impl = "chunked" if jax.default_backend() == "cpu" else "dense" if 2 * nb * bs >= T else "banded"
+        impl = "chunked" if jax.default_backend() == "cpu" or 2 * nb * bs < T else "dense"
     if impl == "chunked":
         return _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, window=window, pad=pad, block_size=bs,
                                   granularity=granularity, docs_BxT=docs_BxT, scale=scale)
@@ -138,9 +145,11 @@ def banded_attention(
     return o_BxQxSxHxK.reshape(B, T, H, K)
 
 
-def _chunk_size(seq_len: int, block_size: int) -> int:
-    """The largest multiple of block_size <= max(CHUNK_QUERIES, block_size) that divides seq_len."""
-    c = max(CHUNK_QUERIES // block_size, 1) * block_size
+def _chunk_size(seq_len: int, block_size: int, backend: str | None = None) -> int:
+    """The largest multiple of block_size <= max(queries, block_size) that divides seq_len, queries =
+    CHUNK_QUERIES on CPU, ACCELERATOR_CHUNK_QUERIES elsewhere (backend default: jax.default_backend())."""
+    cpu = (backend or jax.default_backend()) == "cpu"
+    c = max((CHUNK_QUERIES if cpu else ACCELERATOR_CHUNK_QUERIES) // block_size, 1) * block_size
     while seq_len % c:
         c -= block_size
     return c
@@ -151,10 +160,11 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
     """The "chunked" kernel: chunk c of C queries attends keys [c*C - pad, (c+1)*C); tiles rematerialised in the
     backward when their probabilities would exceed REMAT_BYTES.
 
-    Up to MAX_STATIC_CHUNKS chunks run as a Python loop over static slices of (B, H, T, K) operands: no stacked
-    band copies, the first chunks attend only the keys that exist (no left padding), and independent chunks
-    can run concurrently on the CPU's cores. Longer sequences scan over a stacked, left-padded band (compile
-    time stays bounded)."""
+    On CPU up to MAX_STATIC_CHUNKS chunks run as a Python loop over static slices of (B, H, T, K) operands: no
+    stacked band copies, the first chunks attend only the keys that exist (no left padding), and independent
+    chunks can run concurrently on the cores. Longer sequences, and all on accelerators, scan over a stacked,
+    left-padded band: compile time stays bounded, and a rematerialised step saves only its operands (the
+    static loop's tiles also keep their (C, S) biases: 10.9 GB at d12)."""
     B, T, H, K = q_BxTxHxK.shape
     C = _chunk_size(T, block_size)
     nc = T // C
@@ -185,7 +195,7 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
         return (u_BxHxCxK / jnp.sum(e_BxHxCxS, axis=-1, keepdims=True)).astype(v_BxHxSxK.dtype)
 
     q, k, v = (t.transpose(0, 2, 1, 3) for t in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK))  # (B, H, T, K)
-    if nc <= MAX_STATIC_CHUNKS:
+    if nc <= MAX_STATIC_CHUNKS and jax.default_backend() == "cpu":
         pos = jnp.arange(T)
         spans = tuple((max(0, c * C - pad), (c + 1) * C) for c in range(nc))
         k_chunks, v_chunks = _overlapping_slices(k, spans, T), _overlapping_slices(v, spans, T)
