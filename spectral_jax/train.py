@@ -209,23 +209,25 @@ def environment() -> dict:
     )
 
 
-# ---- jitted pieces (module-level so every tier of a sweep shares the compiled programs) -------------------
-@functools.partial(jax.jit, static_argnums=0)
-def _loss_and_grad(graphdef, params, x_BxT, y_BxT, window):
-    def loss_fn(p):
-        return nnx.merge(graphdef, p).loss(x_BxT, y_BxT, window=window)
+# ---- jitted pieces (cached at module level so every tier of a sweep shares the compiled programs) ----------
+# They take the parameters and the optimizer state as flat lists of arrays, not as nnx.State / optax pytrees:
+# jit's dispatch of those (Variable pytree nodes, the graphdef hashed as a static argument) cost ~5-6 ms of
+# Python per call, on the same two cores as XLA's threads; lists of arrays dispatch in < 1 ms (train step
+# 1.04x at B = 4, 1.036x at B = 1 in a same-process A/B, bitwise the same parameters; BUILD_NOTES.md).
+@functools.lru_cache(maxsize=32)
+def _leaf_programs(graphdef, params_def):
+    """(loss_and_grad, eval_loss) of one model structure, jitted over its parameters' leaves (params_def's
+    order): loss_and_grad(leaves, x, y, window) -> (mean loss, gradient leaves); eval_loss -> mean loss."""
 
-    return jax.value_and_grad(loss_fn)(params)
+    def loss(leaves, x_BxT, y_BxT, window):
+        return nnx.merge(graphdef, jax.tree.unflatten(params_def, leaves)).loss(x_BxT, y_BxT, window=window)
+
+    return jax.jit(jax.value_and_grad(loss)), jax.jit(loss)
 
 
 @jax.jit
 def _accumulate(acc, grads, loss_acc, loss):
     return jax.tree.map(jnp.add, acc, grads), loss_acc + loss
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _eval_loss(graphdef, params, x_BxT, y_BxT, window):
-    return nnx.merge(graphdef, params).loss(x_BxT, y_BxT, window=window)
 
 
 def _lr_field(group: str) -> str:
@@ -234,23 +236,30 @@ def _lr_field(group: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _make_apply(optim: Any, accum: int):
+def _make_apply(optim: Any, accum: int, params_def, opt_def):
     """The jitted optimizer update for one recipe, with the peak LRs and the schedules' step counts as ARGUMENTS
     (not trace-time constants): every LR candidate of a sweep, every batch tier with the same accumulation count
     (the tiers' token-normalised step counts differ) and every continued run in the process share one compiled
     program (tracing and compiling it took 20-30 s per candidate on 2 CPU cores, ~3.3 s per tier at tiny). The
     update is built inside the trace from the config with traced peaks and counts, so peak * schedule(step) is
     the same float32 arithmetic as with constants (tested bitwise). `accum` stays a constant: XLA folds the
-    division by it into the optimizer's constant factors, which a traced divisor would round differently."""
+    division by it into the optimizer's constant factors, which a traced divisor would round differently.
+
+    apply(params_leaves, opt_leaves, grad_leaves, peaks, steps) -> (params_leaves, opt_leaves), the leaves in
+    params_def's / opt_def's order (flat, for a cheap dispatch: see _leaf_programs); params and state donated."""
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def apply(params, opt_state, grads, peaks, steps):
+    def apply(params_leaves, opt_leaves, grad_leaves, peaks, steps):
         tx = make_optimizer(dataclasses.replace(optim, **{_lr_field(g): v for g, v in peaks.items()}),
                             steps=steps)
+        params, grads = (jax.tree.unflatten(params_def, leaves) for leaves in (params_leaves, grad_leaves))
         if accum > 1:
             grads = jax.tree.map(lambda g: g / accum, grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+        updates, opt_state = tx.update(grads, jax.tree.unflatten(opt_def, opt_leaves), params)
+        new_opt_leaves, new_opt_def = jax.tree.flatten(opt_state)
+        if new_opt_def != opt_def:
+            raise ValueError(f"the optimizer changed its state's structure: {opt_def} -> {new_opt_def}")
+        return jax.tree.leaves(optax.apply_updates(params, updates)), new_opt_leaves
 
     return apply
 
@@ -334,10 +343,21 @@ class TrainStep:
         self.accum = accum
         self.tx = make_optimizer(config, lrs, step_scale=step_scale)
         # cache key without the LRs and step counts (arguments of the compiled update)
-        self.apply = functools.partial(
-            _make_apply(dataclasses.replace(config.optim, **{_lr_field(g): 0.0 for g in lrs}), accum),
-            peaks={g: jnp.float32(v) for g, v in lrs.items()},
-            steps={k: jnp.int32(v) for k, v in schedule_steps(config, step_scale=step_scale).items()})
+        self._optim = dataclasses.replace(config.optim, **{_lr_field(g): 0.0 for g in lrs})
+        self._peaks = {g: jnp.float32(v) for g, v in lrs.items()}
+        self._steps = {k: jnp.int32(v) for k, v in schedule_steps(config, step_scale=step_scale).items()}
+        self._programs = None  # (graphdef, params_def, opt_def, loss_and_grad, apply) of the last call
+
+    def _programs_for(self, graphdef, params_def, opt_def):
+        """(loss_and_grad, apply) for these structures; the module-level caches hash a graphdef (~0.4 ms), so
+        the last pair is reused while the same graphdef object comes back."""
+        cached = self._programs
+        if cached is None or cached[0] is not graphdef or cached[1:3] != (params_def, opt_def):
+            apply = functools.partial(_make_apply(self._optim, self.accum, params_def, opt_def),
+                                      peaks=self._peaks, steps=self._steps)
+            cached = self._programs = (graphdef, params_def, opt_def, _leaf_programs(graphdef, params_def)[0],
+                                       apply)
+        return cached[3:]
 
     def init(self, params):
         """(params, optimizer state), committed to the device like orbax's restored arrays: the jitted step then
@@ -349,16 +369,19 @@ class TrainStep:
         """-> (params, opt_state, summed micro-batch loss); batches are (micro_batch, T+1) token windows."""
         if len(batches_Bx_T1) != self.accum:
             raise ValueError(f"a step takes {self.accum} micro-batches, got {len(batches_Bx_T1)}")
+        params_leaves, params_def = jax.tree.flatten(params)
+        opt_leaves, opt_def = jax.tree.flatten(opt_state)
+        loss_and_grad, apply = self._programs_for(graphdef, params_def, opt_def)
         w = jnp.int32(window)
         grads = loss_sum = None
         for batch in batches_Bx_T1:
-            loss, g = _loss_and_grad(graphdef, params, jnp.asarray(batch[:, :-1]), jnp.asarray(batch[:, 1:]), w)
+            loss, g = loss_and_grad(params_leaves, jnp.asarray(batch[:, :-1]), jnp.asarray(batch[:, 1:]), w)
             if grads is None:
                 grads, loss_sum = g, loss
             else:
                 grads, loss_sum = _accumulate(grads, g, loss_sum, loss)
-        params, opt_state = self.apply(params, opt_state, grads)
-        return params, opt_state, loss_sum
+        params_leaves, opt_leaves = apply(params_leaves, opt_leaves, grads)
+        return jax.tree.unflatten(params_def, params_leaves), jax.tree.unflatten(opt_def, opt_leaves), loss_sum
 
 
 def interleaved_throughput(runs: Mapping[str, tuple[ModelConfig, TrainConfig]], dataset: TokenDataset, *,
@@ -552,8 +575,10 @@ def train(
     val_batches = [val[i:i + eval_bs] for i in range(0, len(val) - eval_bs + 1, eval_bs)]
 
     def evaluate(window: int) -> float:
-        losses = [_eval_loss(graphdef, params, jnp.asarray(b[:, :-1]), jnp.asarray(b[:, 1:]),
-                             jnp.int32(window)) for b in val_batches]
+        leaves, params_def = jax.tree.flatten(params)
+        eval_loss = _leaf_programs(graphdef, params_def)[1]
+        losses = [eval_loss(leaves, jnp.asarray(b[:, :-1]), jnp.asarray(b[:, 1:]), jnp.int32(window))
+                  for b in val_batches]
         return float(np.mean([float(v) for v in losses]))
 
     def throughput() -> float | None:

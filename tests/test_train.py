@@ -196,7 +196,6 @@ def test_traced_peak_lrs_update_exactly_as_constant_lrs(family):
     config = _config(family)
     graphdef, params = nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param)
     lrs = group_learning_rates(config, 0.7071067811865476)
-    apply = _make_apply(config.optim, 2)
     peaks = {g: jnp.float32(v) for g, v in lrs.items()}
     rng = np.random.default_rng(0)
     # unet at 3e-4: N = 6, W_d = 1, so steps 5-6 are in the warmdown; at 4e-3: N = 80 and a momentum warmup
@@ -207,7 +206,9 @@ def test_traced_peak_lrs_update_exactly_as_constant_lrs(family):
         tx = make_optimizer(config, lrs, step_scale=step_scale)
         steps = {k: jnp.int32(v) for k, v in schedule_steps(config, step_scale=step_scale).items()}
         p_const, s_const = params, tx.init(params)
-        p_traced, s_traced = jax.tree.map(jnp.copy, params), tx.init(params)
+        p_traced, params_def = jax.tree.flatten(jax.tree.map(jnp.copy, params))
+        s_traced, opt_def = jax.tree.flatten(tx.init(params))
+        apply = _make_apply(config.optim, accum, params_def, opt_def)
 
         @jax.jit
         def const_apply(p, s, g):  # the pre-sweep train() update: LRs and step counts baked in as constants
@@ -217,9 +218,50 @@ def test_traced_peak_lrs_update_exactly_as_constant_lrs(family):
         for _ in range(7):
             grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), params)
             p_const, s_const = const_apply(p_const, s_const, grads)
-            p_traced, s_traced = apply(p_traced, s_traced, grads, peaks, steps)
-        for a, b in zip(jax.tree.leaves(p_const), jax.tree.leaves(p_traced)):
+            p_traced, s_traced = apply(p_traced, s_traced, jax.tree.leaves(grads), peaks, steps)
+        for a, b in zip(jax.tree.leaves(p_const), p_traced, strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        sizes.append(apply._cache_size())
-    assert sizes[0] == sizes[1]  # the second step scale reused the first one's compiled update
+        sizes.append((apply, apply._cache_size()))
+    assert sizes[1][0] is sizes[0][0] and sizes[1][1] == sizes[0][1] == 1  # one compiled update for both scales
     assert _lr_field("lr") == "lr" and _lr_field("matrix") == "lr_matrix"
+
+
+def test_train_step_on_flat_leaves_equals_the_pytree_step():
+    """TrainStep dispatches its programs with flat leaf lists: two accumulated micro-batches must give the
+    update that value_and_grad over the nnx.State and optax's update give (a leaf order mix-up would not), and a
+    repeated call reuses the compiled programs."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from spectral_jax.models.gpt import GPT
+    from spectral_jax.optim import group_learning_rates
+    from spectral_jax.train import TrainStep
+
+    config = _config("unet")  # Muon and Adam groups, scalars
+    lrs = group_learning_rates(config, 1.0)
+    graphdef, params = nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param)
+    step = TrainStep(config, lrs, 0.05, accum=2)
+    batches = [np.random.default_rng(k).integers(1, 256, (2, 65)) for k in range(2)]
+
+    p_ref, s_ref = jax.tree.map(jnp.copy, params), step.tx.init(params)
+    grad = lambda p, b: jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(
+        jnp.asarray(b[:, :-1]), jnp.asarray(b[:, 1:]), window=64))(p)
+    (l0, g0), (l1, g1) = grad(p_ref, batches[0]), grad(p_ref, batches[1])
+    updates, s_ref = step.tx.update(jax.tree.map(lambda a, b: (a + b) / 2, g0, g1), s_ref, p_ref)
+    p_ref = optax.apply_updates(p_ref, updates)
+
+    p, s = step.init(jax.tree.map(jnp.copy, params))
+    p, s, loss_sum = step(graphdef, p, s, batches, 64)
+    assert jax.tree.structure(p) == jax.tree.structure(p_ref) and jax.tree.structure(s) == jax.tree.structure(s_ref)
+    np.testing.assert_allclose(float(loss_sum), float(l0 + l1), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_ref), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(s_ref), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+    programs = step._programs_for(graphdef, jax.tree.structure(p), jax.tree.structure(s))
+    sizes = [f._cache_size() for f in (programs[0], programs[1].func)]
+    step(graphdef, p, s, batches, 64)
+    assert step._programs_for(graphdef, jax.tree.structure(p), jax.tree.structure(s)) == programs
+    assert [f._cache_size() for f in (programs[0], programs[1].func)] == sizes
