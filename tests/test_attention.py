@@ -3,6 +3,7 @@
 import math
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -248,3 +249,31 @@ def test_chunked_tiles_are_rematerialised_only_above_remat_bytes(remat_bytes, ex
                                                               scale=0.3, impl="chunked"))
     jaxpr = str(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, k, v))
     assert ("checkpoint" in jaxpr or "remat" in jaxpr) == expect
+
+
+def _dot_general_dims(jaxpr):
+    """(lhs ndim, lhs contracting dims) of every dot_general in a jaxpr, sub-jaxprs included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            out.append((eqn.invars[0].aval.ndim, tuple(lhs_contract)))
+    for sub in jax.extend.core.subjaxprs(jaxpr):
+        out += _dot_general_dims(sub)
+    return out
+
+
+@pytest.mark.parametrize("remat_bytes,plain", [(None, True), (0, False)])
+def test_saved_tiles_backward_uses_only_plain_products(remat_bytes, plain, monkeypatch):
+    """With saved tiles the static chunk loop's backward contracts every product over its left operand's last
+    axis (dK^T = q^T dS, dV^T = (dO / l)^T e), the layout XLA CPU hands to YNNPACK; autodiff's dK = dS^T q and
+    dV = P^T dO (still used by rematerialised tiles) contract over the query axis."""
+    monkeypatch.setattr(attention, "CHUNK_QUERIES", 16)
+    if remat_bytes is not None:
+        monkeypatch.setattr(attention, "REMAT_BYTES", remat_bytes)
+    q, k, v = _qkv(7)
+    loss = lambda q, k, v: jnp.sum(jnp.sin(attention.banded_attention(
+        q, k, v, window=13, max_window=MAX_W, block_size=BS, scale=0.3, impl="chunked")))
+    dims = _dot_general_dims(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, k, v).jaxpr)
+    assert len(dims) >= 4 * 6  # 4 chunks: 2 forward and 4 backward products each
+    assert all(contract == (ndim - 1,) for ndim, contract in dims) == plain

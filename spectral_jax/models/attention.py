@@ -18,7 +18,8 @@ the same predicates (tests check each against the brute-force mask, values and g
              The backward keeps the chunks' probabilities while they total at most REMAT_BYTES per layer (tiny:
              4.5 MB), and beyond that recomputes them per chunk (rematerialised: the (T, band) probabilities are
              never stored). On CPU up to MAX_STATIC_CHUNKS chunks are a loop over static slices (independent
-             tiles the cores run concurrently, no padded band for the first chunks); longer sequences, and every
+             tiles the cores run concurrently, no padded band for the first chunks; with saved probabilities, a
+             hand-written backward whose products are all plain matmuls); longer sequences, and every
              sequence on accelerators, a scan. The default ("auto") on CPU, and on accelerators for long
              sequences (timings in BUILD_NOTES.md);
   "dense"    the predicates as one T x T mask (jax.nn.dot_product_attention).
@@ -162,7 +163,8 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
 
     On CPU up to MAX_STATIC_CHUNKS chunks run as a Python loop over static slices of (B, H, T, K) operands: no
     stacked band copies, the first chunks attend only the keys that exist (no left padding), and independent
-    chunks can run concurrently on the cores. Longer sequences, and all on accelerators, scan over a stacked,
+    chunks can run concurrently on the cores; with saved tiles, through `_static_chunks`' hand-written backward
+    (no transposed-operand products). Longer sequences, and all on accelerators, scan over a stacked,
     left-padded band: compile time stays bounded, and a rematerialised step saves only its operands (the
     static loop's tiles also keep their (C, S) biases: 10.9 GB at d12)."""
     B, T, H, K = q_BxTxHxK.shape
@@ -181,29 +183,19 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
             allowed = allowed & (dq_BxC[:, :, None] == dk_BxS[:, None, :])[:, None]
         return jnp.where(allowed, 0.0, -jnp.inf)
 
-    @remat
-    def tile(q_BxHxCxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xCxS):
-        s_BxHxCxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxCxK, k_BxHxSxK,
-                               preferred_element_type=jnp.float32) * scale + bias_Bx1xCxS
-        # softmax written out over the additive mask (vs jnp.where + jax.nn.softmax: one tiny-tier layer 1.13x,
-        # the whole forward + backward 1.04x) and normalised after the value product: (e v) / sum(e) divides the
-        # C x K output, not the C x S tile, and its backward's row reduction runs over K instead of S (the tiny
-        # forward + backward 1.03-1.05x; BUILD_NOTES.md)
-        e_BxHxCxS = jnp.exp(s_BxHxCxS - jax.lax.stop_gradient(jnp.max(s_BxHxCxS, axis=-1, keepdims=True)))
-        u_BxHxCxK = jnp.einsum("bhqs,bhsk->bhqk", e_BxHxCxS.astype(v_BxHxSxK.dtype), v_BxHxSxK,
-                               preferred_element_type=jnp.float32)
-        return (u_BxHxCxK / jnp.sum(e_BxHxCxS, axis=-1, keepdims=True)).astype(v_BxHxSxK.dtype)
-
+    tile = remat(lambda *operands: _tile(*operands, scale)[0])
     q, k, v = (t.transpose(0, 2, 1, 3) for t in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK))  # (B, H, T, K)
     if nc <= MAX_STATIC_CHUNKS and jax.default_backend() == "cpu":
         pos = jnp.arange(T)
         spans = tuple((max(0, c * C - pad), (c + 1) * C) for c in range(nc))
+        # the biases are inputs of the tiles, so a backward (or a rematerialised tile) does not recompute them
+        biases = tuple(bias(pos[c * C:hi], pos[lo:hi], *((None, None) if docs_BxT is None else
+                                                          (docs_BxT[:, c * C:hi], docs_BxT[:, lo:hi])))
+                       for c, (lo, hi) in enumerate(spans))
+        if saved_bytes <= REMAT_BYTES:
+            return _static_chunks(q, k, v, biases, spans, C, scale).transpose(0, 2, 1, 3)
         k_chunks, v_chunks = _overlapping_slices(k, spans, T), _overlapping_slices(v, spans, T)
-        outs = []
-        for c, (lo, hi) in enumerate(spans):
-            docs = (None, None) if docs_BxT is None else (docs_BxT[:, c * C:hi], docs_BxT[:, lo:hi])
-            # the bias is an input of the (possibly rematerialised) tile, so the backward does not recompute it
-            outs.append(tile(q[:, :, c * C:hi], k_chunks[c], v_chunks[c], bias(pos[c * C:hi], pos[lo:hi], *docs)))
+        outs = [tile(q[:, :, c * C:hi], k_chunks[c], v_chunks[c], biases[c]) for c, (lo, hi) in enumerate(spans)]
         return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
     S = C + pad
@@ -225,6 +217,82 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
     return o_NxBxHxCxK.transpose(1, 0, 3, 2, 4).reshape(B, T, H, K)
 
 
+def _tile(q_BxHxCxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xCxS, scale: float):
+    """One chunk's attention -> (output, e = exp(s - rowmax), row sums of e). The softmax is written out over the
+    additive mask (vs jnp.where + jax.nn.softmax: one tiny-tier layer 1.13x, the whole forward + backward 1.04x)
+    and normalised after the value product: (e v) / sum(e) divides the C x K output, not the C x S tile, and its
+    backward's row reduction runs over K instead of S (the tiny forward + backward 1.03-1.05x; BUILD_NOTES.md)."""
+    s_BxHxCxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxCxK, k_BxHxSxK,
+                           preferred_element_type=jnp.float32) * scale + bias_Bx1xCxS
+    e_BxHxCxS = jnp.exp(s_BxHxCxS - jax.lax.stop_gradient(jnp.max(s_BxHxCxS, axis=-1, keepdims=True)))
+    u_BxHxCxK = jnp.einsum("bhqs,bhsk->bhqk", e_BxHxCxS.astype(v_BxHxSxK.dtype), v_BxHxSxK,
+                           preferred_element_type=jnp.float32)
+    l_BxHxCx1 = jnp.sum(e_BxHxCxS, axis=-1, keepdims=True)
+    return (u_BxHxCxK / l_BxHxCx1).astype(v_BxHxSxK.dtype), e_BxHxCxS, l_BxHxCx1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _static_chunks(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, biases, spans, C: int, scale: float) -> jax.Array:
+    """The static chunk loop (chunk c: queries [c*C, (c+1)*C) against keys spans[c], additive mask biases[c])
+    with a hand-written backward over the tiles' saved e = exp(s - max) and row sums.
+
+    Autodiff's dK = dS^T q and dV = P^T dO contract both operands over their query axis, a product XLA CPU
+    cannot hand to YNNPACK (it ran 128 single-threaded fallback dots per tiny forward + backward). Here they
+    are formed transposed, dK^T = q^T dS and dV^T = (dO / l)^T e, from q^T and dO^T materialised once per
+    layer, summed over the overlapping spans along the key axis and transposed back once: every product is a
+    plain YNNPACK matmul (tiny forward + backward 1.03x, BUILD_NOTES.md). Values are the tile's."""
+    return _static_chunks_fwd(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, biases, spans, C, scale)[0]
+
+
+def _static_chunks_fwd(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, biases, spans, C, scale):
+    k_chunks = tuple(jax.lax.slice_in_dim(k_BxHxTxK, lo, hi, axis=2) for lo, hi in spans)
+    v_chunks = tuple(jax.lax.slice_in_dim(v_BxHxTxK, lo, hi, axis=2) for lo, hi in spans)
+    outs, es, sums = zip(*(_tile(q_BxHxTxK[:, :, c * C:hi], k_chunks[c], v_chunks[c], biases[c], scale)
+                           for c, (lo, hi) in enumerate(spans)))
+    o_BxHxTxK = jnp.concatenate(outs, axis=2)
+    return o_BxHxTxK, (q_BxHxTxK, k_chunks, v_chunks, es, sums, o_BxHxTxK)
+
+
+def _static_chunks_bwd(spans, C, scale, residuals, g_BxHxTxK):
+    """o = (e v) / l, e = exp(s - max), s = scale q k^T + bias: dS = e (g v^T - rowsum(g o)) / l."""
+    q, k_chunks, v_chunks, es, sums, o = residuals
+    T = q.shape[2]
+    f32 = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
+    g_dot_o_BxHxTx1 = jnp.sum(g_BxHxTxK.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
+    # barriers: XLA would fold these transposes back into the products as transposed operands
+    qT_BxHxKxT = jax.lax.optimization_barrier(jnp.swapaxes(q, 2, 3))
+    gT_BxHxKxT = jax.lax.optimization_barrier(jnp.swapaxes(g_BxHxTxK, 2, 3))
+    dq, dkT, dvT = [], [], []
+    for c, (lo, hi) in enumerate(spans):
+        e_BxHxCxS, l_BxHxCx1, rows = es[c], sums[c], slice(c * C, hi)
+        dp_BxHxCxS = f32("bhqk,bhsk->bhqs", g_BxHxTxK[:, :, rows], v_chunks[c])
+        ds_BxHxCxS = e_BxHxCxS * ((dp_BxHxCxS - g_dot_o_BxHxTx1[:, :, rows]) / l_BxHxCx1)
+        dq.append(f32("bhqs,bhsk->bhqk", ds_BxHxCxS, k_chunks[c]) * scale)
+        dkT.append(f32("bhkq,bhqs->bhks", qT_BxHxKxT[..., rows], ds_BxHxCxS) * scale)
+        dvT.append(f32("bhkq,bhqs->bhks", gT_BxHxKxT[..., rows] / jnp.swapaxes(l_BxHxCx1, 2, 3), e_BxHxCxS))
+    dk = jnp.swapaxes(_sum_overlapping(dkT, spans, T, axis=3), 2, 3)
+    dv = jnp.swapaxes(_sum_overlapping(dvT, spans, T, axis=3), 2, 3)
+    return (jnp.concatenate(dq, axis=2).astype(q.dtype), dk.astype(k_chunks[0].dtype),
+            dv.astype(v_chunks[0].dtype), None)
+
+
+_static_chunks.defvjp(_static_chunks_fwd, _static_chunks_bwd)
+
+
+def _sum_overlapping(g_chunks, spans, T: int, axis: int) -> jax.Array:
+    """The length-T array whose slice [lo:hi] along `axis` receives each chunk's g (chunks overlap), summed
+    segment by segment between consecutive span boundaries and concatenated once."""
+    g0 = g_chunks[0]
+    cuts = sorted({0, T} | {b for span in spans for b in span})
+    segments = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        parts = [jax.lax.slice_in_dim(g, a - lo, b - lo, axis=axis) for g, (lo, hi) in zip(g_chunks, spans)
+                 if lo <= a and b <= hi]
+        shape = g0.shape[:axis] + (b - a,) + g0.shape[axis + 1:]
+        segments.append(functools.reduce(jnp.add, parts) if parts else jnp.zeros(shape, g0.dtype))
+    return jnp.concatenate(segments, axis=axis)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _overlapping_slices(x_BxHxTxK: jax.Array, spans: tuple[tuple[int, int], ...], T: int) -> tuple[jax.Array, ...]:
     """x[:, :, lo:hi] for each static (lo, hi) span (the chunks' overlapping key ranges) of x's T positions.
@@ -240,15 +308,7 @@ def _overlapping_slices_fwd(x_BxHxTxK, spans, T):
 
 
 def _overlapping_slices_bwd(spans, T, _, g_chunks):
-    g0 = g_chunks[0]
-    cuts = sorted({0, T} | {b for span in spans for b in span})
-    segments = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        parts = [jax.lax.slice_in_dim(g, a - lo, b - lo, axis=2) for g, (lo, hi) in zip(g_chunks, spans)
-                 if lo <= a and b <= hi]
-        shape = g0.shape[:2] + (b - a,) + g0.shape[3:]
-        segments.append(functools.reduce(jnp.add, parts) if parts else jnp.zeros(shape, g0.dtype))
-    return (jnp.concatenate(segments, axis=2),)
+    return (_sum_overlapping(g_chunks, spans, T, axis=2),)
 
 
 _overlapping_slices.defvjp(_overlapping_slices_fwd, _overlapping_slices_bwd)
