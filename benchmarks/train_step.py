@@ -30,6 +30,7 @@ from absl import app, flags
 from flax import nnx
 
 from _timing import interleaved_medians, median_time
+from spectral_jax.host import tune_cpu_host
 from spectral_jax.models import GPT, attention, make_config
 from spectral_jax.models.gpt import cross_entropy
 from spectral_jax.models.head import default_chunk
@@ -41,7 +42,8 @@ flags.DEFINE_string("preset", "tiny", "tier")
 flags.DEFINE_integer("batch", 4, "sequences per step (one micro-batch)")
 flags.DEFINE_integer("window", None, "attention window in tokens (default: the family's window_max)")
 flags.DEFINE_integer("repeats", 5, "timed steps")
-flags.DEFINE_bool("tune_allocator", True, "glibc heap tuning as the entry points do (experiments._cli)")
+flags.DEFINE_bool("tune_heap", True, "glibc heap tuning as the entry points do (spectral_jax.host)")
+flags.DEFINE_bool("sync_dispatch", True, "synchronous CPU dispatch as the entry points do (spectral_jax.host)")
 flags.DEFINE_bool("components", True, "also time the fused head and the attention kernels side by side")
 
 
@@ -142,10 +144,8 @@ def components(cfg, graphdef, params, tokens_Bx_T1, window: int, repeats: int) -
 
 def main(argv):
     del argv
-    if FLAGS.tune_allocator:
-        from experiments._cli import tune_host_allocator
-
-        print(f"allocator tuned as the entry points: {tune_host_allocator()}")
+    print(f"host settings (spectral_jax.host.tune_cpu_host): "
+          f"{tune_cpu_host(heap=FLAGS.tune_heap, sync_dispatch=FLAGS.sync_dispatch)}")
     cfg = make_config(FLAGS.family, FLAGS.preset)
     window = FLAGS.window or cfg.max_window
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
