@@ -31,6 +31,7 @@ from flax import nnx
 
 from _timing import interleaved_medians
 from spectral_jax import probes
+from spectral_jax.host import tune_cpu_host
 from spectral_jax.models import GPT, make_config
 from spectral_jax.models.gpt import cross_entropy
 
@@ -94,6 +95,7 @@ def _reference_grad(graphdef, spec):
 
 def main(argv):
     del argv
+    print(f"host settings as the entry points (spectral_jax.host.tune_cpu_host): {tune_cpu_host()}")
     cfg = make_config(FLAGS.family, FLAGS.tier)
     T, M = FLAGS.seq_len, FLAGS.samples
     model = _model(cfg, FLAGS.seed)

@@ -139,7 +139,7 @@ def components(cfg, graphdef, params, tokens_Bx_T1, window: int, repeats: int) -
     for impl, dt in t.items():
         print(f"| {impl} | {dt * 1e3:,.2f} | {dt / t['chunked']:.2f} |")
     print(f"(attention impl 'auto' on {jax.default_backend()}: "
-          f"{'chunked' if jax.default_backend() == 'cpu' else 'dense or banded by band width'})")
+          f"{'chunked' if jax.default_backend() == 'cpu' else 'dense or chunked by band width'})")
 
 
 def main(argv):
