@@ -3,7 +3,8 @@
 #   1. versions and devices;
 #   2. a real d12 BetterWin training step at T = 65,536 (forward + backward + Muon/Adam update), its tokens/s and
 #      MFU against a bf16 matmul timed in the same rounds (benchmarks/train_step.py);
-#   3. the kernel and loss equivalence tests on the GPU (attention "auto" = dense/banded there, 2^28-logit chunks);
+#   3. the kernel and loss equivalence tests on the GPU (attention "auto" = dense or scanned 2,048-query chunks
+#      there, 2^28-logit chunks);
 #   4. the main job's code path end to end on the GPU at the tiny preset, two tiers.
 # Each part has its own time limit, so a hang in one still leaves the others' output. Logs go to $OUT (the
 # device tool's folder that comes back; default /tmp/gpu_checks).
@@ -42,7 +43,9 @@ print(jax.devices(), jax.default_backend())
 if [ "$PRESET" = tiny ]; then batch=4; else batch=1; fi
 part train_step 300 "$PY" benchmarks/train_step.py --preset="$PRESET" --batch="$batch" --family=betterwin \
   --repeats=5 --components=false
-part kernel_tests 150 "$PY" -m pytest -q -n 0 -p no:cacheprovider tests/test_attention.py tests/test_head.py
+# -o addopts=: pyproject's addopts name pytest-xdist options, and the device image may not have xdist
+part kernel_tests 150 "$PY" -m pytest -q -o addopts= -m "not slow" -p no:cacheprovider tests/test_attention.py \
+  tests/test_head.py
 part tiny_sweep 150 "$PY" -m experiments.batch_sweep --family=betterwin --tiers=1,4 --out="$OUT/sweep"
 # only the summary comes back (the device tool returns at most 8 files, 2 folders down)
 if [ -f "$OUT/sweep/summary.json" ]; then cp "$OUT/sweep/summary.json" "$OUT/tiny_sweep_summary.json"; fi
