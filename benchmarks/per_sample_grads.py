@@ -10,7 +10,7 @@ of T tokens:
   (b) ours          probes.gradient_singular_values with the default method (per-sample grads of the matrix,
                     float32 Gram G G^T on device, float64 eigvalsh on the host)
   (c) ours, other   the same with the other method (vmap <-> capture)
-  (d) reference     PROTOCOL §2: a Python loop of a jitted per-sequence grad w.r.t. the matrix only, rows
+  (d) reference     docs/method.md §2: a Python loop of a jitted per-sequence grad w.r.t. the matrix only, rows
                     copied into an M x P float32 numpy matrix, then np.linalg.svd(G, compute_uv=False) in
                     float32 (= torch.linalg.svdvals on CPU)
 and the largest relative difference of singular values (ours vs reference) over values >= 1e-6 * max.
@@ -64,7 +64,7 @@ def _model(cfg, seed):
 
 
 def reference_singular_values(model, x, y, spec) -> np.ndarray:
-    """PROTOCOL §2: one sequence at a time, grad w.r.t. the matrix only, rows into numpy, float32 thin SVD."""
+    """docs/method.md §2: one sequence at a time, grad w.r.t. the matrix only, rows into numpy, float32 thin SVD."""
     graphdef, wrt, rest = _reference_split(model, spec)
     G = np.empty((x.shape[0], spec.size), np.float32)
     for m in range(x.shape[0]):

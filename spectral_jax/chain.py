@@ -7,7 +7,7 @@ step, the paper's "B = 8" (8 trunk sequences: 8 x 65,536 = 524,288 tokens at d12
 parent -> family along `FAMILIES` (so LSWA -> LSWA-Adam is the Adam-vs-Muon control and LSWA -> SubLR the
 reference's SubLR row), for every family whose parent is in the run.
 
-Per transition a -> b (PROTOCOL §3.2): TokGain = T(a)/T(b) - 1, ThrGain = Q(b)/Q(a) - 1 and their logs, and the
+Per transition a -> b (docs/method.md §3.2): TokGain = T(a)/T(b) - 1, ThrGain = Q(b)/Q(a) - 1 and their logs, and the
 spectral features the taxonomy reads (efficiency.classify_transition):
   d_act_alpha_head, d_act_head_mass   movement of the head of the final activation spectrum (deepest block)
   d_grad_log_rankme, d_grad_alpha,    change of concentration of the final per-sample gradient spectrum of the

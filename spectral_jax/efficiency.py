@@ -1,4 +1,4 @@
-"""Token efficiency, gains, checkpoint selection, min-max normalisation and Spearman (PROTOCOL §1.6, §3.2).
+"""Token efficiency, gains, checkpoint selection, min-max normalisation and Spearman (docs/method.md §1.6, §3.2).
 
 Pure host-side functions over tidy records (dicts). Definitions:
 
@@ -275,7 +275,7 @@ def early_prediction(runs: Mapping[Hashable, Mapping], *, fraction: float = 0.2,
     Each reached tier's record (of `kind`, `layer`, `matrix`) nearest to fraction * T(B) is taken; with
     `at_tokens` every tier (reached or not) is read at that one token count instead (matched tokens).
     `early_alpha_tail` holds the record's `key` (alpha_tail by default); `early_alpha_tail_normalized` is its
-    min-max over the reached tiers (PROTOCOL §1.6). Spearman(early value, eps_tok) runs over reached tiers.
+    min-max over the reached tiers (docs/method.md §1.6). Spearman(early value, eps_tok) runs over reached tiers.
 
     Returns {"tiers": [{batch, tokens_to_target, eps_tok, early_tokens, early_step, early_val_loss,
     early_alpha_tail, early_alpha_tail_normalized}, ...] sorted by batch, "spearman_within", "p_value",

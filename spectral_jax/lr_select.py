@@ -16,7 +16,7 @@ The ranking is the core's: reached the target (fewer tokens first), then last ob
     <out>/lr_table.json                    {family: {B: multiplier}}: what `batch_sweep --lr=auto` reads
     <out>/summary.json + *.png             everything above, from the selection records alone
 
-Rungs: the reference's 50M / 150M / 500M training tokens (PROTOCOL §3.3) scaled to a preset by
+Rungs: the reference's 50M / 150M / 500M training tokens (docs/method.md §3.3) scaled to a preset by
 `preset_rungs`: times the preset's tokens per reference-batch step over d12's, times the preset's
 schedule_scale (the same share of the family's compressed schedule), rounded up to the eval cadence.
 """
@@ -37,7 +37,7 @@ import numpy as np
 from spectral_jax import sweep
 from spectral_jax.train import TrainConfig, TrainingDiverged, log_stderr, train, train_config, write_json
 
-REFERENCE_RUNGS = (50_000_000, 150_000_000, 500_000_000)  # PROTOCOL §3.3, training tokens at d12
+REFERENCE_RUNGS = (50_000_000, 150_000_000, 500_000_000)  # docs/method.md §3.3, training tokens at d12
 DEFAULT_ETA = 2.0  # paper: top half; the reference's shells use 3
 DEFAULT_TIERS = (1, 2, 4, 8, 16, 32)  # as the batch sweep, so `batch_sweep --lr=auto` finds every tier
 

@@ -1,6 +1,6 @@
 """Optimizers of the modded-nanogpt chain: Muon as an optax transformation, Adam groups, schedules.
 
-OptimConfig is the optimizer recipe a family carries (PROTOCOL §3.4); make_optimizer builds it.
+OptimConfig is the optimizer recipe a family carries (docs/method.md §3.4); make_optimizer builds it.
 
 Muon step (reference, every LM copy), with m the momentum and g the gradient of a hidden matrix:
     buf <- m·buf + g                      (a plain sum, no EMA, no bias correction)
@@ -355,7 +355,7 @@ def make_optimizer(
     step_scale: float = 1.0,
     steps: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformation:
-    """The family's optimizer (PROTOCOL §3.4): [global-norm clip over all params] then
+    """The family's optimizer (docs/method.md §3.4): [global-norm clip over all params] then
 
     "adamw": AdamW(lr, betas, eps, weight_decay) on every parameter;
     "muon":  Muon on "matrix", Adam on "embed" / "head" / "scalar" (per-group lr and betas, no decay);

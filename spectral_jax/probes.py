@@ -3,7 +3,7 @@
 Every probe is a jitted device part (forward / backward through NNX's own capture, never a forked model)
 plus a host part (float64 eigen-solvers and fits).
 
-Matrices (PROTOCOL §2). Names used across the project, all kernels in Flax (in, out) layout:
+Matrices (docs/method.md §2). Names used across the project, all kernels in Flax (in, out) layout:
   "attn_out"  W_O = blocks[l].attn.c_proj.kernel                     (d, d)
   "attn_q"    W_Q = blocks[l].attn.c_q.kernel, or columns [0, d) of the fused attn.c_attn kernel
   "attn_v"    W_V = blocks[l].attn.c_v.kernel, or columns [2d, 3d) of the fused attn.c_attn kernel
@@ -32,7 +32,7 @@ Gradient spectrum. sigma = sqrt(clip(eigvalsh(G G^T), 0)), descending: the M x M
 in float64 from the float32 G (a float32 Gram loses the small singular values, see `singular_values_gram`),
 the eigen-solve in float64 on the host. Never a thin SVD of the M x P matrix.
 
-Activation spectrum (PROTOCOL §1.1). The residual stream after block l (`block_out`, U-Net skips
+Activation spectrum (docs/method.md §1.1). The residual stream after block l (`block_out`, U-Net skips
 included), through the parameter-free `rms_norm`, every token of every sequence one row, folded into a
 streaming `CovarianceAccumulator` (sharded over `mesh`); eigenvalues descending, float64 host eigvalsh.
 The jitted forward returns only the requested block outputs, so XLA drops the blocks after the deepest

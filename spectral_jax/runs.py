@@ -258,7 +258,7 @@ def summarize_sweep(out: str | os.PathLike, *, early_fraction: float | None = No
         row.update({k: v for k, v in by_batch.get(b, {}).items() if k in row or k.startswith("early")})
         tier_rows.append(row)
 
-    # matched-loss activation spectra (PROTOCOL §1.6): probe points nearest common loss targets
+    # matched-loss activation spectra (docs/method.md §1.6): probe points nearest common loss targets
     matched = []
     try:
         targets = efficiency.common_loss_targets(

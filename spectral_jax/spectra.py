@@ -1,6 +1,6 @@
 """Pure math on spectra (eigenvalues of a covariance, or singular values of a gradient matrix).
 
-Conventions (PROTOCOL §1.5–1.6, §6.5):
+Conventions (docs/method.md §1.5–1.6, §6.5):
 - A spectrum is any 1-D array of non-negative values; functions sort it descending themselves.
 - Ranks are 1-indexed and windows are inclusive: window (lo, hi) covers ranks lo, lo+1, ..., hi.
 - "alpha" here is the rank-decay exponent of lambda_j ~ j^-alpha fitted over a rank window; it is NOT

@@ -1,6 +1,6 @@
 """Successive-halving LR selection: the candidate grid and a synchronized halving driver.
 
-Candidates (PROTOCOL §3.3): r = B / B0, two scaling centres {sqrt(r), r} times the multipliers
+Candidates (docs/method.md §3.3): r = B / B0, two scaling centres {sqrt(r), r} times the multipliers
 {0.5, 1/sqrt2, 1, sqrt2, 2}, one multiplier applied uniformly to every optimizer group, deduplicated at six
 significant digits (the reference rounds to 6 decimals) and sorted ascending (five candidates when B = B0, at most ten otherwise).
 

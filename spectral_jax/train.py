@@ -1,6 +1,6 @@
 """Training to a target loss with gradient accumulation, evals, probes, orbax checkpoints and resume.
 
-One run = one family at one batch tier B (sequences per optimizer step). The loop (PROTOCOL §3.1, §3.2):
+One run = one family at one batch tier B (sequences per optimizer step). The loop (docs/method.md §3.1, §3.2):
 - the family's optimizer groups and schedules (spectral_jax.optim.make_optimizer); every step count of the
   family (window warmup, momentum warmup, num_iterations) is token-normalised to B, step_B =
   round(step_ref * reference_batch / B * schedule_scale) (`schedule_scale` compresses the reference's
@@ -122,7 +122,7 @@ def train_config(preset: str, **override) -> TrainConfig:
 
 
 def lr_multiplier_for_batch(batch: int, reference_batch: int, rule: str = "sqrt") -> float:
-    """The reference's batch-scaling centres (PROTOCOL §3.3): sqrt(B/B0) or B/B0 (or 1 for "none")."""
+    """The reference's batch-scaling centres (docs/method.md §3.3): sqrt(B/B0) or B/B0 (or 1 for "none")."""
     r = batch / reference_batch
     rules = {"sqrt": math.sqrt(r), "linear": r, "none": 1.0}
     if rule not in rules:

@@ -1,4 +1,4 @@
-"""ModelConfig, the family chain, tier presets and exact parameter counts (PROTOCOL §4, paper Table 4)."""
+"""ModelConfig, the family chain, tier presets and exact parameter counts (docs/method.md §4, paper Table 4)."""
 
 import dataclasses
 

@@ -4,7 +4,7 @@ Shard format: 256 int32 header (header[0] = 20240520 magic, header[1] = version 
 count) followed by the tokens as uint16 (or uint32 when the payload is 4 bytes per token). Shards are
 memory-mapped; nothing is read into RAM until a window is asked for.
 
-Views of a dataset (PROTOCOL §1.2, §3.2, §5), for a sequence length T:
+Views of a dataset (docs/method.md §1.2, §3.2, §5), for a sequence length T:
 - train: sequences of T+1 tokens at stride T (consecutive windows share one token, as the reference
   loader), in a seeded random order that is reshuffled every epoch (seed=None keeps the reference's
   contiguous order). Batch k of the stream is a pure function of (seed, k), so the data position saved in a

@@ -1,6 +1,6 @@
 """Attention masks and kernels: dense causal, document-aware windows at token or block granularity.
 
-Mask semantics (PROTOCOL §4 rows 7-15), for query position q and key position k of one sequence:
+Mask semantics (docs/method.md §4 rows 7-15), for query position q and key position k of one sequence:
   causal      k <= q
   doc         docs[k] == docs[q], docs = cumsum(tokens == EOT) (an EOT starts the document it belongs to)
   "token"     q - k < window                                   (FixedWin, FlexWin, VTE, BetterWin)
@@ -364,7 +364,7 @@ def masked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxTxT, *, scale: floa
     return jnp.einsum("bhqt,bthk->bqhk", p_BxHxTxT, v_BxTxHxK)
 
 
-# ---- window schedules (PROTOCOL §1.3, §9), pure functions of progress f in [0, 1] ------------------
+# ---- window schedules (docs/method.md §1.3, §8), pure functions of progress f in [0, 1] ------------------
 def window_progress(step: int, warmup_steps: int) -> float:
     """f = min(step / W, 1); a zero warmup is already warm."""
     return 1.0 if warmup_steps <= 0 else min(step / warmup_steps, 1.0)

@@ -1,12 +1,12 @@
 """Model configuration: one frozen ModelConfig, tier presets, and the intervention chain as deltas.
 
-`FAMILIES` is the modded-nanogpt chain of PROTOCOL §4 as an ordered mapping family -> Family(parent,
+`FAMILIES` is the modded-nanogpt chain of docs/method.md §4 as an ordered mapping family -> Family(parent,
 delta, note). `make_config(family, tier)` starts from the tier's base config (baseline architecture at the
 tier's dimensions) and folds every delta from the root down to `family`. A delta maps field names to
 values; the key "optim" holds a dict of OptimConfig field deltas; a `Derived` value is computed from the
 partially folded config and the tier (e.g. the trunk sequence length, the scaled no-attention layer).
 
-Tiers (PROTOCOL §4 "Tier dimensions"):
+Tiers (docs/method.md §4 "Tier dimensions"):
   d12  12 layers, 6 heads x 128 = 768; T 1024 for the prefix families (baseline..unet), 65,536 from fixedwin.
   d36  36 layers, 20 heads x 64 = 1280; T 32,768 for trunk families (prefix families keep 1024).
   d48  48 layers, 25 heads x 64 = 1600; T 32,768 likewise.
@@ -24,7 +24,7 @@ Tiers (PROTOCOL §4 "Tier dimensions"):
        step (|g| <= 1/524,288) and overflows float8_e5m2 (max 57,344) at tiny batches; with 2^16, |g * s| <=
        2^16/N stays finite for every batch of N >= 2 tokens.
 
-Scaled rules for any even L (PROTOCOL §4): no-attention layer min(L-1, L//2+1); sparse value-embedding
+Scaled rules for any even L (docs/method.md §4): no-attention layer min(L-1, L//2+1); sparse value-embedding
 pattern k = clamp(round(L/4), 3, L//2) front layers cycling tables 0,1,2,..., then L-2k None, then the same
 k-cycle; BetterWin value chunks L/2, decoder layer L/2+i reuses chunk L/2-1-i. LSWA generalisation: layer
 i is long iff its mirrored encoder index e = min(i, L-1-i) satisfies e % 4 == 0; for L=12 this gives the

@@ -435,7 +435,7 @@ REFERENCE = ToyExperimentConfig(
     measure_every=25, lr_base=3e-4, rung_fractions=(0.125, 0.5, 1.0), checkpoint_fractions=(0.1, 0.2, 0.3),
     scale_steps=False,
     probe=ToyProbeConfig(bands=((97, 200), (179, 50)), n_probe=12_000, n_sweep=12_000, grad_samples=64))
-"""The reference's trusted toy run (PROTOCOL §6.4): B 32..512, 5,000 steps, target 2.0, eval every 10 steps on the
+"""The reference's trusted toy run (docs/method.md §6.4): B 32..512, 5,000 steps, target 2.0, eval every 10 steps on the
 whole validation split, ASHA-like rungs 1/8, 1/2, 1, checkpoints 500/1000/1500, 12,000 probe sequences. Days of
 CPU time; here for accelerators."""
 

@@ -1,4 +1,4 @@
-"""Fourier feature-learning probes on state-conditioned hidden means (pure numpy, PROTOCOL §6.6).
+"""Fourier feature-learning probes on state-conditioned hidden means (pure numpy, docs/method.md §6.6).
 
 For a probe band (c0, o0) with state labels m ∈ Z_c0 (task.ProbeSplit.m_N) and last-position hidden
 states h (N×D):

@@ -1,6 +1,6 @@
 """The toy transformer chain Baseline -> RoPE -> Muon -> Untied as configurations of the main NNX GPT.
 
-PROTOCOL §6.2: 2 layers, 4 heads x 32 = 128 wide, ReLU^2 MLP 128 -> 256 -> 128 (ff_mult 2), parameter-free
+docs/method.md §6.2: 2 layers, 4 heads x 32 = 128 wide, ReLU^2 MLP 128 -> 256 -> 128 (ff_mult 2), parameter-free
 rms_norm pre-norm, zero-initialised attention and MLP output projections, no biases, dense causal attention,
 vocabulary 1,024, context 64, no logit cap. Each stage is the main chain's family of the same name
 (`spectral_jax.models.FAMILIES`) folded onto toy dimensions, so the toy reuses the LM's modules unchanged:
@@ -39,7 +39,7 @@ STAGES: tuple[str, ...] = ("baseline", "rope", "muon", "untied")
 
 STAGE_OPTIMIZER = {"baseline": "adamw", "rope": "adamw", "muon": "muon", "untied": "muon"}
 EXPECTED_PARAMS = {"baseline": 401_408, "rope": 393_216, "muon": 393_216, "untied": 524_288}
-"""Reference parameter counts (PROTOCOL §6.2)."""
+"""Reference parameter counts (docs/method.md §6.2)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Toy probes on one model state: activation and gradient spectra, Fourier feature probes (PROTOCOL §6.5-6.6).
+"""Toy probes on one model state: activation and gradient spectra, Fourier feature probes (docs/method.md §6.5-6.6).
 
 Activation spectrum: covariance eigenvalues (float64 centred SVD, lambda = s^2 / (N-1)) of the final normalised
 last-token state h[:, -1, :] over a fixed sample set of `n_samples` TRAIN sequences (indices drawn without

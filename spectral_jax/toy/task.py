@@ -1,6 +1,6 @@
 """The cyclic-sequence ("modular arithmetic") task of the toy model and its Fourier probe sets.
 
-Each sequence follows one or more cyclic components (PROTOCOL §6.1)
+Each sequence follows one or more cyclic components (docs/method.md §6.1)
 
     s_k = (a + d·k) mod c,    t_k = o + s_k,    k = 0..L,
 
@@ -229,7 +229,7 @@ def make_task(cfg: TaskConfig) -> dict[str, Split]:
 
 def probe_split(cfg: TaskConfig, c0: int, o0: int, kind: str = "matched_band", n: int = 12_000,
                 seed: int = 0) -> ProbeSplit:
-    """Probe sequences whose anchored component has the fixed band (c0, o0) (PROTOCOL §6.6).
+    """Probe sequences whose anchored component has the fixed band (c0, o0) (docs/method.md §6.6).
 
     Both kinds draw the anchor's step d with the task's step sampler and a ~ U{0..c0−1}.
     clean_band: the anchor alone, no noise. matched_band: the anchor (weight drawn like any component)

@@ -1,4 +1,4 @@
-"""Toy training (PROTOCOL §6.3): constant LR, no clipping, batches drawn with replacement, stop at a target loss.
+"""Toy training (docs/method.md §6.3): constant LR, no clipping, batches drawn with replacement, stop at a target loss.
 
 One `ToyRun` is one (stage, batch, base LR, seed) training run held in memory. `advance(max_steps)` continues
 it until the target validation loss is reached or `max_steps` optimizer steps are done, so successive halving
