@@ -34,7 +34,9 @@ from spectral_jax.host import tune_cpu_host
 from spectral_jax.models import GPT, attention, make_config
 from spectral_jax.models.gpt import cross_entropy
 from spectral_jax.models.head import default_chunk
-from spectral_jax.train import Schedules, TrainStep, group_learning_rates, train_config
+from spectral_jax.optim import group_learning_rates
+from spectral_jax.presets import get_preset
+from spectral_jax.train_step import Schedules, TrainStep
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("family", "betterwin", "family")
@@ -151,7 +153,7 @@ def main(argv):
     window = FLAGS.window or cfg.max_window
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     _, n = matmul_rate(dtype, 3)
-    tc = train_config(FLAGS.preset, batch_size=FLAGS.batch, micro_batch=FLAGS.batch)
+    tc = get_preset(FLAGS.preset).train.replace(batch_size=FLAGS.batch, micro_batch=FLAGS.batch)
     step_fn = TrainStep(cfg, group_learning_rates(cfg, tc.lr), Schedules.build(cfg, tc).step_scale, 1)
     graphdef, params = nnx.split(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
     tokens_Bx_T1 = np.random.default_rng(0).integers(1, cfg.vocab_size, (FLAGS.batch, cfg.seq_len + 1))

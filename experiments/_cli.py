@@ -1,16 +1,28 @@
-"""Shared plumbing for the absl entry points: CPU host settings (spectral_jax.host), one-line errors with exit code 2,
-the training-override flags."""
+"""Plumbing shared by the absl entry points: flags generated from config dataclasses, and one-line user errors.
+
+`define_flags(Config)` defines one absl flag per field of a frozen config dataclass (nested config dataclasses,
+such as the preset overrides, are flattened into top-level flags), with the field's default and the help text
+declared beside it (`spectral_jax.fields.option`); `config_from_flags(Config)` builds the config back from the
+parsed flags. Adding a field to a config is one line, and it appears under the entry point's `--help` once the
+entry point adopts this module's flags as its key flags (`flags.adopt_module_key_flags(_cli)`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
+import types
+import typing
+from typing import Any
 
 from absl import flags
 
+from spectral_jax.fields import Overrides, flag_name, help_of, is_flag
 from spectral_jax.host import tune_cpu_host
 from spectral_jax.train import TrainingDiverged
 
+FLAGS = flags.FLAGS
 USER_ERRORS = (ValueError, OSError, KeyError, TrainingDiverged)
 
 
@@ -37,29 +49,99 @@ def int_list(text: str) -> tuple[int, ...]:
         raise ValueError(f"expected a comma-separated list of integers, got {text!r}") from None
 
 
-# TrainConfig fields an entry point may override by flag; None keeps the preset's value.
-TRAIN_FLAGS = {
-    "target_loss": (flags.DEFINE_float, "stop at the first eval at or below this val loss (preset default)"),
-    "max_tokens": (flags.DEFINE_integer, "token budget per run (preset default)"),
-    "eval_every_tokens": (flags.DEFINE_integer, "eval cadence in training tokens (preset default)"),
-    "val_tokens": (flags.DEFINE_integer, "validation tokens per eval (preset default)"),
-    "probe_every_evals": (flags.DEFINE_integer, "probe spectra at every k-th eval (preset default)"),
-    "micro_batch": (flags.DEFINE_integer, "sequences per forward/backward (default: fit to the preset)"),
-    "seed": (flags.DEFINE_integer, "model init seed (default 42)"),
-}
-_defined: list[str] = []
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"expected a comma-separated list of numbers, got {text!r}") from None
 
 
-def define_train_flags(*names: str) -> None:
-    """Define the named TRAIN_FLAGS (default None) for this entry point; `train_overrides` reads them back."""
-    caller = sys._getframe(1).f_globals["__name__"]  # listed under the entry point's own --help, as absl names it
-    caller = sys.argv[0] if caller == "__main__" else caller
-    for name in names:
-        define, help_text = TRAIN_FLAGS[name]
-        define(name, None, help_text, module_name=caller)
-        _defined.append(name)
+def str_list(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def train_overrides() -> dict:
-    """{TrainConfig field: value} for every training flag defined here that the user set."""
-    return {name: getattr(flags.FLAGS, name) for name in _defined if getattr(flags.FLAGS, name) is not None}
+_LISTS = {int: int_list, float: float_list, str: str_list}
+
+
+def _kind(tp: Any) -> tuple[Any, bool]:
+    """(the field's base type, whether None is allowed): int, float, str, bool, a dataclass, or
+    ("list", element type) for tuple[T, ...]; None for types no flag can hold (mappings)."""
+    optional = False
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        if len(args) != 1:
+            return None, optional
+        tp = args[0]
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        return (("list", args[0]) if len(args) == 2 and args[1] is Ellipsis and args[0] in _LISTS else None), optional
+    if tp in (int, float, str, bool) or dataclasses.is_dataclass(tp):
+        return tp, optional
+    return None, optional
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, resolved type) of every flag field; an override record resolves against its source config."""
+    hints = typing.get_type_hints(getattr(cls, "source", cls))
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if is_flag(f)]
+
+
+def _default_text(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _nested(f: dataclasses.Field, base: type, fmt: str) -> tuple[type, str]:
+    """The nested config's class and its flags' name pattern (a parent's `name` such as "{}_threshold")."""
+    cls = base if f.default is dataclasses.MISSING else type(f.default)
+    return cls, fmt.format(f.metadata["name"]) if f.metadata.get("name") else fmt
+
+
+def define_flags(cls: type, *, skip: tuple[str, ...] = (), _fmt: str = "{}") -> None:
+    """One absl flag per flag field of `cls` (and of its nested config dataclasses), unless named in `skip`."""
+    for f, tp in _fields(cls):
+        base, _ = _kind(tp)
+        if base is None:
+            continue
+        if dataclasses.is_dataclass(base):
+            nested, fmt = _nested(f, base, _fmt)
+            define_flags(nested, skip=skip, _fmt=fmt)
+            continue
+        name = _fmt.format(flag_name(f))
+        if name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = help_of(f) + (" (default: the preset's)" if issubclass(cls, Overrides) else "")
+        if base is bool:
+            flags.DEFINE_bool(name, default, text)
+        elif base is int:
+            flags.DEFINE_integer(name, default, text)
+        elif base is float:
+            flags.DEFINE_float(name, default, text)
+        else:
+            flags.DEFINE_string(name, _default_text(default), text)
+
+
+def config_from_flags(cls: type, *, _fmt: str = "{}", **fixed: Any) -> Any:
+    """An instance of `cls` from the parsed flags that `define_flags(cls)` defined; `fixed` fields win."""
+    values: dict[str, Any] = {}
+    for f, tp in _fields(cls):
+        base, optional = _kind(tp)
+        if f.name in fixed or base is None:
+            continue
+        if dataclasses.is_dataclass(base):
+            nested, fmt = _nested(f, base, _fmt)
+            values[f.name] = config_from_flags(nested, _fmt=fmt)
+            continue
+        name = _fmt.format(flag_name(f))
+        if name not in FLAGS:
+            continue
+        value = FLAGS[name].value
+        if isinstance(base, tuple) and isinstance(value, str):
+            value = _LISTS[base[1]](value)
+        if value is None and not optional and f.default is not dataclasses.MISSING:
+            value = f.default
+        values[f.name] = value
+    return cls(**values, **fixed)

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 
 from experiments._cli import user_errors_exit_2
 from spectral_jax.chain import format_chain_table, summarize_chain
-from spectral_jax.runs import format_table, summarize_sweep
+from spectral_jax.batch_sweep import format_table, summarize_sweep
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results", None, "a batch-sweep or chain results directory", required=True)

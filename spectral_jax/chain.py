@@ -8,7 +8,7 @@ parent -> family along `FAMILIES` (so LSWA -> LSWA-Adam is the Adam-vs-Muon cont
 reference's SubLR row), for every family whose parent is in the run.
 
 Per transition a -> b (docs/method.md §3.2): TokGain = T(a)/T(b) - 1, ThrGain = Q(b)/Q(a) - 1 and their logs, and the
-spectral features the taxonomy reads (efficiency.classify_transition):
+spectral features the taxonomy reads (taxonomy.classify_transition):
   d_act_alpha_head, d_act_head_mass   movement of the head of the final activation spectrum (deepest block)
   d_grad_log_rankme, d_grad_alpha,    change of concentration of the final per-sample gradient spectrum of the
   d_grad_head_mass                    probed matrix (ln RankMe, alpha over the tail window, top-10 mass)
@@ -17,7 +17,7 @@ spectral features the taxonomy reads (efficiency.classify_transition):
 "Final" is the probe point at the run's stop (the target eval, or the budget's end).
 
 Q for ThrGain: by default every family's real training step is timed side by side in one process after the
-runs (train.interleaved_throughput, rounds taken in turn, written to throughput.json), because the Q a run logs
+runs (train_step.interleaved_throughput, rounds taken in turn, written to throughput.json), because the Q a run logs
 during its own wall time moves with whatever else the machine runs; `throughput="train"` uses the logged Q.
 
 T for the gains is read from each run's eval records at the gain target: by default the training target (the
@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import pathlib
@@ -45,11 +44,19 @@ from typing import Any
 
 import numpy as np
 
-from spectral_jax import efficiency, spectra
-from spectral_jax.data.shards import atomic_write_bytes
-from spectral_jax.efficiency import TaxonomyThresholds
-from spectral_jax.runs import LOCAL_WINDOWS, PROBE_DEFAULTS, ProbeCallback, load_spectrum, load_tier, probe_settings, resolve_lr
-from spectral_jax.train import log_stderr, train, train_config, write_json
+from spectral_jax import efficiency, plots, spectra
+from spectral_jax.batch_sweep import ProbeCallback, TierRecords, load_spectrum, load_tier, resolve_lr
+from spectral_jax.data import load_data
+from spectral_jax.data.vocab import fit_vocab
+from spectral_jax.fields import option
+from spectral_jax.models import FAMILIES, make_config
+from spectral_jax.presets import ProbeConfig, ProbeOverrides, get_preset
+from spectral_jax.probes import ALIASES
+from spectral_jax.records import environment, log_stderr, read_json, write_json, write_text
+from spectral_jax.taxonomy import TaxonomyThresholds, classify_transition
+from spectral_jax.train import train
+from spectral_jax.train_config import TrainConfig, TrainOverrides
+from spectral_jax.train_step import interleaved_throughput
 
 DEFAULT_BATCH = 8
 GRAD_MATRIX = "final_attn_out"
@@ -57,26 +64,40 @@ GRAD_MATRIX = "final_attn_out"
 
 @dataclasses.dataclass(frozen=True)
 class ChainConfig:
-    families: tuple[str, ...] | None = None  # None: every family of FAMILIES, in chain order
-    preset: str = "tiny"
-    batch: int = DEFAULT_BATCH  # trunk sequences per step; shorter-T families run batch * trunk_T / T
-    data: str = "embedded"
-    lr: str = "sqrt"  # as batch_sweep --lr; at the chain batch every family's multiplier is 1 under sqrt
-    out: str | None = None
-    resume: bool = True
-    pool_sequences: int | None = None
-    grad_samples: int | None = None
-    probe_chunk: int | None = None
-    thresholds: TaxonomyThresholds = TaxonomyThresholds()
-    gain_target: str = "train"  # loss at which T is read for the gains: "train" (the runs' target), "common", a float
-    throughput: str = "interleaved"  # Q for ThrGain: "interleaved" (side by side after training) or "train"
-    throughput_rounds: int = 3
-    train_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Every family (or a sub-chain) at one batch on a preset; `train` and `probe` change the preset's values."""
+
+    families: tuple[str, ...] | None = option(None, "comma-separated families (default: the whole chain, in "
+                                              "chain order)")
+    preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
+    batch: int = option(DEFAULT_BATCH, "trunk sequences per step (families with shorter T run more sequences, so "
+                        "every family sees the same tokens per step)")
+    data: str = option("embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
+    lr: str = option("sqrt", "LR per family as batch_sweep --lr (sqrt | linear | none | float | table.json); at "
+                     "the chain batch every family's multiplier is 1 under sqrt")
+    out: str | None = option(None, "results directory (default results/chain/<preset>)")
+    resume: bool = option(True, "reuse finished families and resume interrupted ones from their checkpoints")
+    thresholds: TaxonomyThresholds = option(TaxonomyThresholds(), "taxonomy thresholds", name="{}_threshold")
+    gain_target: str = option("train", "loss at which T is read for the gains: train (the training target, the "
+                              "paper's), common (the lowest loss every family reached), or a number")
+    throughput: str = option("interleaved", "Q for the throughput gains: interleaved (every family's training step "
+                             "timed side by side after the runs, fair on a shared machine) or train (the Q each run "
+                             "logged)")
+    throughput_rounds: int = option(3, "rounds of the side-by-side timing (2 steps per family per round)")
+    train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
+    probe: ProbeOverrides = option(ProbeOverrides(), "changes to the preset's probe sizes")
+    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
+
+    def __post_init__(self):
+        if self.throughput not in ("interleaved", "train"):
+            raise ValueError(f"--throughput must be interleaved or train, got {self.throughput!r}")
+
+    def train_config(self) -> TrainConfig:
+        return self.train.apply(get_preset(self.preset).train)
+
+    def probe_config(self) -> ProbeConfig:
+        return self.probe.apply(get_preset(self.preset).probe)
 
     def resolved_families(self) -> tuple[str, ...]:
-        from spectral_jax.models import FAMILIES
-
         names = tuple(FAMILIES) if self.families is None else tuple(self.families)
         unknown = [f for f in names if f not in FAMILIES]
         if unknown:
@@ -88,15 +109,10 @@ class ChainConfig:
     def out_dir(self) -> pathlib.Path:
         return pathlib.Path(self.out or f"results/chain/{self.preset}")
 
-    def probe_settings(self) -> dict:
-        return probe_settings(self.preset, pool_sequences=self.pool_sequences, grad_samples=self.grad_samples,
-                              chunk=self.probe_chunk)
 
 
 def transitions_of(families: Sequence[str]) -> list[tuple[str, str]]:
     """(parent, family) pairs along FAMILIES for every family whose parent is among `families`."""
-    from spectral_jax.models import FAMILIES
-
     present = set(families)
     return [(FAMILIES[f].parent, f) for f in families if FAMILIES[f].parent in present]
 
@@ -111,14 +127,8 @@ def family_batch(model_cfg, trunk_seq_len: int, batch: int) -> int:
 
 def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict:
     """Train every family (reusing finished runs, resuming interrupted ones), then summarise."""
-    from spectral_jax.data import load_data
-    from spectral_jax.data.vocab import fit_vocab
-    from spectral_jax.models import make_config
-    from spectral_jax.models.config import TIERS
-
     families = cfg.resolved_families()
-    if cfg.preset not in PROBE_DEFAULTS:
-        raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PROBE_DEFAULTS)}")
+    preset = get_preset(cfg.preset)
     if cfg.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {cfg.batch}")
     if len(families) < 2 or not transitions_of(families):
@@ -129,12 +139,10 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
     out = cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)
     dataset, vmap = fit_vocab(load_data(cfg.data), first.vocab_size, first.eot_id)
-    probe = cfg.probe_settings()
-    base_tc = train_config(cfg.preset, **dict(cfg.train_overrides))
-    tail = spectra.tail_window(cfg.preset)
-    bank = LOCAL_WINDOWS[cfg.preset]
-    trunk_T = TIERS[cfg.preset].trunk_seq_len if "seq_len" not in cfg.model_overrides else \
-        int(cfg.model_overrides["seq_len"])
+    probe = cfg.probe_config()
+    base_tc = cfg.train_config()
+    tail, bank = preset.tail_window, preset.local_windows
+    trunk_T = int(cfg.model_overrides.get("seq_len", preset.model.trunk_seq_len))
     write_json(out / "chain.json", dict(config=cfg, families=families, transitions=transitions_of(families),
                                         probe=probe, tail_window=tail, local_windows=bank, trunk_seq_len=trunk_T,
                                         data=dataset.metadata))
@@ -144,14 +152,12 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
         mc = configs[fam]
         batch = family_batch(mc, trunk_T, cfg.batch)
         if mc.seq_len not in pools:
-            pools[mc.seq_len] = dataset.measurement_pool(mc.seq_len, probe["pool_sequences"],
+            pools[mc.seq_len] = dataset.measurement_pool(mc.seq_len, probe.pool_sequences,
                                                          val_tokens=base_tc.val_tokens)
         callback = ProbeCallback(pools[mc.seq_len], layers=(-1,), matrices=(GRAD_MATRIX,),
-                                 grad_samples=probe["grad_samples"], chunk=probe["chunk"], tail=tail, bank=bank)
+                                 grad_samples=probe.grad_samples, chunk=probe.chunk, tail=tail, bank=bank)
         lr, rule = resolve_lr(cfg.lr, batch, mc.optim.reference_batch, fam)
-        tc = base_tc.replace(batch_size=batch, lr=lr,
-                             micro_batch=base_tc.micro_batch if base_tc.micro_batch is None or
-                             batch % base_tc.micro_batch == 0 else None)
+        tc = base_tc.for_batch(batch, lr=lr)
         log(f"== chain {cfg.preset}: family {i + 1}/{len(families)} {fam}, B = {batch} x {mc.seq_len} tokens, "
             f"LR {rule} = {lr} ({time.perf_counter() - t0:.0f}s elapsed)")
         train(mc, tc, dataset, out / fam, callbacks=[callback], resume=cfg.resume, log=log,
@@ -166,11 +172,9 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
 
 def _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, log) -> None:
     """Time every family's training step side by side (throughput.json); reused while the families match."""
-    from spectral_jax.train import environment, interleaved_throughput
-
     path = out / "throughput.json"
     if cfg.resume and path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path)
         if old.get("families") == list(families) and old.get("rounds") == cfg.throughput_rounds:
             log(f"throughput: reusing {path}")
             return
@@ -179,8 +183,7 @@ def _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, 
         mc = configs[fam]
         batch = family_batch(mc, trunk_T, cfg.batch)
         lr, _ = resolve_lr(cfg.lr, batch, mc.optim.reference_batch, fam)
-        runs[fam] = (mc, base_tc.replace(batch_size=batch, lr=lr, micro_batch=base_tc.micro_batch if
-                                         base_tc.micro_batch is None or batch % base_tc.micro_batch == 0 else None))
+        runs[fam] = (mc, base_tc.for_batch(batch, lr=lr))
     log(f"throughput: timing {len(runs)} training steps side by side ({cfg.throughput_rounds} rounds)")
     q = interleaved_throughput(runs, dataset, rounds=cfg.throughput_rounds, log=log)
     write_json(path, dict(families=list(families), rounds=cfg.throughput_rounds, throughput=q,
@@ -188,12 +191,10 @@ def _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, 
 
 
 # ---- summary from records -------------------------------------------------------------------------------
-def _series(run: dict, kind: str) -> list[dict]:
+def _series(run: TierRecords, kind: str) -> list[dict]:
     """The probe records of one spectrum kind at the deepest probed block (one per probe point, by step)."""
-    from spectral_jax.probes import ALIASES
-
     matrix = ALIASES[GRAD_MATRIX][0]
-    recs = [r for r in run["probes"] if r["kind"] == kind and (kind == "activation" or r["matrix"] == matrix)]
+    recs = [r for r in run.probes if r["kind"] == kind and (kind == "activation" or r["matrix"] == matrix)]
     if not recs:
         return []
     deepest = max(r["layer"] for r in recs)
@@ -213,7 +214,7 @@ def _log_ratio(a, b):
     return None if a is None or b is None or a <= 0 or b <= 0 else math.log(b / a)
 
 
-def path_separation(run_a: dict, run_b: dict, kind: str, n_targets: int = 5) -> float | None:
+def path_separation(run_a: TierRecords, run_b: TierRecords, kind: str, n_targets: int = 5) -> float | None:
     """Mean JS divergence between the two runs' spectra of `kind` at the probe points nearest each common loss
     target (efficiency.common_loss_targets / matched_loss_rows over their activation probe points)."""
     acts = {k: _series(r, "activation") for k, r in (("a", run_a), ("b", run_b))}
@@ -237,17 +238,17 @@ def path_separation(run_a: dict, run_b: dict, kind: str, n_targets: int = 5) -> 
     return float(np.mean(js)) if js else None
 
 
-def resolve_gain_target(spec: str | float, runs: Mapping[str, dict]) -> float:
+def resolve_gain_target(spec: str | float, runs: Mapping[str, TierRecords]) -> float:
     """The loss at which T is read: "train" (the runs' own target), "common" (the lowest loss every run
     reached), or a number."""
     if spec == "train":
-        targets = {r["result"]["target_loss"] for r in runs.values()}
+        targets = {r.result.target_loss for r in runs.values()}
         if len(targets) != 1:
             raise ValueError(f"the runs were trained to different targets {sorted(targets)}; pass a gain target")
         return targets.pop()
     if spec == "common":
-        best = [min(e["val_loss"] for e in r["evals"] if e["step"] > 0 and math.isfinite(e["val_loss"]))
-                for r in runs.values() if any(e["step"] > 0 for e in r["evals"])]
+        best = [min(e.val_loss for e in r.evals if e.step > 0 and math.isfinite(e.val_loss))
+                for r in runs.values() if any(e.step > 0 for e in r.evals)]
         if len(best) != len(runs):
             raise ValueError("a run has no eval after step 0, so no common loss exists; train longer")
         return float(max(best))
@@ -257,25 +258,25 @@ def resolve_gain_target(spec: str | float, runs: Mapping[str, dict]) -> float:
         raise ValueError(f"gain target {spec!r} is neither 'train', 'common' nor a loss value") from None
 
 
-def family_row(name: str, run: dict, gain_target: float, q_side: Mapping | None) -> dict:
-    res = run["result"]
+def family_row(name: str, run: TierRecords, gain_target: float, q_side: Mapping | None) -> dict:
+    res = run.result
     act, grad = _series(run, "activation"), _series(run, "gradient")
     fa, fg = (act[-1] if act else None), (grad[-1] if grad else None)
     return dict(
-        family=name, status=res["status"], tokens_to_target=res["tokens_to_target"],
-        tokens_to_gain_target=efficiency.tokens_to_target(run["evals"], gain_target),
-        throughput_tokens_per_s=res["throughput_tokens_per_s"] if q_side is None else q_side["tokens_per_s"],
-        throughput_train=res["throughput_tokens_per_s"],
+        family=name, status=res.status, tokens_to_target=res.tokens_to_target,
+        tokens_to_gain_target=efficiency.tokens_to_target([e.to_dict() for e in run.evals], gain_target),
+        throughput_tokens_per_s=res.throughput_tokens_per_s if q_side is None else q_side["tokens_per_s"],
+        throughput_train=res.throughput_tokens_per_s,
         throughput_interleaved=None if q_side is None else q_side["tokens_per_s"],
-        final_val_loss=res["final_val_loss"],
-        steps=res["steps"], batch=res["batch"], seq_len=res["seq_len"], final_step=None if fa is None else fa["step"],
+        final_val_loss=res.final_val_loss,
+        steps=res.steps, batch=res.batch, seq_len=res.seq_len, final_step=None if fa is None else fa["step"],
         act_alpha_head=_get(fa, "alpha_head"), act_alpha_tail=_get(fa, "alpha_tail"), act_rankme=_get(fa, "rankme"),
         act_head_mass=_get(fa, "head_mass10"), grad_alpha_head=_get(fg, "alpha_head"),
         grad_alpha_tail=_get(fg, "alpha_tail"), grad_rankme=_get(fg, "rankme"), grad_head_mass=_get(fg, "head_mass10"),
     )
 
 
-def transition_row(a: str, b: str, runs: Mapping[str, dict], rows: Mapping[str, dict],
+def transition_row(a: str, b: str, runs: Mapping[str, TierRecords], rows: Mapping[str, dict],
                    thresholds: TaxonomyThresholds) -> dict:
     ra, rb = rows[a], rows[b]
     features = dict(
@@ -294,15 +295,15 @@ def transition_row(a: str, b: str, runs: Mapping[str, dict], rows: Mapping[str, 
         g.update(tok_gain=efficiency.token_gain(ta, tb), g_tok=efficiency.log_token_gain(ta, tb))
     if qa and qb:
         g.update(thr_gain=efficiency.throughput_gain(qa, qb), g_thr=efficiency.log_throughput_gain(qa, qb))
-    label = efficiency.classify_transition(g["g_tok"], g["g_thr"], features, thresholds)
+    label = classify_transition(g["g_tok"], g["g_thr"], features, thresholds)
     return dict(a=a, b=b, name=f"{a}->{b}", **g, **features, **label)
 
 
-def load_chain(out: str | os.PathLike) -> tuple[dict, dict[str, dict]]:
+def load_chain(out: str | os.PathLike) -> tuple[dict, dict[str, TierRecords]]:
     out = pathlib.Path(out)
     if not (out / "chain.json").is_file():
         raise FileNotFoundError(f"{out} is not a chain results directory (no chain.json)")
-    meta = json.loads((out / "chain.json").read_text())
+    meta = read_json(out / "chain.json")
     runs = {f: load_tier(out / f) for f in meta["families"] if (out / f / "result.json").is_file()}
     if not runs:
         raise FileNotFoundError(f"{out} holds no finished family run (<family>/result.json)")
@@ -323,7 +324,7 @@ def summarize_chain(out: str | os.PathLike, *, thresholds: TaxonomyThresholds | 
     target = resolve_gain_target(spec, runs)
     q_rule = meta["config"].get("throughput", "train")
     q_path = out / "throughput.json"
-    q_side = json.loads(q_path.read_text())["throughput"] if q_rule == "interleaved" and q_path.is_file() else {}
+    q_side = read_json(q_path)["throughput"] if q_rule == "interleaved" and q_path.is_file() else {}
     if q_rule == "interleaved" and set(q_side) != set(runs):
         log("throughput.json is missing or does not cover every family; ThrGain uses the logged training Q")
         q_side, q_rule = {}, "train"
@@ -331,11 +332,11 @@ def summarize_chain(out: str | os.PathLike, *, thresholds: TaxonomyThresholds | 
     transitions = [transition_row(a, b, runs, rows, thresholds) for a, b in transitions_of(list(runs))]
     first = next(iter(runs.values()))
     summary = dict(preset=meta["config"]["preset"], batch=meta["config"]["batch"],
-                   target_loss=first["result"]["target_loss"], gain_target=target, gain_target_rule=spec,
+                   target_loss=first.result.target_loss, gain_target=target, gain_target_rule=spec,
                    throughput_rule=q_rule,
                    thresholds=dataclasses.asdict(thresholds),
                    families=list(rows.values()), transitions=transitions, missing=missing,
-                   git_sha=first["run"]["environment"]["git_sha"])
+                   git_sha=first.run["environment"]["git_sha"])
     write_json(out / "summary.json", summary)
     _write_csv(out / "chain_table.csv", transitions)
     _figures(out, summary, runs, tuple(meta["tail_window"]))
@@ -353,12 +354,10 @@ def _write_csv(path: pathlib.Path, transitions: Sequence[Mapping]) -> None:
     w.writeheader()
     for t in transitions:
         w.writerow({k: ("" if t.get(k) is None else t.get(k)) for k in CSV_COLUMNS})
-    atomic_write_bytes(path, buf.getvalue().encode())
+    write_text(path, buf.getvalue())
 
 
-def _figures(out: pathlib.Path, summary: dict, runs: Mapping[str, dict], tail: tuple[int, int]) -> None:
-    from spectral_jax import plots
-
+def _figures(out: pathlib.Path, summary: dict, runs: Mapping[str, TierRecords], tail: tuple[int, int]) -> None:
     preset = summary["preset"]
     labelled = [t for t in summary["transitions"] if t["g_tok"] is not None and t["g_thr"] is not None]
     if labelled:
@@ -383,7 +382,7 @@ def _figures(out: pathlib.Path, summary: dict, runs: Mapping[str, dict], tail: t
             plots.save_figure(plots.plot_spectral_atlas(
                 series, title=f"chain ({preset}): {kind} spectra over training", ylabel=ylabel, window=tail),
                 out / f"atlas_{kind}.png")
-    curves = {f: ([e["tokens"] for e in r["evals"]], [e["val_loss"] for e in r["evals"]]) for f, r in runs.items()}
+    curves = {f: ([e.tokens for e in r.evals], [e.val_loss for e in r.evals]) for f, r in runs.items()}
     plots.save_figure(plots.plot_loss_curves(curves, target=summary["target_loss"]), out / "loss_curves.png")
 
 

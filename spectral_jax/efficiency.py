@@ -17,22 +17,20 @@ Pure host-side functions over tidy records (dicts). Definitions:
   argmin |val_loss - target| (first such row on ties; no requirement to be below the target).
 - Min-max: a~ = (a - min) / (max - min) over one family's tiers. If max == min every value maps to NaN (there
   is no ordering to normalise), and a Spearman over such values is NaN as well.
-- Spearman rho: average ranks for ties, Pearson correlation of the ranks, over the pairs where both values are
-  finite. NaN (rho and p) with < 3 such pairs or zero rank variance (the reference toy's `safe_spearman`).
-  Two-sided p: for n <= 9 exact, the fraction of the n! permutations of y's ranks with |rho_perm| >= |rho|
-  (- 1e-12); for n > 9 the Student-t approximation t = rho sqrt((n-2)/(1-rho^2)), df = n - 2 (as
-  scipy.stats.spearmanr), with the t survival function from a continued-fraction incomplete beta (no scipy).
+- Spearman rho: average ranks for ties, Pearson correlation of the ranks (scipy.stats.spearmanr), over the pairs
+  where both values are finite. NaN (rho and p) with < 3 such pairs or zero rank variance (the reference toy's
+  `safe_spearman`). Two-sided p: for n <= 9 exact, the fraction of the n! permutations of y's ranks with
+  |rho_perm| >= |rho| (scipy.stats.permutation_test); for n > 9 scipy's Student-t approximation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 from spectral_jax import spectra as _spectra
 
@@ -164,61 +162,28 @@ class SpearmanResult:
     n: int          # number of finite pairs used
 
 
-def _ranks(a: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties get the average of the ranks they span."""
-    order = np.argsort(a, kind="stable")
-    sorted_a = a[order]
-    starts = np.r_[0, np.flatnonzero(sorted_a[1:] != sorted_a[:-1]) + 1]
-    ends = np.r_[starts[1:], a.size]  # exclusive
-    avg = (starts + ends + 1) / 2.0   # mean of ranks starts+1 .. ends
-    ranks = np.empty(a.size)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
+def _rank_correlation_null(x: np.ndarray, y: np.ndarray) -> float:
+    """Exact two-sided permutation p of Spearman's rho: the share of the n! orderings of y's ranks (x's held
+    fixed) whose |rho| is at least the observed one."""
+    rx = stats.rankdata(x)
+    rx = rx - rx.mean()
 
+    def abs_rho(ry, axis):
+        ry = ry - ry.mean(axis=axis, keepdims=True)
+        return np.abs((ry * rx).sum(axis)) / np.sqrt((rx @ rx) * (ry * ry).sum(axis))
 
-@functools.lru_cache(maxsize=16)
-def _permutations(n: int) -> np.ndarray:
-    return np.asarray(list(itertools.permutations(range(n))), dtype=np.int8)
+    # |rho| with alternative "greater": the null is asymmetric under ties, so 2 min(p_less, p_greater) would not
+    # be the share of |rho_perm| >= |rho|
+    return float(stats.permutation_test((stats.rankdata(y),), abs_rho, permutation_type="pairings",
+                                        vectorized=True, n_resamples=np.inf, alternative="greater").pvalue)
 
 
 _EXACT_MAX_N = 9
 
 
-def _betacf_inc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b) by Lentz's continued fraction (Numerical Recipes betacf)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    if x > (a + 1.0) / (a + b + 2.0):
-        return 1.0 - _betacf_inc(b, a, 1.0 - x)
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return math.exp(log_front) * h / a
-
-
-def student_t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with df degrees of freedom (incomplete-beta identity, no scipy)."""
-    tail = 0.5 * _betacf_inc(df / 2.0, 0.5, df / (df + t * t))
-    return tail if t >= 0 else 1.0 - tail
-
-
 def spearman(x: Sequence[float | None], y: Sequence[float | None]) -> SpearmanResult:
-    """Spearman rho with a two-sided p-value (exact permutation for n <= 9, t-approximation above)."""
+    """Spearman rho (scipy.stats.spearmanr) over the finite pairs, with a two-sided p-value: exact permutation
+    for n <= 9, scipy's t-approximation above. NaN with < 3 pairs or a constant side."""
     x = np.asarray([np.nan if v is None else v for v in x], float)
     y = np.asarray([np.nan if v is None else v for v in y], float)
     if x.shape != y.shape or x.ndim != 1:
@@ -226,24 +191,11 @@ def spearman(x: Sequence[float | None], y: Sequence[float | None]) -> SpearmanRe
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     n = int(x.size)
-    undefined = SpearmanResult(float("nan"), float("nan"), n)
-    if n < 3:
-        return undefined
-    rx, ry = _ranks(x), _ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    if den == 0.0:
-        return undefined
-    rho = float(np.clip(float(rx @ ry) / den, -1.0, 1.0))
-    if n <= _EXACT_MAX_N:
-        null = (ry[_permutations(n)] @ rx) / den
-        p = float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
-    elif abs(rho) == 1.0:
-        p = 0.0
-    else:
-        t = rho * math.sqrt((n - 2) / ((1.0 - rho) * (1.0 + rho)))
-        p = min(1.0, 2.0 * student_t_sf(abs(t), n - 2))
-    return SpearmanResult(rho, p, n)
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return SpearmanResult(float("nan"), float("nan"), n)
+    res = stats.spearmanr(x, y)
+    p = _rank_correlation_null(x, y) if n <= _EXACT_MAX_N else float(res.pvalue)
+    return SpearmanResult(float(res.statistic), p, n)
 
 
 # ---- early prediction ----------------------------------------------------------------------------------
@@ -357,98 +309,3 @@ def spearman_vs_progress(runs: Mapping[Hashable, Mapping], *, windows: Sequence[
             rows.append(dict(fraction=float(f), window=[int(lo), int(hi)], rho=res.rho, p_value=res.p_value,
                              n=res.n))
     return rows
-
-
-# ---- learning-vs-throughput taxonomy (paper §4; the rule is ours, the paper's assignments are qualitative) ----
-ACTIVATION_LED = "activation-led learning"
-GRADIENT_LED = "gradient-led learning"
-THROUGHPUT_LED = "throughput execution-leaning"
-MIXED = "mixed/tradeoff"
-TAXONOMY_LABELS = (ACTIVATION_LED, GRADIENT_LED, THROUGHPUT_LED, MIXED)
-
-ACTIVATION_FEATURES = ("d_act_alpha_head", "d_act_head_mass", "path_sep_act")
-GRADIENT_FEATURES = ("d_grad_log_rankme", "d_grad_alpha", "d_grad_head_mass", "path_sep_grad")
-
-
-@dataclasses.dataclass(frozen=True)
-class TaxonomyThresholds:
-    """What counts as a change. Gains are natural-log (g_tok, g_thr); spectral features are deltas b - a of the
-    final-checkpoint summaries, and path separations are mean JS divergences over matched-loss checkpoints.
-
-    A transition's activation score is max(|feature| / threshold) over ACTIVATION_FEATURES, its gradient score
-    the same over GRADIENT_FEATURES (features that are missing are skipped); a score >= 1 is a shift."""
-
-    tok: float = 0.05  # |g_tok| beyond this: b needs fewer / more tokens (about 5 %)
-    thr: float = 0.05  # |g_thr| beyond this: b runs faster / slower
-    act_alpha_head: float = 0.10  # |delta alpha_head| of the final activation spectrum
-    act_head_mass: float = 0.02  # |delta top-10 mass| of the final activation spectrum
-    act_path_js: float = 0.02  # mean activation-spectrum JS along the matched-loss path
-    grad_log_rankme: float = 0.10  # |delta ln RankMe| of the final gradient spectrum (about 10 %)
-    grad_alpha: float = 0.10  # |delta alpha_tail| of the final gradient spectrum
-    grad_head_mass: float = 0.02  # |delta top-10 mass| of the final gradient spectrum
-    grad_path_js: float = 0.02  # mean gradient-spectrum JS along the matched-loss path
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"taxonomy threshold {f.name} must be positive and finite, got {v!r}")
-
-
-_FEATURE_THRESHOLD = dict(d_act_alpha_head="act_alpha_head", d_act_head_mass="act_head_mass",
-                          path_sep_act="act_path_js", d_grad_log_rankme="grad_log_rankme",
-                          d_grad_alpha="grad_alpha", d_grad_head_mass="grad_head_mass", path_sep_grad="grad_path_js")
-
-
-def spectral_scores(features: Mapping[str, float | None],
-                    thresholds: TaxonomyThresholds = TaxonomyThresholds()) -> tuple[float, float]:
-    """(activation score, gradient score): the largest |feature| / threshold of each side; NaN if a side has
-    no finite feature."""
-    def score(names):
-        vals = [abs(float(features[n])) / getattr(thresholds, _FEATURE_THRESHOLD[n])
-                for n in names if _finite(features.get(n))]
-        return max(vals) if vals else float("nan")
-
-    return score(ACTIVATION_FEATURES), score(GRADIENT_FEATURES)
-
-
-def classify_transition(g_tok: float | None, g_thr: float | None, features: Mapping[str, float | None],
-                        thresholds: TaxonomyThresholds = TaxonomyThresholds()) -> dict:
-    """Label one transition a -> b. The rule, in order:
-
-    1. no label (None) when either gain is missing (a run that never reached the target);
-    2. token gain (g_tok > tok) without a throughput loss (g_thr >= -thr) is LEARNING; it is activation-led when
-       the activation score is >= 1 and at least the gradient score, gradient-led when the gradient score is
-       >= 1 (and larger), and mixed/tradeoff when neither spectrum moved beyond its thresholds;
-    3. throughput gain (g_thr > thr) with no token change either way (|g_tok| <= tok) is execution-leaning;
-    4. everything else is mixed/tradeoff: a gain on one axis paid for on the other, a regression, or no
-       change beyond the thresholds (the reason says which).
-
-    Returns {"label", "reason", "act_score", "grad_score"}.
-    """
-    act, grad = spectral_scores(features, thresholds)
-    out = dict(act_score=act, grad_score=grad)
-    if not (_finite(g_tok) and _finite(g_thr)):
-        return dict(out, label=None, reason="no gains: a run of the transition did not reach the target")
-    t, q = thresholds.tok, thresholds.thr
-    learn, worse = g_tok > t, g_tok < -t
-    faster, slower = g_thr > q, g_thr < -q
-    if learn and not slower:
-        a = act if math.isfinite(act) else 0.0
-        g = grad if math.isfinite(grad) else 0.0
-        if a >= 1 and a >= g:
-            return dict(out, label=ACTIVATION_LED, reason="token gain; the activation spectrum moved most")
-        if g >= 1:
-            return dict(out, label=GRADIENT_LED, reason="token gain; the gradient spectrum moved most")
-        return dict(out, label=MIXED, reason="token gain without a spectral shift beyond the thresholds")
-    if faster and not learn and not worse:
-        return dict(out, label=THROUGHPUT_LED, reason="throughput gain at unchanged tokens to target")
-    if learn and slower:
-        reason = "token gain paid for in throughput"
-    elif faster and worse:
-        reason = "throughput gain paid for in tokens to target"
-    elif worse or slower:
-        reason = "regression: more tokens or lower throughput without a gain on the other axis"
-    else:
-        reason = "no change beyond the thresholds"
-    return dict(out, label=MIXED, reason=reason)

@@ -31,7 +31,6 @@ LOCAL_WINDOWS: tuple[Window, ...] = ((10, 40), (40, 90), (100, 200))
 HEAD_WINDOW: Window = (1, 10)
 """alpha_head window: the toy code's ranks 1-10 (the paper gives none for the LM)."""
 
-_TAIL_WINDOWS: dict[str, Window] = {"d12": (100, 200), "d36": (200, 400), "d48": (400, 800)}
 _REFERENCE_WIDTH = 768  # d12 width, the tier whose [100, 200] window `scaled_tail_window` scales
 
 
@@ -132,17 +131,12 @@ def alpha_head(values, window: Window = HEAD_WINDOW) -> AlphaFit:
     return alpha(values, window)
 
 
-def tail_window(tier: str) -> Window:
-    """The alpha_tail rank window of a tier: d12 [100,200], d36 [200,400], d48 [400,800].
+def tail_window(preset: str) -> Window:
+    """The alpha_tail rank window of a preset: d12 [100,200], d36 [200,400], d48 [400,800], tiny [8, 17] (d12's
+    scaled by width, `scaled_tail_window`). Looked up in `spectral_jax.presets`."""
+    from spectral_jax.presets import get_preset  # presets builds on this module; import on use avoids the cycle
 
-    "tiny" (width 64) uses d12's window scaled by width: [8, 17] (see `scaled_tail_window`).
-    """
-    if tier in _TAIL_WINDOWS:
-        return _TAIL_WINDOWS[tier]
-    if tier == "tiny":
-        return scaled_tail_window(64)
-    raise ValueError(f"unknown tier {tier!r}; choose one of {sorted(_TAIL_WINDOWS) + ['tiny']} "
-                     "or call scaled_tail_window(d_model)")
+    return get_preset(preset).tail_window
 
 
 def scaled_tail_window(d_model: int) -> Window:

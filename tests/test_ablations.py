@@ -15,9 +15,11 @@ import pytest
 
 from spectral_jax import ablations
 from spectral_jax.ablations import AblationConfig
+from spectral_jax.presets import ProbeOverrides
+from spectral_jax.train_config import TrainOverrides
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TRAIN = dict(target_loss=7.5, max_tokens=12_288, eval_every_tokens=2_048, val_tokens=2_048, probe_every_evals=1,
+TRAIN = TrainOverrides(target_loss=7.5, max_tokens=12_288, eval_every_tokens=2_048, val_tokens=2_048, probe_every_evals=1,
              checkpoint_every_tokens=1 << 30, micro_batch=1)
 
 
@@ -26,8 +28,8 @@ def quiet(_msg):
 
 
 def _cfg(out, **kw):
-    base = dict(out=str(out), tiers=(1, 2, 4), batch=1, seeds=(42, 43), pool_sequences=8, grad_samples=8,
-                split_sequences=4, train_overrides=TRAIN)
+    base = dict(out=str(out), tiers=(1, 2, 4), batch=1, seeds=(42, 43),
+                probe=ProbeOverrides(pool_sequences=8, grad_samples=8), split_sequences=4, train=TRAIN)
     return AblationConfig(**{**base, **kw})
 
 

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from spectral_jax.runs import SweepConfig, format_table, run_batch_sweep, summarize_sweep
+from spectral_jax.batch_sweep import SweepConfig, format_table, run_batch_sweep, summarize_sweep
+from spectral_jax.presets import ProbeOverrides
+from spectral_jax.train_config import TrainOverrides
 
 FIGURES = ("matched_loss_activation_spectra.png", "gradient_spectra.png", "early_alpha_vs_eps_tok.png",
            "loss_curves.png", "spearman_vs_progress.png")
@@ -28,8 +30,8 @@ def _strip_timing(summary):
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     cfg = SweepConfig(
-        family="betterwin", preset="tiny", tiers=(1, 2, 4), out=str(out), pool_sequences=8, grad_samples=8,
-        train_overrides=dict(target_loss=6.5, max_tokens=24_576, eval_every_tokens=2_048, val_tokens=2_048,
+        family="betterwin", preset="tiny", tiers=(1, 2, 4), out=str(out), probe=ProbeOverrides(pool_sequences=8, grad_samples=8),
+        train=TrainOverrides(target_loss=6.5, max_tokens=24_576, eval_every_tokens=2_048, val_tokens=2_048,
                              checkpoint_every_tokens=4_096, probe_every_evals=1,
                              keep_checkpoints=2, micro_batch=1))
     summary = run_batch_sweep(cfg, log=lambda m: None)

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from spectral_jax import efficiency as eff
+from spectral_jax import taxonomy as eff
 from spectral_jax.chain import CSV_COLUMNS, ChainConfig, family_batch, run_chain, summarize_chain, transitions_of
-from spectral_jax.efficiency import TaxonomyThresholds
+from spectral_jax.taxonomy import TaxonomyThresholds
 from spectral_jax.models import make_config
 
 ACT = dict(d_act_alpha_head=0.4, d_act_head_mass=0.05, d_grad_log_rankme=0.02)

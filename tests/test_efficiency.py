@@ -131,12 +131,7 @@ def test_spearman_exact_pvalue():
     assert eff.spearman([1, 2, 3, 4], [4, 3, 2, 1]).p_value == pytest.approx(2 / 24)
     assert eff.spearman(range(9), range(9)).p_value == pytest.approx(2 / math.factorial(9))
     r = eff.spearman(range(10), range(10))
-    assert r.rho == 1.0 and r.p_value == 0.0
-
-
-def test_student_t_sf_matches_scipy():
-    for t, df in [(0.0, 3), (0.5, 1), (2.0, 8), (-1.3, 5), (4.0, 30), (12.0, 7), (0.01, 100)]:
-        assert eff.student_t_sf(t, df) == pytest.approx(stats.t.sf(t, df), rel=1e-10, abs=1e-300)
+    assert r.rho == pytest.approx(1.0, abs=1e-15) and r.p_value < 1e-50  # scipy's t-approximation above n = 9
 
 
 def test_spearman_nan_cases():

@@ -10,15 +10,17 @@ import sys
 
 import pytest
 
-from spectral_jax import sweep
-from spectral_jax.lr_select import LRSweepConfig, preset_rungs, run_lr_sweep
+from spectral_jax import halving as sweep
+from spectral_jax.batch_sweep import SweepConfig, resolve_lr, run_batch_sweep
+from spectral_jax.lr_sweep import LRSweepConfig, preset_rungs, run_lr_sweep
 from spectral_jax.models import make_config
 from spectral_jax.optim import group_learning_rates
-from spectral_jax.runs import SweepConfig, resolve_lr, run_batch_sweep
-from spectral_jax.train import read_jsonl, train_config
+from spectral_jax.presets import get_preset
+from spectral_jax.records import read_jsonl
+from spectral_jax.train_config import TrainOverrides
 
 RUNGS = (4096, 8192, 12288)  # 1, 2, 3 steps at B = 8; 2, 4, 6 at B = 4
-TRAIN = dict(val_tokens=1024)  # eval every 4,096 tokens (preset) on 2 sequences
+TRAIN = TrainOverrides(val_tokens=1024)  # eval every 4,096 tokens (preset) on 2 sequences
 FIGURES = ("betterwin_lr_rung_losses.png", "betterwin_selected_lr_vs_batch.png")
 
 
@@ -27,7 +29,7 @@ def lr_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("lr_sweep")
     logs = []
     cfg = LRSweepConfig(family="betterwin", preset="tiny", tiers=(4, 8), rungs=RUNGS, out=str(out),
-                        train_overrides=TRAIN)
+                        train=TRAIN)
     summary = run_lr_sweep(cfg, log=logs.append)
     return cfg, out, summary, logs
 
@@ -119,7 +121,7 @@ def test_killed_sweep_resumes_through_the_cli_to_the_same_table(lr_sweep, tmp_pa
     for s in survivors:
         (tier / f"lr_{s}" / "result.json").unlink()
     proc = _cli("--family=betterwin", "--tiers=4,8", f"--rungs={','.join(map(str, RUNGS))}",
-                f"--val_tokens={TRAIN['val_tokens']}", f"--out={copy}")
+                f"--val_tokens={TRAIN.val_tokens}", f"--out={copy}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[B=4] eval step" not in proc.stderr, "the finished tier must not train again"
     assert json.loads((copy / "lr_table.json").read_text()) == json.loads((out / "lr_table.json").read_text())
@@ -135,7 +137,7 @@ def test_resume_refuses_results_of_other_settings(lr_sweep, tmp_path):
     cfg, out, _, _ = lr_sweep
     copy = tmp_path / "other"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints"))
-    other = LRSweepConfig(**{**cfg.__dict__, "out": str(copy), "train_overrides": {**TRAIN, "target_loss": 5.0}})
+    other = LRSweepConfig(**{**cfg.__dict__, "out": str(copy), "train": TrainOverrides(val_tokens=1024, target_loss=5.0)})
     with pytest.raises(ValueError, match=r"B4 holds LR-sweep results made with other settings \(train differ\)"):
         run_lr_sweep(other, log=lambda m: None)
 
@@ -157,11 +159,11 @@ def test_batch_sweep_cli_lr_auto_without_a_table_says_how_to_make_one(tmp_path):
 
 
 def test_preset_rungs_scale_the_reference_rungs():
-    tiny = preset_rungs("betterwin", "tiny", train_config("tiny"))
+    tiny = preset_rungs("betterwin", "tiny", get_preset("tiny").train)
     # 50M/150M/500M x (8 x 512 / (8 x 65,536)) x schedule_scale 0.05, rounded up to the 4,096-token evals
     assert tiny == (20_480, 61_440, 196_608)
-    d12 = preset_rungs("betterwin", "d12", train_config("d12"))
+    d12 = preset_rungs("betterwin", "d12", get_preset("d12").train)
     assert d12 == (52_428_800, 157_286_400, 524_288_000)  # whole 52.4M-token evals
-    assert preset_rungs("baseline", "tiny", train_config("tiny")) == tiny  # prefix: 32 x 128 tokens per step
+    assert preset_rungs("baseline", "tiny", get_preset("tiny").train) == tiny  # prefix: 32 x 128 tokens per step
     with pytest.raises(ValueError, match="strictly increasing"):
         run_lr_sweep(LRSweepConfig(rungs=(8192, 4096), out=os.devnull))

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from spectral_jax.models import FAMILIES, TIERS, ModelConfig, make_config, param_count
+from spectral_jax.models import FAMILIES, ModelConfig, base_config, make_config, param_count
+from spectral_jax.presets import get_preset, preset_names
 from spectral_jax.models.config import family_chain
 from spectral_jax.optim import OptimConfig
 
@@ -25,7 +26,7 @@ SCALE_COUNTS = [
 
 def test_family_names_and_order():
     assert list(FAMILIES) == NAMES
-    assert list(TIERS) == ["tiny", "d12", "d36", "d48"]
+    assert preset_names()[:4] == ("tiny", "d12", "d36", "d48")
 
 
 def test_chain_branches_off_lswa():
@@ -47,7 +48,7 @@ def test_each_family_is_a_delta_over_its_parent(name):
 
 @pytest.mark.parametrize("bad,match", [
     (dict(family="nope", tier="d12"), "unknown family 'nope'; choose one of \\['baseline'"),
-    (dict(family="rope", tier="d24"), "unknown tier 'd24'; choose one of \\['tiny', 'd12', 'd36', 'd48'\\]"),
+    (dict(family="rope", tier="d24"), "unknown preset 'd24'; choose one of \\['d12', 'd36', 'd48', 'tiny'\\]"),
 ])
 def test_unknown_family_or_tier(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -60,7 +61,8 @@ def test_config_is_frozen_hashable_and_replaceable():
         cfg.n_layer = 3
     assert hash(cfg) == hash(make_config("lswa", "d12"))
     assert cfg.replace(attn_scale=0.12) == make_config("attnscale", "d12")
-    assert ModelConfig.d12() == TIERS["d12"].base() and ModelConfig.tiny().d_model == 64
+    assert ModelConfig.preset("d12") == base_config(get_preset("d12").model)
+    assert ModelConfig.preset("tiny").d_model == 64
 
 
 def test_tier_dimensions_and_sequence_lengths():

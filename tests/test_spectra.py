@@ -68,7 +68,7 @@ def test_tail_windows():
     assert spectra.tail_window("d36") == (200, 400)
     assert spectra.tail_window("d48") == (400, 800)
     assert spectra.tail_window("tiny") == (8, 17)
-    with pytest.raises(ValueError, match="unknown tier"):
+    with pytest.raises(ValueError, match="unknown preset"):
         spectra.tail_window("d99")
 
 

@@ -8,8 +8,12 @@ import pytest
 
 from spectral_jax.data import load_shard_dir, write_dataset
 from spectral_jax.models import make_config
-from spectral_jax.train import (Schedules, TrainConfig, TrainingDiverged, lr_multiplier_for_batch, read_jsonl,
-                                result_answers, train, truncate_jsonl)
+from spectral_jax.checkpoints import result_answers
+from spectral_jax.halving import lr_multiplier_for_batch
+from spectral_jax.records import read_jsonl, truncate_jsonl
+from spectral_jax.train import TrainingDiverged, train
+from spectral_jax.train_config import TrainConfig
+from spectral_jax.train_step import Schedules, TrainStep, _lr_field, _make_apply
 
 SMALL = dict(n_layer=2, vocab_size=256, eot_id=0)
 
@@ -127,14 +131,14 @@ def test_continuing_to_a_larger_budget_equals_a_straight_run(dataset, tmp_path):
 def test_a_finished_result_is_reused_only_when_it_answers_the_budget(dataset):
     sched = Schedules.build(_config(), _tc())  # 12 steps, evals every 3
     assert sched.max_steps == 12 and sched.eval_every_steps == 3
-    assert result_answers(dict(status="budget", steps=12, budget_eval=False), sched)
-    assert not result_answers(dict(status="budget", steps=7, budget_eval=True), sched), "must continue"
-    assert not result_answers(dict(status="budget", steps=15, budget_eval=False), sched), "past this budget"
-    assert result_answers(dict(status="reached", steps=6, budget_eval=False), sched)
-    assert not result_answers(dict(status="reached", steps=15, budget_eval=False), sched)
+    assert result_answers(dict(status="budget", steps=12, budget_eval=False), sched.max_steps)
+    assert not result_answers(dict(status="budget", steps=7, budget_eval=True), sched.max_steps), "must continue"
+    assert not result_answers(dict(status="budget", steps=15, budget_eval=False), sched.max_steps), "past this budget"
+    assert result_answers(dict(status="reached", steps=6, budget_eval=False), sched.max_steps)
+    assert not result_answers(dict(status="reached", steps=15, budget_eval=False), sched.max_steps)
     # reached at an eval made only because it was a smaller budget's last step: the straight run has no eval there
-    assert not result_answers(dict(status="reached", steps=7, budget_eval=True), sched)
-    assert result_answers(dict(status="diverged", steps=5, budget_eval=False), sched)
+    assert not result_answers(dict(status="reached", steps=7, budget_eval=True), sched.max_steps)
+    assert result_answers(dict(status="diverged", steps=5, budget_eval=False), sched.max_steps)
 
 
 def test_resume_refuses_a_checkpoint_from_another_config(dataset, tmp_path):
@@ -191,7 +195,6 @@ def test_traced_peak_lrs_update_exactly_as_constant_lrs(family):
 
     from spectral_jax.models.gpt import GPT
     from spectral_jax.optim import group_learning_rates, make_optimizer, schedule_steps
-    from spectral_jax.train import _lr_field, _make_apply
 
     config = _config(family)
     graphdef, params = nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param)
@@ -237,7 +240,6 @@ def test_train_step_on_flat_leaves_equals_the_pytree_step():
 
     from spectral_jax.models.gpt import GPT
     from spectral_jax.optim import group_learning_rates
-    from spectral_jax.train import TrainStep
 
     config = _config("unet")  # Muon and Adam groups, scalars
     lrs = group_learning_rates(config, 1.0)

@@ -22,9 +22,10 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 
 import numpy as np
+
+from spectral_jax.records import atomic_write_bytes
 
 MAGIC = 20240520
 VERSION = 1
@@ -35,23 +36,6 @@ SPLITS = ("train", "val", "pool")
 
 class ShardError(ValueError):
     """A shard or shard directory that cannot be read; the message names the file and the fix."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Write via a temp file in the same directory + rename, so readers never see a partial file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_shard(path: str | os.PathLike, tokens) -> pathlib.Path:

@@ -7,7 +7,7 @@ import math
 import jax
 from flax import nnx
 
-from spectral_jax.models.config import FAMILIES, TIERS, Family, ModelConfig, Tier, make_config
+from spectral_jax.models.config import FAMILIES, Family, ModelConfig, base_config, make_config
 from spectral_jax.models.gpt import GPT, cross_entropy, cross_entropy_per_sequence
 
 
@@ -27,6 +27,6 @@ def param_count(family: str, tier: str) -> int:
 
 
 __all__ = [
-    "FAMILIES", "TIERS", "Family", "GPT", "ModelConfig", "Tier", "abstract_model", "count_params",
+    "FAMILIES", "Family", "GPT", "ModelConfig", "abstract_model", "base_config", "count_params",
     "cross_entropy", "cross_entropy_per_sequence", "make_config", "param_count",
 ]

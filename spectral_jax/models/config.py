@@ -6,23 +6,9 @@ tier's dimensions) and folds every delta from the root down to `family`. A delta
 values; the key "optim" holds a dict of OptimConfig field deltas; a `Derived` value is computed from the
 partially folded config and the tier (e.g. the trunk sequence length, the scaled no-attention layer).
 
-Tiers (docs/method.md §4 "Tier dimensions"):
-  d12  12 layers, 6 heads x 128 = 768; T 1024 for the prefix families (baseline..unet), 65,536 from fixedwin.
-  d36  36 layers, 20 heads x 64 = 1280; T 32,768 for trunk families (prefix families keep 1024).
-  d48  48 layers, 25 heads x 64 = 1600; T 32,768 likewise.
-  tiny CPU preset that runs every code path: 8 layers, 2 heads x 32 = 64, a compact 8,192-token vocabulary
-       (EOT id 0): the data layer maps the 8,190 most frequent GPT-2 tokens of the train split to their own ids
-       and the rest to one UNK id (spectral_jax.data.vocab; 99.2 % of the embedded corpus keeps its id). With
-       the full 50,304 vocabulary the LM head and its softmax were 60 % of a CPU step (520 tokens/s), too slow
-       for a six-tier sweep on two cores. Prefix T 128, trunk T 512. The attention block
-       size and every window length are the d12 values divided by 8: block 16 (d12 128), window 8..224
-       tokens (64..1792), window quantum 8 (64), fixed window 128 (1024); so the band reaches 14 blocks as
-       at d12, and T 512 holds 32 blocks. 8 layers (not 6) so that the scaled sparse value-embedding
-       pattern keeps its middle None layers (k = clamp(round(2), 3, 4) = 3 -> [0,1,2,None,None,0,1,2]);
-       the no-attention layer is min(7, 5) = 5 and LSWA is L S S S | S S S L. Compute in float32 (CPU).
-       The FP8 head's gradient scale is 2^16, not 2^29: 2^29 is sized for dlogits of a 524,288-token optimizer
-       step (|g| <= 1/524,288) and overflows float8_e5m2 (max 57,344) at tiny batches; with 2^16, |g * s| <=
-       2^16/N stays finite for every batch of N >= 2 tokens.
+Preset dimensions (tiny, d12, d36, d48: `spectral_jax.presets`, docs/method.md §4): d12 12 layers, 6 heads x 128
+= 768, T 1024 for the prefix families (baseline..unet) and 65,536 from fixedwin; d36 36 x (20 x 64), d48
+48 x (25 x 64), trunk T 32,768; tiny is the CPU preset that runs every code path.
 
 Scaled rules for any even L (docs/method.md §4): no-attention layer min(L-1, L//2+1); sparse value-embedding
 pattern k = clamp(round(L/4), 3, L//2) front layers cycling tables 0,1,2,..., then L-2k None, then the same
@@ -40,6 +26,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 from spectral_jax.optim import OptimConfig
+from spectral_jax.presets import ModelDims, get_preset
 
 POSITIONS = ("learned", "rope", "trunc_rope")
 VALUE_MIXES = ("none", "block0", "vte", "vte_half", "sparse")
@@ -190,71 +177,29 @@ class ModelConfig:
     def resolved_probe_layers(self) -> tuple[int, ...]:
         return tuple(sorted({i % self.n_layer for i in self.probe_layers}))
 
-    # ---- presets ---------------------------------------------------------------------------------
     @classmethod
-    def tiny(cls, **override) -> ModelConfig:
-        return TIERS["tiny"].base(**override)
-
-    @classmethod
-    def d12(cls, **override) -> ModelConfig:
-        return TIERS["d12"].base(**override)
-
-    @classmethod
-    def d36(cls, **override) -> ModelConfig:
-        return TIERS["d36"].base(**override)
-
-    @classmethod
-    def d48(cls, **override) -> ModelConfig:
-        return TIERS["d48"].base(**override)
+    def preset(cls, name: str, **override) -> ModelConfig:
+        """The baseline architecture at a preset's dimensions (spectral_jax.presets)."""
+        return base_config(get_preset(name).model, **override)
 
 
-@dataclasses.dataclass(frozen=True)
-class Tier:
-    """Dimensions, sequence lengths and window geometry of one model size."""
-
-    name: str
-    n_layer: int
-    n_head: int
-    head_dim: int
-    prefix_seq_len: int
-    trunk_seq_len: int
-    attn_block_size: int = 128
-    window_min: int = 64
-    window_max: int = 1792
-    window_quantum: int = 64
-    fixed_window: int = 1024
-    compute_dtype: str = "bfloat16"
-    fp8_grad_scale: float = float(2**29)
-    vocab_size: int = 50304
-    eot_id: int = 50256
-
-    def base(self, **override) -> ModelConfig:
-        fields = dict(
-            n_layer=self.n_layer, n_head=self.n_head, head_dim=self.head_dim,
-            d_model=self.n_head * self.head_dim, seq_len=self.prefix_seq_len,
-            attn_block_size=self.attn_block_size, window_min=self.window_min, window_max=self.window_max,
-            window_quantum=self.window_quantum, fixed_window=self.fixed_window,
-            compute_dtype=self.compute_dtype, fp8_grad_scale=self.fp8_grad_scale,
-            vocab_size=self.vocab_size, eot_id=self.eot_id,
-        )
-        return ModelConfig(**{**fields, **override})
-
-
-TIERS: Mapping[str, Tier] = types.MappingProxyType({
-    "tiny": Tier("tiny", 8, 2, 32, prefix_seq_len=128, trunk_seq_len=512, attn_block_size=16,
-                 window_min=8, window_max=224, window_quantum=8, fixed_window=128,
-                 compute_dtype="float32", fp8_grad_scale=float(2**16), vocab_size=8192, eot_id=0),
-    "d12": Tier("d12", 12, 6, 128, prefix_seq_len=1024, trunk_seq_len=65_536),
-    "d36": Tier("d36", 36, 20, 64, prefix_seq_len=1024, trunk_seq_len=32_768),
-    "d48": Tier("d48", 48, 25, 64, prefix_seq_len=1024, trunk_seq_len=32_768),
-})
+def base_config(dims: ModelDims, **override) -> ModelConfig:
+    """The baseline architecture at a preset's dimensions (prefix sequence length), with `override`."""
+    fields = dict(
+        n_layer=dims.n_layer, n_head=dims.n_head, head_dim=dims.head_dim, d_model=dims.d_model,
+        seq_len=dims.prefix_seq_len, attn_block_size=dims.attn_block_size, window_min=dims.window_min,
+        window_max=dims.window_max, window_quantum=dims.window_quantum, fixed_window=dims.fixed_window,
+        compute_dtype=dims.compute_dtype, fp8_grad_scale=dims.fp8_grad_scale, vocab_size=dims.vocab_size,
+        eot_id=dims.eot_id,
+    )
+    return ModelConfig(**{**fields, **override})
 
 
 @dataclasses.dataclass(frozen=True)
 class Derived:
     """A delta value computed from the config folded so far and the tier."""
 
-    fn: Callable[[ModelConfig, Tier], Any]
+    fn: Callable[[ModelConfig, ModelDims], Any]
     text: str
 
     def __repr__(self) -> str:
@@ -357,7 +302,7 @@ def family_chain(family: str) -> list[str]:
     return chain[::-1]
 
 
-def _fold(cfg: ModelConfig, delta: Mapping[str, Any], tier: Tier) -> ModelConfig:
+def _fold(cfg: ModelConfig, delta: Mapping[str, Any], tier: ModelDims) -> ModelConfig:
     changes = {}
     for key, value in delta.items():
         if isinstance(value, Derived):
@@ -374,15 +319,14 @@ _DIMENSION_FIELDS = frozenset({
 })
 
 
-def make_config(family: str, tier: str, **override) -> ModelConfig:
-    """Fold the chain of deltas from the root down to `family` onto `tier`'s base, then `override`.
+def make_config(family: str, tier: str | ModelDims, **override) -> ModelConfig:
+    """Fold the chain of deltas from the root down to `family` onto a preset's base (`tier`: a preset name or
+    its ModelDims), then `override`.
 
     Dimension overrides (n_layer, d_model, vocab_size, ...) also go into the base, so derived deltas such as
     the no-attention layer follow them."""
-    if tier not in TIERS:
-        raise ValueError(f"unknown tier {tier!r}; choose one of {list(TIERS)}")
-    tier_spec = TIERS[tier]
-    cfg = tier_spec.base(**{k: v for k, v in override.items() if k in _DIMENSION_FIELDS})
+    tier_spec = get_preset(tier).model if isinstance(tier, str) else tier
+    cfg = base_config(tier_spec, **{k: v for k, v in override.items() if k in _DIMENSION_FIELDS})
     for name in family_chain(family):
         cfg = _fold(cfg, FAMILIES[name].delta, tier_spec)
     return _fold(cfg, override, tier_spec) if override else cfg

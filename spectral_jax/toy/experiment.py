@@ -1,7 +1,7 @@
 """The toy experiment: batch x stage sweep with LR selection by successive halving, probes, figures, summary.
 
-For every seed, stage and batch B: LR candidates base * {sqrt(B/B0), B/B0} * multipliers (spectral_jax.sweep.
-lr_candidates); on the first seed `selection_seeds` they compete by successive halving (spectral_jax.sweep.
+For every seed, stage and batch B: LR candidates base * {sqrt(B/B0), B/B0} * multipliers (spectral_jax.halving.
+lr_candidates); on the first seed `selection_seeds` they compete by successive halving (spectral_jax.halving.
 successive_halving, survivors continue in memory), later seeds train the LR chosen for (stage, B) on seed 0 (or
 run their own halving with selection="every_seed"). The winner's snapshots are then probed (spectral_jax.toy.
 probes) and the run is written to DIR/runs/{stage}_B{B}_seed{seed}.json; an existing file of the same
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import pathlib
 import time
@@ -23,13 +22,15 @@ from typing import Any
 import numpy as np
 
 from spectral_jax import efficiency
-from spectral_jax import sweep as sweep_lib
+from spectral_jax import halving as sweep_lib
+from spectral_jax.toy import figures as figs
 from spectral_jax.toy import fourier
 from spectral_jax.toy import task as task_lib
 from spectral_jax.toy.model import STAGES, ToyDims, check_stage
 from spectral_jax.toy.probes import ToyProbeConfig, ToyProber, band_key
 from spectral_jax.toy.train import ToyRun, ToyTrainConfig
-from spectral_jax.train import environment, log_stderr, write_json
+from spectral_jax.fields import option, overrides_of
+from spectral_jax.records import environment, json_text, log_stderr, read_json, to_jsonable, write_json
 
 SELECTIONS = ("first_seed", "every_seed")
 
@@ -38,28 +39,28 @@ SELECTIONS = ("first_seed", "every_seed")
 class ToyExperimentConfig:
     """Everything one toy experiment depends on (the run files' fingerprint is a hash of it)."""
 
-    stages: tuple[str, ...] = STAGES
-    batches: tuple[int, ...] = (8, 16, 32, 64)
-    seeds: tuple[int, ...] = (0, 1)
-    target: float = 2.0
-    max_steps: int = 5000
-    eval_every: int = 10
-    val_sequences: int | None = None
-    measure_every: int = 1  # parameter snapshots every measure_every-th eval (`probe_steps` picks which to probe)
-    micro_batch: int = 128
-    lr_base: float = 3e-4
-    reference_batch: int = 32
-    lr_multipliers: tuple[float, ...] = sweep_lib.MULTIPLIERS
-    lr_centers: tuple[str, ...] = sweep_lib.CENTERS
-    scale_steps: bool = True  # max_steps and eval_every are at reference_batch; B < B0 runs B0/B times more steps
-    rung_fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
-    eta: float = 2.0
-    selection: str = "first_seed"
-    checkpoint_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)  # of max_steps: the three ΔH_peak checkpoints
-    progress_fractions: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
-    task: task_lib.TaskConfig = task_lib.TaskConfig()
-    probe: ToyProbeConfig = ToyProbeConfig()
-    dims: ToyDims = ToyDims()
+    stages: tuple[str, ...] = option(STAGES, "stages of baseline,rope,muon,untied")
+    batches: tuple[int, ...] = option((8, 16, 32, 64), "batch sizes (sequences per step)")
+    seeds: tuple[int, ...] = option((0, 1), "seeds (task data, init and batch order)")
+    target: float = option(2.0, "stop at the first eval with val loss <= target")
+    max_steps: int = option(5000, "step budget per run (at the reference batch; see scale_steps)")
+    eval_every: int = option(10, "eval cadence in steps")
+    val_sequences: int | None = option(None, "validation sequences per eval (0 or None = the whole val split)")
+    measure_every: int = option(1, "probe snapshot every N evals (`probe_steps` picks which to probe)")
+    micro_batch: int = option(128, "sequences per forward/backward")
+    lr_base: float = option(3e-4, "base LR at the reference batch (AdamW groups; Muon matrices use 50x)")
+    reference_batch: int = option(32, "B0 of the LR scaling and the step scaling")
+    lr_multipliers: tuple[float, ...] = option(sweep_lib.MULTIPLIERS, "LR multipliers around each scaling centre")
+    lr_centers: tuple[str, ...] = option(sweep_lib.CENTERS, "LR scaling centres (sqrt, linear, none)")
+    scale_steps: bool = option(True, "max_steps and eval_every are at reference_batch; B < B0 runs B0/B times more steps")
+    rung_fractions: tuple[float, ...] = option((0.125, 0.25, 0.5, 1.0), "successive-halving rung budgets as fractions of max_steps, ending at 1", name="rungs")
+    eta: float = option(2.0, "keep the best 1/eta of the LR candidates at each rung")
+    selection: str = option("first_seed", "LR selection on the first seed only (first_seed: later seeds reuse its LR), or on every seed (every_seed)")
+    checkpoint_fractions: tuple[float, ...] = option((0.25, 0.5, 1.0), "fractions of max_steps: the three ΔH_peak checkpoints")
+    progress_fractions: tuple[float, ...] = option(tuple(round(0.1 * i, 1) for i in range(1, 11)), "training-progress fractions of the Spearman-vs-progress tables")
+    task: task_lib.TaskConfig = option(task_lib.TaskConfig(), "the task", flag=False)
+    probe: ToyProbeConfig = option(ToyProbeConfig(), "probe sizes", flag=False)
+    dims: ToyDims = option(ToyDims(), "model dimensions", flag=False)
 
     def __post_init__(self):
         if not self.stages:
@@ -109,18 +110,8 @@ class ToyExperimentConfig:
         return sorted({min(top, max(grid, round(f * top / grid) * grid)) for f in self.checkpoint_fractions})
 
     def fingerprint(self) -> str:
-        text = json.dumps(_jsonable(dataclasses.asdict(self)), sort_keys=True)
+        text = json_text(self)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x
 
 
 def run_name(stage: str, batch: int, seed: int) -> str:
@@ -198,7 +189,7 @@ def run_toy_experiment(cfg: ToyExperimentConfig, out: str | pathlib.Path,
     out = pathlib.Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     fp = cfg.fingerprint()
-    write_json(out / "config.json", dict(config=_jsonable(dataclasses.asdict(cfg)), fingerprint=fp,
+    write_json(out / "config.json", dict(config=to_jsonable(cfg), fingerprint=fp,
                                          environment=environment()))
     t0 = time.perf_counter()
     chosen: dict[tuple[str, int], float] = {}
@@ -210,7 +201,7 @@ def run_toy_experiment(cfg: ToyExperimentConfig, out: str | pathlib.Path,
             for batch in cfg.batches:
                 path = out / "runs" / f"{run_name(stage, batch, seed)}.json"
                 if path.is_file():
-                    done = json.loads(path.read_text())
+                    done = read_json(path)
                     if done.get("fingerprint") == fp:
                         log(f"[{stage} B={batch} seed={seed}] reusing {path}")
                         chosen.setdefault((stage, batch), done["lr"])
@@ -228,11 +219,11 @@ def run_toy_experiment(cfg: ToyExperimentConfig, out: str | pathlib.Path,
 def load_runs(out: str | pathlib.Path) -> tuple[ToyExperimentConfig, list[dict]]:
     """The experiment's config and its run files (of the current fingerprint), sorted by seed, stage, batch."""
     out = pathlib.Path(out)
-    meta = json.loads((out / "config.json").read_text())
+    meta = read_json(out / "config.json")
     cfg = config_from_dict(meta["config"])
     runs = []
     for p in sorted((out / "runs").glob("*.json")):
-        r = json.loads(p.read_text())
+        r = read_json(p)
         if r.get("fingerprint") == meta["fingerprint"]:
             runs.append(r)
     order = {s: i for i, s in enumerate(cfg.stages)}
@@ -383,7 +374,7 @@ def summarize(out: str | pathlib.Path, *, figures: bool = True, wall_seconds: fl
     if not runs:
         raise ValueError(f"no finished runs of this configuration in {out / 'runs'}")
     summary = dict(
-        config=_jsonable(dataclasses.asdict(cfg)),
+        config=to_jsonable(cfg),
         n_runs=len(runs),
         runs=[{k: r[k] for k in ("stage", "batch", "seed", "lr", "status", "steps", "tokens", "tokens_to_target",
                                  "final_val_loss", "tokens_per_second", "wall_seconds")} for r in runs],
@@ -395,7 +386,6 @@ def summarize(out: str | pathlib.Path, *, figures: bool = True, wall_seconds: fl
         wall_seconds=wall_seconds,
     )
     if figures:
-        from spectral_jax.toy import figures as figs
         summary["figures"] = figs.write_figures(out, cfg, runs, summary)
     write_json(out / "summary.json", summary)
     return summary
@@ -456,3 +446,4 @@ QUICK = ToyExperimentConfig(
 """--quick: every code path at toy scale in a few minutes (numbers are not meaningful)."""
 
 PRESETS = {"cpu": CPU, "quick": QUICK, "reference": REFERENCE}
+ToyOverrides = overrides_of(ToyExperimentConfig, "ToyOverrides")

@@ -2,7 +2,7 @@
 
 One `ToyRun` is one (stage, batch, base LR, seed) training run held in memory. `advance(max_steps)` continues
 it until the target validation loss is reached or `max_steps` optimizer steps are done, so successive halving
-(spectral_jax.sweep) promotes survivors by continuing them, never by retraining.
+(spectral_jax.halving) promotes survivors by continuing them, never by retraining.
 
 Optimizers (reference `runner.train_toy_run`):
   baseline, rope  AdamW(lr, betas (0.9, 0.999), eps 1e-8, weight decay 0) on every parameter;

@@ -1,8 +1,8 @@
-"""LR selection for the language-model families: successive halving per family x batch tier (issue 5).
+"""The LR sweep: successive halving per family x batch tier, for the language-model families.
 
 `run_lr_sweep(LRSweepConfig)` is what `python -m experiments.lr_sweep` calls. For each batch tier B it takes the
-candidate multipliers of the family's anchor LRs (`sweep.lr_candidates`: the centres sqrt(B/B0) and B/B0 times
-{0.5, 1/sqrt2, 1, sqrt2, 2}, one multiplier for every optimizer group), and runs `sweep.successive_halving` over
+candidate multipliers of the family's anchor LRs (`halving.lr_candidates`: the centres sqrt(B/B0) and B/B0 times
+{0.5, 1/sqrt2, 1, sqrt2, 2}, one multiplier for every optimizer group), and runs `halving.successive_halving` over
 token rungs; `advance(candidate, budget)` is `train(..., max_tokens=budget)` in the candidate's own run
 directory, so a survivor CONTINUES from its previous rung's checkpoint (train.py leaves the budget out of the
 config fingerprint, and continuing equals a straight run; the reference retrains every survivor from step 0).
@@ -32,31 +32,27 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from spectral_jax import sweep
-from spectral_jax.train import TrainConfig, TrainingDiverged, log_stderr, train, train_config, write_json
+from spectral_jax import halving, plots
+from spectral_jax.batch_sweep import default_lr_table
+from spectral_jax.data import load_data
+from spectral_jax.data.vocab import fit_vocab
+from spectral_jax.fields import option
+from spectral_jax.models import make_config
+from spectral_jax.optim import group_learning_rates
+from spectral_jax.presets import DEFAULT_BATCH_TIERS, get_preset
+from spectral_jax.records import json_text, log_stderr, read_json, write_json
+from spectral_jax.train import TrainingDiverged, train
+from spectral_jax.train_config import TrainConfig, TrainOverrides
 
 REFERENCE_RUNGS = (50_000_000, 150_000_000, 500_000_000)  # docs/method.md §3.3, training tokens at d12
 DEFAULT_ETA = 2.0  # paper: top half; the reference's shells use 3
-DEFAULT_TIERS = (1, 2, 4, 8, 16, 32)  # as the batch sweep, so `batch_sweep --lr=auto` finds every tier
-
-
-def default_out(family: str, preset: str) -> pathlib.Path:
-    return pathlib.Path(f"results/lr_sweep/{family}_{preset}")
-
-
-def default_table_path(family: str, preset: str) -> pathlib.Path:
-    """Where `batch_sweep --lr=auto` looks for the table unless --lr_table says otherwise."""
-    return default_out(family, preset) / "lr_table.json"
+DEFAULT_TIERS = DEFAULT_BATCH_TIERS  # as the batch sweep, so `batch_sweep --lr=auto` finds every tier
 
 
 def preset_rungs(family: str, preset: str, tc: TrainConfig, *, reference: Sequence[int] = REFERENCE_RUNGS,
                  **model_overrides) -> tuple[int, ...]:
     """The reference rungs for a preset: scaled by (preset tokens per reference-batch step / d12's) x
     schedule_scale, rounded up to whole evals. d12 keeps 50M/150M/500M up to the 52.4M eval cadence."""
-    from spectral_jax.models import make_config
-
     here = make_config(family, preset, **model_overrides)
     ref = make_config(family, "d12")
     scale = (here.optim.reference_batch * here.seq_len) / (ref.optim.reference_batch * ref.seq_len)
@@ -68,45 +64,48 @@ def preset_rungs(family: str, preset: str, tc: TrainConfig, *, reference: Sequen
 
 @dataclasses.dataclass(frozen=True)
 class LRSweepConfig:
-    family: str = "betterwin"
-    preset: str = "tiny"
-    tiers: tuple[int, ...] = DEFAULT_TIERS
-    data: str = "embedded"
-    rungs: tuple[int, ...] | None = None  # training-token budgets; None: preset_rungs
-    eta: float = DEFAULT_ETA
-    min_survivors: int = 1
-    out: str | None = None
-    resume: bool = True
-    train_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Successive halving per batch tier of one family, on a preset."""
+
+    family: str = option("betterwin", "family of the chain (spectral_jax.models.FAMILIES)")
+    preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
+    tiers: tuple[int, ...] = option(DEFAULT_TIERS, "batch tiers B (sequences per step)")
+    data: str = option("embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
+    rungs: tuple[int, ...] | None = option(None, "token budgets of the halving rungs, comma-separated (default: "
+                                           "the reference's 50M,150M,500M scaled to the preset; tiny: "
+                                           "20480,61440,196608)")
+    eta: float = option(DEFAULT_ETA, "keep the best 1/eta of the candidates at each rung (the reference used 3)")
+    min_survivors: int = option(1, "candidates kept at least at every rung")
+    out: str | None = option(None, "results directory (default results/lr_sweep/<family>_<preset>)")
+    resume: bool = option(True, "reuse finished rungs and continue interrupted candidates from checkpoints; "
+                          "--noresume starts the requested tiers over")
+    train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
+    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
 
     def out_dir(self) -> pathlib.Path:
-        return pathlib.Path(self.out) if self.out else default_out(self.family, self.preset)
+        return pathlib.Path(self.out) if self.out else default_lr_table(self.family, self.preset).parent
+
+    def train_config(self) -> TrainConfig:
+        return self.train.apply(get_preset(self.preset).train)
 
 
 def tier_dir(out: pathlib.Path, family: str, batch: int) -> pathlib.Path:
     return out / family / f"B{batch}"
 
 
-def _rung_result(result: Mapping[str, Any]) -> sweep.RungResult:
+def _rung_result(result: Mapping[str, Any]) -> halving.RungResult:
     loss = result.get("final_val_loss")
-    return sweep.RungResult(loss=float("nan") if loss is None else float(loss), tokens=int(result["tokens"]),
+    return halving.RungResult(loss=float("nan") if loss is None else float(loss), tokens=int(result["tokens"]),
                             reached=result.get("status") == "reached")
 
 
 def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
     """Successive halving for every tier (resuming), then lr_table.json, summary.json and figures."""
-    from spectral_jax.data import load_data
-    from spectral_jax.data.vocab import fit_vocab
-    from spectral_jax.models import make_config
-    from spectral_jax.optim import group_learning_rates
-
     if not cfg.tiers or any(b < 1 for b in cfg.tiers):
         raise ValueError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
     if not cfg.eta > 1:
         raise ValueError(f"--eta must be > 1 (2 keeps the top half, the reference used 3), got {cfg.eta}")
     model_cfg = make_config(cfg.family, cfg.preset, **dict(cfg.model_overrides))
-    base_tc = train_config(cfg.preset, **dict(cfg.train_overrides))
+    base_tc = cfg.train_config()
     rungs = tuple(cfg.rungs) if cfg.rungs else preset_rungs(cfg.family, cfg.preset, base_tc,
                                                             **dict(cfg.model_overrides))
     if any(b2 <= b1 for b1, b2 in zip(rungs, rungs[1:])) or rungs[0] < 1:
@@ -130,15 +129,14 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
             shutil.rmtree(tdir)
         tdir.mkdir(parents=True, exist_ok=True)
         _check_shared(tdir / "config.json", dict(shared, batch=batch))
-        mults = sweep.lr_candidates(batch, ref_batch)
-        by_key = {sweep.candidate_key(m): m for m in mults}
-        micro = base_tc.micro_batch if base_tc.micro_batch is None or batch % base_tc.micro_batch == 0 else None
+        mults = halving.lr_candidates(batch, ref_batch)
+        by_key = {halving.candidate_key(m): m for m in mults}
         log(f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} (B0 = {ref_batch}), "
             f"{len(mults)} LR multipliers {', '.join(by_key)}; rungs {', '.join(f'{r:,}' for r in rungs)} tokens, "
             f"eta {cfg.eta:g} ({time.perf_counter() - t0:.0f}s elapsed)")
 
-        def advance(key: str, budget: int, batch=batch, micro=micro, tdir=tdir, by_key=by_key) -> sweep.RungResult:
-            tc = base_tc.replace(batch_size=batch, lr=by_key[key], max_tokens=budget, micro_batch=micro)
+        def advance(key: str, budget: int, batch=batch, tdir=tdir, by_key=by_key) -> halving.RungResult:
+            tc = base_tc.for_batch(batch, lr=by_key[key], max_tokens=budget)
             tag = f"[{cfg.family} lr x{key}]"  # train() adds [B=...]
             run_dir = tdir / f"lr_{key}"
             try:
@@ -148,20 +146,20 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
                                              vocab_map=vmap and vmap.describe()))
             except TrainingDiverged as err:
                 log(f"{tag} diverged: {err}")
-                result = json.loads((run_dir / "result.json").read_text())
+                result = read_json(run_dir / "result.json")
             return _rung_result(result)
 
-        halving = sweep.successive_halving(list(by_key), rungs, advance, eta=cfg.eta,
+        selection = halving.successive_halving(list(by_key), rungs, advance, eta=cfg.eta,
                                            min_survivors=cfg.min_survivors, state_path=tdir / "halving.jsonl",
                                            log=lambda m, b=batch: log(f"[{cfg.family} B={b}] {m}"))
-        best = halving.best
-        chosen = halving.results[best]
+        best = selection.best
+        chosen = selection.results[best]
         write_json(tdir / "selection.json", dict(
             family=cfg.family, preset=cfg.preset, batch=batch, reference_batch=ref_batch, rungs=rungs,
             eta=cfg.eta, candidates=[dict(key=k, multiplier=m) for k, m in by_key.items()],
             selected=best, multiplier=by_key[best], learning_rates=group_learning_rates(model_cfg, by_key[best]),
-            selected_result=dataclasses.asdict(chosen), survivors=halving.survivors,
-            table=[dict(r, multiplier=by_key[r["candidate"]]) for r in halving.table]))
+            selected_result=dataclasses.asdict(chosen), survivors=selection.survivors,
+            table=[dict(r, multiplier=by_key[r["candidate"]]) for r in selection.table]))
         log(f"[{cfg.family} B={batch}] selected LR multiplier x{best} "
             f"({'reached the target at' if chosen.reached else 'val loss ' + format(chosen.loss, '.4f') + ' at'} "
             f"{chosen.tokens:,} tokens)")
@@ -172,11 +170,9 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
 
 def _check_shared(path: pathlib.Path, shared: Mapping[str, Any]) -> None:
     """A tier's earlier results are reusable only under the same model/train/data settings."""
-    from spectral_jax.train import _jsonable
-
-    now = json.loads(json.dumps(_jsonable(shared), sort_keys=True))  # as write_json stores it
+    now = json.loads(json_text(shared))  # as write_json stores it
     if path.is_file():
-        before = json.loads(path.read_text())
+        before = read_json(path)
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise ValueError(f"{path.parent} holds LR-sweep results made with other settings ({', '.join(changed)} "
@@ -189,7 +185,7 @@ def _check_shared(path: pathlib.Path, shared: Mapping[str, Any]) -> None:
 def load_selections(out: str | pathlib.Path) -> list[dict]:
     """Every finished tier's selection.json under out/<family>/B*/ (sorted by family, batch)."""
     out = pathlib.Path(out)
-    rows = [json.loads(p.read_text()) for p in out.glob("*/B*/selection.json")]
+    rows = [read_json(p) for p in out.glob("*/B*/selection.json")]
     if not rows:
         raise FileNotFoundError(f"{out} holds no finished LR-sweep tier (<family>/B*/selection.json); run "
                                 "python -m experiments.lr_sweep first")
@@ -198,8 +194,6 @@ def load_selections(out: str | pathlib.Path) -> list[dict]:
 
 def summarize_lr_sweep(out: str | pathlib.Path, *, log: Callable[[str], None] = log_stderr) -> dict:
     """lr_table.json, summary.json and the figures from the tiers' selection records alone."""
-    from spectral_jax import plots
-
     out = pathlib.Path(out)
     tiers = load_selections(out)
     table: dict[str, dict[str, float]] = {}
@@ -211,8 +205,8 @@ def summarize_lr_sweep(out: str | pathlib.Path, *, log: Callable[[str], None] = 
     write_json(out / "summary.json", summary)
     for family in table:
         fam = [t for t in tiers if t["family"] == family]
-        plots.save_figure(plot_rung_losses(fam), out / f"{family}_lr_rung_losses.png")
-        plots.save_figure(plot_selected_lr(fam), out / f"{family}_selected_lr_vs_batch.png")
+        plots.save_figure(plots.plot_rung_losses(fam), out / f"{family}_lr_rung_losses.png")
+        plots.save_figure(plots.plot_selected_lr(fam), out / f"{family}_selected_lr_vs_batch.png")
     log(f"LR table -> {out / 'lr_table.json'}")
     return summary
 
@@ -228,81 +222,5 @@ def format_selection(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ---- figures --------------------------------------------------------------------------------------------
-def _figure(w: float, h: float):
-    """A stand-alone Agg figure (never registered with pyplot), as spectral_jax.plots builds them."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=120, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def plot_rung_losses(tiers: Sequence[Mapping[str, Any]]):
-    """Val loss vs LR multiplier (log x), one panel per tier, one line per rung; the selection is starred and
-    candidates that reached the target are ringed (their rank is by tokens, their loss is at the stop)."""
-    from spectral_jax.plots import series_colors
-
-    fig = _figure(4.2 * len(tiers), 4.0)
-    axes = fig.subplots(1, len(tiers), squeeze=False)[0]
-    for ax, t in zip(axes, tiers):
-        rows = t["table"]
-        rungs = sorted({r["rung"] for r in rows})
-        for color, k in zip(series_colors(len(rungs)), rungs):
-            pts = sorted((r["multiplier"], np.nan if r["loss"] is None else r["loss"], r["reached"])
-                         for r in rows if r["rung"] == k)
-            x = [p[0] for p in pts]
-            y = [p[1] for p in pts]
-            budget = next(r["budget"] for r in rows if r["rung"] == k)
-            ax.plot(x, y, "o-", color=color, ms=4, label=f"rung {k + 1}: {budget:,} tokens")
-            ring = [(p[0], p[1]) for p in pts if p[2]]
-            if ring:
-                ax.scatter(*zip(*ring), s=90, facecolors="none", edgecolors="crimson", lw=1)
-        final = [r for r in rows if r["candidate"] == t["selected"] and r["rung"] == rungs[-1]]
-        if final and final[0]["loss"] is not None:
-            ax.scatter([t["multiplier"]], [final[0]["loss"]], marker="*", s=260, facecolors="none",
-                       edgecolors="crimson", lw=1.2, zorder=5, label=f"selected x{t['selected']}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([c["multiplier"] for c in t["candidates"]], [c["key"] for c in t["candidates"]],
-                      fontsize=7, rotation=45)
-        ax.minorticks_off()
-        ax.set_xlabel(f"LR multiplier of the {t['family']} anchors (all groups)")
-        ax.set_ylabel("last observed validation loss (nats/token)")
-        ax.set_title(f"{t['family']} ({t['preset']}) B = {t['batch']} (B0 = {t['reference_batch']}); "
-                     f"eta {t['eta']:g}\nringed: reached target (ranked by tokens)", fontsize=8)
-        ax.legend(fontsize=7)
-    return fig
-
-
-def plot_selected_lr(tiers: Sequence[Mapping[str, Any]]):
-    """Selected multiplier vs B (log-log) over the candidate grid, with the two scaling centres
-    sqrt(B/B0) and B/B0 drawn through the anchor (multiplier 1 at B0)."""
-    fig = _figure(6.4, 4.4)
-    ax = fig.add_subplot()
-    b = np.array([t["batch"] for t in tiers], float)
-    b0 = tiers[0]["reference_batch"]
-    for t in tiers:
-        cands = [c["multiplier"] for c in t["candidates"]]
-        ax.scatter([t["batch"]] * len(cands), cands, s=14, color="0.75", zorder=1)
-    grid = np.geomspace(min(b.min(), b0) / 1.3, max(b.max(), b0) * 1.3, 50)
-    ax.plot(grid, np.sqrt(grid / b0), "--", color="tab:blue", lw=1, label="sqrt(B/B0)")
-    ax.plot(grid, grid / b0, ":", color="tab:green", lw=1.2, label="B/B0")
-    ax.plot(b, [t["multiplier"] for t in tiers], "o-", color="crimson", ms=6, label="selected", zorder=3)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    ax.set_xticks(sorted({*b.tolist(), b0}), [f"{x:g}" for x in sorted({*b.tolist(), b0})])
-    ticks = sorted({c["multiplier"] for t in tiers for c in t["candidates"]})
-    ax.set_yticks(ticks, [sweep.candidate_key(m) for m in ticks], fontsize=7)
-    ax.minorticks_off()
-    ax.set_xlabel("batch B (sequences per step)")
-    ax.set_ylabel("LR multiplier of the family anchors")
-    ax.set_title(f"{tiers[0]['family']} ({tiers[0]['preset']}): successive-halving LR vs batch "
-                 f"(grey: candidates, B0 = {b0})", fontsize=9)
-    ax.legend(fontsize=8)
-    return fig
-
-
 __all__ = ["LRSweepConfig", "run_lr_sweep", "summarize_lr_sweep", "load_selections", "preset_rungs",
-           "default_out", "default_table_path", "format_selection", "plot_rung_losses", "plot_selected_lr",
-           "REFERENCE_RUNGS", "DEFAULT_ETA", "DEFAULT_TIERS"]
+           "format_selection", "REFERENCE_RUNGS", "DEFAULT_ETA", "DEFAULT_TIERS"]

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from spectral_jax import sweep
-from spectral_jax.sweep import RungResult
+from spectral_jax import halving as sweep
+from spectral_jax.halving import RungResult
 
 
 def test_candidates_at_reference_batch_are_the_five_multipliers():

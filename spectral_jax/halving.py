@@ -1,4 +1,4 @@
-"""Successive-halving LR selection: the candidate grid and a synchronized halving driver.
+"""Successive-halving LR selection, pure: the candidate grid and a synchronized halving driver (no model, no trainer).
 
 Candidates (docs/method.md §3.3): r = B / B0, two scaling centres {sqrt(r), r} times the multipliers
 {0.5, 1/sqrt2, 1, sqrt2, 2}, one multiplier applied uniformly to every optimizer group, deduplicated at six
@@ -30,14 +30,16 @@ MULTIPLIERS = (0.5, 1 / math.sqrt(2), 1.0, math.sqrt(2), 2.0)
 CENTERS = ("sqrt", "linear")
 
 
-def _center(name: str, ratio: float) -> float:
-    if name == "sqrt":
+def lr_multiplier_for_batch(batch: int, reference_batch: int, rule: str = "sqrt") -> float:
+    """The reference's batch-scaling centres (docs/method.md §3.3): sqrt(B/B0), B/B0, or 1 for "none"."""
+    ratio = batch / reference_batch
+    if rule == "sqrt":
         return math.sqrt(ratio)
-    if name == "linear":
+    if rule == "linear":
         return ratio
-    if name == "none":
+    if rule == "none":
         return 1.0
-    raise ValueError(f"unknown LR scaling centre {name!r}; choose from sqrt, linear, none")
+    raise ValueError(f"unknown LR scaling rule {rule!r}; choose one of linear, none, sqrt")
 
 
 def _sig6(x: float) -> float:
@@ -53,11 +55,10 @@ def lr_candidates(batch: int, reference_batch: int, *, base: float = 1.0,
         raise ValueError(f"multipliers must be positive and finite, got {tuple(multipliers)}")
     if not centers:
         raise ValueError("need at least one scaling centre (sqrt, linear, none)")
-    ratio = batch / reference_batch
     values: dict[float, float] = {}
     for c in centers:
         for m in multipliers:
-            v = base * _center(c, ratio) * m
+            v = base * lr_multiplier_for_batch(batch, reference_batch, c) * m
             values.setdefault(_sig6(v), v)
     return tuple(sorted(values.values()))
 
@@ -170,5 +171,5 @@ def format_rung_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MULTIPLIERS", "CENTERS", "lr_candidates", "candidate_key", "RungResult", "rank_key", "HalvingResult",
+__all__ = ["MULTIPLIERS", "CENTERS", "lr_multiplier_for_batch", "lr_candidates", "candidate_key", "RungResult", "rank_key", "HalvingResult",
            "successive_halving", "format_rung_table"]

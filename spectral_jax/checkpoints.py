@@ -1,0 +1,122 @@
+"""Orbax checkpoints of a run (parameters + optimizer state + a JSON meta), the config fingerprint that guards
+resume, and loading a finished tier's model back.
+
+A checkpoint at step s holds `state = {params, opt_state}` and `meta = {step, timed_tokens, timed_seconds,
+train_loss, fingerprint, data_position}`; batch k of the data stream is a pure function of (data seed, k), so the
+step is the whole data state. The fingerprint is the run's model config, train config (without the token budget)
+and LRs: nothing in a step depends on the budget, so a run to a larger budget continues from the checkpoint of a
+smaller one and matches a straight run (successive halving relies on it).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from spectral_jax.models import GPT, make_config
+from spectral_jax.models.config import ModelConfig
+from spectral_jax.optim import make_optimizer
+from spectral_jax.records import json_text, read_json, to_jsonable
+from spectral_jax.train_config import TrainConfig
+from spectral_jax.train_step import Schedules
+
+BUDGET_FIELDS = ("max_tokens",)
+
+
+def config_fingerprint(config: ModelConfig, tc: TrainConfig, lrs: Mapping[str, float]) -> str:
+    """What makes two runs the same trajectory: model, train config and LRs, WITHOUT the token budget."""
+    train_fields = {k: v for k, v in to_jsonable(tc).items() if k not in BUDGET_FIELDS}
+    return json_text(dict(model=config, train=train_fields, learning_rates=lrs))
+
+
+def same_config(stored: str | None, fingerprint: str) -> bool:
+    """Compare fingerprints; one written before budgets left the fingerprint still matches (field dropped)."""
+    if stored is None:
+        return False
+    try:
+        obj = json.loads(stored)
+        for key in BUDGET_FIELDS:
+            obj.get("train", {}).pop(key, None)
+    except (json.JSONDecodeError, AttributeError):
+        return False
+    return json.dumps(obj, sort_keys=True) == fingerprint
+
+
+def result_answers(done: Mapping[str, Any], max_steps: int) -> bool:
+    """Whether a finished run's result.json is what training to a budget of `max_steps` would give.
+
+    It does when the run stopped (target reached, diverged, budget) at a step this budget also reaches AND that
+    stop would happen here too: a "budget" stop only at the same last step, and a stop at an eval that was made
+    only because it was the old budget's last step (off the eval cadence) only when it is this budget's last
+    step as well. Otherwise training continues from the checkpoint.
+    """
+    steps = done.get("steps")
+    if steps is None or steps > max_steps:
+        return False
+    if done.get("status") == "budget" or done.get("budget_eval", True):
+        return steps == max_steps
+    return done.get("status") in ("reached", "diverged")
+
+
+def manager(directory: pathlib.Path, keep: int = 1) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(pathlib.Path(directory).resolve(), options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, params, opt_state, meta: Mapping[str, Any]) -> None:
+    """Checkpoint `step` (synchronously; a step that already has one is left as it is)."""
+    if step in mgr.all_steps():
+        return
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state)),
+                                           meta=ocp.args.JsonSave(dict(meta))))
+    mgr.wait_until_finished()
+
+
+def restore_meta(mgr: ocp.CheckpointManager, step: int) -> dict:
+    """The JSON meta of checkpoint `step`, read without touching its arrays (so a config check comes first)."""
+    return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def restore_state(mgr: ocp.CheckpointManager, step: int, params, opt_state):
+    """(params, optimizer state) of checkpoint `step`, restored into the shapes and dtypes of the templates."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(params=params, opt_state=opt_state))
+    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    return state["params"], state["opt_state"]
+
+
+def load_tier_model(tier_dir: str | pathlib.Path) -> tuple[GPT, int, dict]:
+    """(model, window, description) from a finished tier's newest checkpoint. The model config is rebuilt with
+    make_config from the tier's records and must reproduce the run's config fingerprint."""
+    tier_dir = pathlib.Path(tier_dir)
+    if not (tier_dir / "run.json").is_file() or not (tier_dir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"--model={tier_dir} is not a trained tier directory (needs run.json and "
+                                "checkpoints/); pass a batch-sweep tier such as results/.../tier_B8, or omit --model")
+    run = read_json(tier_dir / "run.json")
+    sweep_json = tier_dir.parent / "sweep.json"
+    overrides = (read_json(sweep_json)["config"].get("model_overrides") or {}) if sweep_json.is_file() else {}
+    config = make_config(run["family"], run["preset"], **overrides)
+    tc = TrainConfig(**run["train"])
+    if config_fingerprint(config, tc, run["learning_rates"]) != run["fingerprint"]:
+        raise ValueError(f"{tier_dir}: the model config rebuilt from run.json does not match the run's fingerprint "
+                         "(written by another code version?); retrain the tier or pass another --model")
+    model = GPT(config, rngs=nnx.Rngs(tc.seed))
+    _, params = nnx.split(model, nnx.Param)
+    sched = Schedules.build(config, tc)
+    opt_state = make_optimizer(config, run["learning_rates"], step_scale=sched.step_scale).init(params)
+    mgr = ocp.CheckpointManager(tier_dir.resolve() / "checkpoints")
+    step = mgr.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{tier_dir}/checkpoints holds no checkpoint; rerun the sweep for that tier")
+    nnx.update(model, restore_state(mgr, step, params, opt_state)[0])
+    return model, sched.window(config, step), dict(kind="checkpoint", dir=str(tier_dir), step=step,
+                                                   tokens=step * sched.tokens_per_step, family=run["family"])
+
+
+__all__ = ["BUDGET_FIELDS", "config_fingerprint", "same_config", "result_answers", "manager", "save",
+           "restore_meta", "restore_state", "load_tier_model"]

@@ -1,0 +1,137 @@
+"""One object per preset: model dimensions, training defaults, probe sizes, rank windows and batch tiers.
+
+Every entry point and library function looks a preset up here by name (`get_preset("tiny")`); nothing else holds
+per-preset tables. A new preset is one `register_preset(Preset(...))` (here, or in a user's script before the
+library is called). Presets change shapes and budgets, never code: the CPU `tiny` preset runs every code path
+that the GPU presets d12 / d36 / d48 run (docs/method.md §4 "tier dimensions").
+
+tiny: 8 layers, 2 heads x 32 = 64 wide, a compact 8,192-id vocabulary (EOT id 0; `spectral_jax.data.vocab` maps
+the most frequent train tokens to their own ids and the rest to UNK), prefix T 128, trunk T 512, attention block
+and every window length = d12's / 8 (block 16, windows 8..224), float32. 8 layers (not 6) so the scaled sparse
+value-embedding pattern keeps its middle None layers. The FP8 head's gradient scale is 2^16: d12's 2^29 is sized
+for a 524,288-token step and overflows float8_e5m2 at tiny batches. Its target 3.6 and budgets are calibrated so
+every tier 1..32 reaches the target on the embedded corpus within a CPU budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+
+from spectral_jax import spectra
+from spectral_jax.fields import option, overrides_of
+from spectral_jax.train_config import TrainConfig
+
+Window = tuple[int, int]
+DEFAULT_BATCH_TIERS = (1, 2, 4, 8, 16, 32)  # the paper's d12 tiers (sequences per step)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDims:
+    """Dimensions, sequence lengths and window geometry of one model size (the families' deltas fold onto it)."""
+
+    n_layer: int
+    n_head: int
+    head_dim: int
+    prefix_seq_len: int  # T of the prefix families (baseline..unet)
+    trunk_seq_len: int  # T from fixedwin on
+    attn_block_size: int = 128
+    window_min: int = 64
+    window_max: int = 1792
+    window_quantum: int = 64
+    fixed_window: int = 1024
+    compute_dtype: str = "bfloat16"
+    fp8_grad_scale: float = float(2**29)
+    vocab_size: int = 50304
+    eot_id: int = 50256
+
+    @property
+    def d_model(self) -> int:
+        return self.n_head * self.head_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    """How much data the spectral probes read at each probe point."""
+
+    pool_sequences: int = option(512, "sequences in the measurement pool (activation covariance)")
+    grad_samples: int = option(512, "M, sequences for per-sample gradients")
+    chunk: int = option(1, "sequences per probe forward/backward chunk (bounds probe memory)", name="probe_chunk")
+
+    def replace(self, **changes) -> ProbeConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Everything that differs between model sizes; `tail_window` None scales d12's [100, 200] by the width."""
+
+    name: str
+    model: ModelDims
+    train: TrainConfig
+    probe: ProbeConfig
+    tail_window: Window | None = None  # alpha_tail's rank window
+    local_windows: tuple[Window, ...] = spectra.LOCAL_WINDOWS  # Fig. 8 windows (Spearman vs progress)
+    batch_tiers: tuple[int, ...] = DEFAULT_BATCH_TIERS
+
+    def __post_init__(self):
+        if self.tail_window is None:
+            object.__setattr__(self, "tail_window", spectra.scaled_tail_window(self.model.d_model))
+
+
+ProbeOverrides = overrides_of(ProbeConfig, "ProbeOverrides")
+
+_D12_TRAIN = TrainConfig(target_loss=3.2, eval_every_tokens=52_428_800, val_tokens=10_485_760, eval_batch=1,
+                         max_micro_batch=1, checkpoint_every_tokens=209_715_200)
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset, *, replace: bool = False) -> Preset:
+    """Make `preset` available by name to every entry point and library function."""
+    if preset.name in _PRESETS and not replace:
+        raise ValueError(f"preset {preset.name!r} already exists; pass replace=True to redefine it")
+    _PRESETS[preset.name] = preset
+    return preset
+
+
+def unregister_preset(name: str) -> None:
+    _PRESETS.pop(name, None)
+
+
+def get_preset(name: str) -> Preset:
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(_PRESETS)}")
+    return _PRESETS[name]
+
+
+def preset_names() -> tuple[str, ...]:
+    return tuple(_PRESETS)
+
+
+def presets() -> Mapping[str, Preset]:
+    """A read-only view of every registered preset."""
+    return types.MappingProxyType(_PRESETS)
+
+
+register_preset(Preset(
+    "tiny",
+    ModelDims(8, 2, 32, prefix_seq_len=128, trunk_seq_len=512, attn_block_size=16, window_min=8, window_max=224,
+              window_quantum=8, fixed_window=128, compute_dtype="float32", fp8_grad_scale=float(2**16),
+              vocab_size=8192, eot_id=0),
+    TrainConfig(target_loss=3.6, max_tokens=600_000, eval_every_tokens=4_096, val_tokens=8_192, eval_batch=16,
+                checkpoint_every_tokens=65_536, schedule_scale=0.05, max_micro_batch=4, probe_every_evals=3,
+                log_every_seconds=15.0),
+    ProbeConfig(pool_sequences=32, grad_samples=32, chunk=8),
+    local_windows=((2, 8), (8, 17), (17, 34)),  # head side, d12's [100, 200] scaled by 64/768, far tail
+))
+register_preset(Preset("d12", ModelDims(12, 6, 128, prefix_seq_len=1024, trunk_seq_len=65_536), _D12_TRAIN,
+                       ProbeConfig(pool_sequences=512, grad_samples=512, chunk=1), tail_window=(100, 200)))
+register_preset(Preset("d36", ModelDims(36, 20, 64, prefix_seq_len=1024, trunk_seq_len=32_768), _D12_TRAIN,
+                       ProbeConfig(pool_sequences=1024, grad_samples=512, chunk=1), tail_window=(200, 400)))
+register_preset(Preset("d48", ModelDims(48, 25, 64, prefix_seq_len=1024, trunk_seq_len=32_768), _D12_TRAIN,
+                       ProbeConfig(pool_sequences=1024, grad_samples=512, chunk=1), tail_window=(400, 800)))
+
+__all__ = ["DEFAULT_BATCH_TIERS", "ModelDims", "ProbeConfig", "ProbeOverrides", "Preset", "register_preset", "unregister_preset",
+           "get_preset", "preset_names", "presets"]
