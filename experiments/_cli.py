@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any
 
-from absl import flags
+from absl import flags, logging
 
 from spectral_jax.fields import Overrides, flag_name, help_of, is_flag
 from spectral_jax.host import tune_cpu_host
@@ -27,10 +27,13 @@ USER_ERRORS = (ValueError, OSError, KeyError, TrainingDiverged)
 
 
 def user_errors_exit_2(main):
-    """Bad input (unknown family, corrupt shard, missing directory, diverged run) -> 'error: ...' and exit 2."""
+    """Bad input (unknown family, corrupt shard, missing directory, diverged run) -> 'error: ...' and exit 2.
+    Also the entry points' common set-up: absl logs at WARNING (orbax logs every checkpoint file at INFO, JAX
+    every backend it probes) and the CPU host settings (spectral_jax.host)."""
 
     @functools.wraps(main)
     def wrapped(argv):
+        logging.set_verbosity(logging.WARNING)
         tune_cpu_host()
         try:
             return main(argv)

@@ -14,7 +14,7 @@ spectral_jax.ablations.AblationConfig and of the preset's TrainConfig and ProbeC
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import _cli
 from spectral_jax.ablations import RUNNERS, AblationConfig
@@ -28,7 +28,6 @@ def main(argv):
     if len(argv) != 2 or argv[1] not in RUNNERS:
         got = " ".join(argv[1:]) or "nothing"
         raise ValueError(f"expected one subcommand ({' | '.join(RUNNERS)}), got {got}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
     cfg = _cli.config_from_flags(AblationConfig)
     RUNNERS[argv[1]](cfg)
     print(f"results in {cfg.path()}")

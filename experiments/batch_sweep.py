@@ -9,7 +9,7 @@ config (TrainConfig) and probe sizes (ProbeConfig); unset ones keep the preset's
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import _cli
 from spectral_jax.batch_sweep import SweepConfig, run_batch_sweep
@@ -22,7 +22,6 @@ flags.adopt_module_key_flags(_cli)
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
     cfg = _cli.config_from_flags(SweepConfig)
     run_batch_sweep(cfg)
     print(f"results in {cfg.out_dir()}")

@@ -10,7 +10,7 @@ TrainConfig and ProbeConfig is a flag.
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import _cli
 from spectral_jax.chain import ChainConfig, run_chain
@@ -23,7 +23,6 @@ flags.adopt_module_key_flags(_cli)
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
     cfg = _cli.config_from_flags(ChainConfig)
     run_chain(cfg)
     print(f"results in {cfg.out_dir()}")

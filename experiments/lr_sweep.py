@@ -8,7 +8,7 @@ Every field of spectral_jax.lr_sweep.LRSweepConfig and of the preset's TrainConf
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import _cli
 from spectral_jax.lr_sweep import LRSweepConfig, run_lr_sweep
@@ -21,7 +21,6 @@ flags.adopt_module_key_flags(_cli)
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
     cfg = _cli.config_from_flags(LRSweepConfig)
     run_lr_sweep(cfg)
     print(f"results in {cfg.out_dir()}")

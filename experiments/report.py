@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pathlib
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments._cli import user_errors_exit_2
 from spectral_jax.chain import format_chain_table, summarize_chain
@@ -25,7 +25,6 @@ flags.DEFINE_string("gain_target", None, "chains: loss at which T is read (train
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
     if (pathlib.Path(FLAGS.results) / "chain.json").is_file():
         print(format_chain_table(summarize_chain(FLAGS.results, gain_target=FLAGS.gain_target)))
         return

@@ -30,7 +30,7 @@ from spectral_jax.data.vocab import fit_vocab
 from spectral_jax.fields import option
 from spectral_jax.halving import lr_multiplier_for_batch
 from spectral_jax.models import make_config
-from spectral_jax.presets import DEFAULT_BATCH_TIERS, ProbeConfig, ProbeOverrides, get_preset
+from spectral_jax.presets import DEFAULT_BATCH_TIERS, ProbeConfig, ProbeOverrides, UsesPreset, get_preset
 from spectral_jax.records import append_jsonl, log_stderr, read_json, read_jsonl, save_npz, write_json
 from spectral_jax.schemas import (EvalRow, MatchedLossRow, ProbeRecord, SweepSummary, TierResult, TierRow,
                                   spectrum_key)
@@ -41,12 +41,12 @@ DEFAULT_TIERS = DEFAULT_BATCH_TIERS
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(UsesPreset):
     """One family across batch tiers, on a preset; `train` and `probe` change the preset's values."""
 
     family: str = option("betterwin", "family of the chain (spectral_jax.models.FAMILIES)")
     preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
-    tiers: tuple[int, ...] = option(DEFAULT_TIERS, "batch tiers B (sequences per step)")
+    tiers: tuple[int, ...] | None = option(None, "batch tiers B, sequences per step (default: the preset's)")
     data: str = option("embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
     lr: str = option("sqrt", "LR rule per tier: sqrt | linear | none (scaling of the family anchors with B/B0), a "
                      "float multiplier, a JSON table {family: {B: multiplier or {group: lr}}}, or auto (the "
@@ -65,12 +65,6 @@ class SweepConfig:
 
     def out_dir(self) -> pathlib.Path:
         return pathlib.Path(self.out or f"results/batch_sweep/{self.family}_{self.preset}")
-
-    def train_config(self) -> TrainConfig:
-        return self.train.apply(get_preset(self.preset).train)
-
-    def probe_config(self) -> ProbeConfig:
-        return self.probe.apply(get_preset(self.preset).probe)
 
 
 class ProbeCallback:
@@ -152,7 +146,7 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
     base_tc = cfg.train_config()
     pool = dataset.measurement_pool(model_cfg.seq_len, probe.pool_sequences, val_tokens=base_tc.val_tokens)
     tail, bank = preset.tail_window, preset.local_windows
-    write_json(out / "sweep.json", dict(config=_config_record(cfg), model=model_cfg, probe=probe, tail_window=tail,
+    write_json(out / "sweep.json", dict(config=sweep_config_record(cfg), model=model_cfg, probe=probe, tail_window=tail,
                                         local_windows=bank, data=dataset.metadata))
     callback = ProbeCallback(pool, layers=cfg.layers, matrices=cfg.matrices, grad_samples=probe.grad_samples,
                              chunk=probe.chunk, tail=tail, bank=bank)
@@ -169,7 +163,7 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
     return summary
 
 
-def _config_record(cfg: SweepConfig) -> dict:
+def sweep_config_record(cfg: SweepConfig) -> dict:
     """sweep.json's "config": the sweep's own fields, and the preset's probe sizes with the changes applied."""
     rec = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("train", "probe")}
     probe = cfg.probe_config()
@@ -327,4 +321,5 @@ def format_table(summary: dict) -> str:
 
 
 __all__ = ["SweepConfig", "ProbeCallback", "TierRecords", "run_batch_sweep", "summarize_sweep", "load_sweep",
-           "load_tier", "load_spectrum", "format_table", "resolve_lr", "default_lr_table", "DEFAULT_TIERS"]
+           "load_tier", "load_spectrum", "format_table", "resolve_lr", "default_lr_table", "sweep_config_record",
+           "DEFAULT_TIERS"]

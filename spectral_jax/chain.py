@@ -50,7 +50,7 @@ from spectral_jax.data import load_data
 from spectral_jax.data.vocab import fit_vocab
 from spectral_jax.fields import option
 from spectral_jax.models import FAMILIES, make_config
-from spectral_jax.presets import ProbeConfig, ProbeOverrides, get_preset
+from spectral_jax.presets import ProbeConfig, ProbeOverrides, UsesPreset, get_preset
 from spectral_jax.probes import ALIASES
 from spectral_jax.records import environment, log_stderr, read_json, write_json, write_text
 from spectral_jax.taxonomy import TaxonomyThresholds, classify_transition
@@ -63,7 +63,7 @@ GRAD_MATRIX = "final_attn_out"
 
 
 @dataclasses.dataclass(frozen=True)
-class ChainConfig:
+class ChainConfig(UsesPreset):
     """Every family (or a sub-chain) at one batch on a preset; `train` and `probe` change the preset's values."""
 
     families: tuple[str, ...] | None = option(None, "comma-separated families (default: the whole chain, in "
@@ -88,14 +88,9 @@ class ChainConfig:
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.throughput not in ("interleaved", "train"):
             raise ValueError(f"--throughput must be interleaved or train, got {self.throughput!r}")
-
-    def train_config(self) -> TrainConfig:
-        return self.train.apply(get_preset(self.preset).train)
-
-    def probe_config(self) -> ProbeConfig:
-        return self.probe.apply(get_preset(self.preset).probe)
 
     def resolved_families(self) -> tuple[str, ...]:
         names = tuple(FAMILIES) if self.families is None else tuple(self.families)

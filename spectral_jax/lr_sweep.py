@@ -39,7 +39,7 @@ from spectral_jax.data.vocab import fit_vocab
 from spectral_jax.fields import option
 from spectral_jax.models import make_config
 from spectral_jax.optim import group_learning_rates
-from spectral_jax.presets import DEFAULT_BATCH_TIERS, get_preset
+from spectral_jax.presets import DEFAULT_BATCH_TIERS, UsesPreset, get_preset
 from spectral_jax.records import json_text, log_stderr, read_json, write_json
 from spectral_jax.train import TrainingDiverged, train
 from spectral_jax.train_config import TrainConfig, TrainOverrides
@@ -63,12 +63,12 @@ def preset_rungs(family: str, preset: str, tc: TrainConfig, *, reference: Sequen
 
 
 @dataclasses.dataclass(frozen=True)
-class LRSweepConfig:
+class LRSweepConfig(UsesPreset):
     """Successive halving per batch tier of one family, on a preset."""
 
     family: str = option("betterwin", "family of the chain (spectral_jax.models.FAMILIES)")
     preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
-    tiers: tuple[int, ...] = option(DEFAULT_TIERS, "batch tiers B (sequences per step)")
+    tiers: tuple[int, ...] | None = option(None, "batch tiers B, sequences per step (default: the preset's)")
     data: str = option("embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
     rungs: tuple[int, ...] | None = option(None, "token budgets of the halving rungs, comma-separated (default: "
                                            "the reference's 50M,150M,500M scaled to the preset; tiny: "
@@ -83,9 +83,6 @@ class LRSweepConfig:
 
     def out_dir(self) -> pathlib.Path:
         return pathlib.Path(self.out) if self.out else default_lr_table(self.family, self.preset).parent
-
-    def train_config(self) -> TrainConfig:
-        return self.train.apply(get_preset(self.preset).train)
 
 
 def tier_dir(out: pathlib.Path, family: str, batch: int) -> pathlib.Path:

@@ -16,10 +16,13 @@ import os
 import pathlib
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from spectral_jax import spectra
@@ -254,9 +257,6 @@ def plot_spectral_atlas(series: Mapping[str, Sequence[tuple[float, np.ndarray]]]
         ax.set_ylabel(ylabel, fontsize=8)
     for ax in axes[-1, :]:
         ax.set_xlabel("rank", fontsize=8)
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
     bar = fig.colorbar(ScalarMappable(Normalize(0, vmax), cmap), ax=axes, shrink=0.8)
     bar.set_label(progress_label, fontsize=8)
     fig.suptitle(title, fontsize=9)

@@ -82,6 +82,21 @@ class Preset:
 
 ProbeOverrides = overrides_of(ProbeConfig, "ProbeOverrides")
 
+class UsesPreset:
+    """Mixin of the experiment configs: a `preset` name, `train` (TrainOverrides) and `probe` (ProbeOverrides)
+    changes to its values, and optional `tiers` that default to the preset's batch tiers."""
+
+    def __post_init__(self):
+        if getattr(self, "tiers", ()) is None:
+            object.__setattr__(self, "tiers", get_preset(self.preset).batch_tiers)
+
+    def train_config(self) -> TrainConfig:
+        return self.train.apply(get_preset(self.preset).train)
+
+    def probe_config(self) -> ProbeConfig:
+        return self.probe.apply(get_preset(self.preset).probe)
+
+
 _D12_TRAIN = TrainConfig(target_loss=3.2, eval_every_tokens=52_428_800, val_tokens=10_485_760, eval_batch=1,
                          max_micro_batch=1, checkpoint_every_tokens=209_715_200)
 
@@ -133,5 +148,5 @@ register_preset(Preset("d36", ModelDims(36, 20, 64, prefix_seq_len=1024, trunk_s
 register_preset(Preset("d48", ModelDims(48, 25, 64, prefix_seq_len=1024, trunk_seq_len=32_768), _D12_TRAIN,
                        ProbeConfig(pool_sequences=1024, grad_samples=512, chunk=1), tail_window=(400, 800)))
 
-__all__ = ["DEFAULT_BATCH_TIERS", "ModelDims", "ProbeConfig", "ProbeOverrides", "Preset", "register_preset", "unregister_preset",
+__all__ = ["DEFAULT_BATCH_TIERS", "ModelDims", "ProbeConfig", "ProbeOverrides", "Preset", "UsesPreset", "register_preset", "unregister_preset",
            "get_preset", "preset_names", "presets"]

@@ -134,7 +134,7 @@ def alpha_head(values, window: Window = HEAD_WINDOW) -> AlphaFit:
 def tail_window(preset: str) -> Window:
     """The alpha_tail rank window of a preset: d12 [100,200], d36 [200,400], d48 [400,800], tiny [8, 17] (d12's
     scaled by width, `scaled_tail_window`). Looked up in `spectral_jax.presets`."""
-    from spectral_jax.presets import get_preset  # presets builds on this module; import on use avoids the cycle
+    from spectral_jax.presets import get_preset  # noqa: PLC0415 (presets builds on this module: no cycle)
 
     return get_preset(preset).tail_window
 

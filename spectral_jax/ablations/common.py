@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
@@ -11,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from spectral_jax.batch_sweep import (DEFAULT_TIERS, SweepConfig, TierRecords, _config_record, load_spectrum,
-                                      load_sweep, run_batch_sweep)
+from spectral_jax.batch_sweep import (SweepConfig, TierRecords, run_batch_sweep,
+                                      sweep_config_record)
 from spectral_jax.fields import option
 from spectral_jax.models import make_config
-from spectral_jax.presets import ProbeOverrides, get_preset
+from spectral_jax.presets import ProbeOverrides, UsesPreset, get_preset
 from spectral_jax.records import log_stderr, read_json, to_jsonable, write_json
 from spectral_jax.train_config import TrainOverrides
 
@@ -25,14 +24,14 @@ MUON_FAMILY, ADAM_FAMILY = "lswa", "lswa_adam"
 
 
 @dataclasses.dataclass(frozen=True)
-class AblationConfig:
+class AblationConfig(UsesPreset):
     """What every ablation shares (tiers, budgets, probes) plus the few per-ablation knobs."""
 
     out: str | None = option(None, "results directory (default results/ablations/<preset>)")
     preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
     family: str = option("betterwin", "family for seed_control / layerwise / probe_matrices (and the fresh model "
                          "of data_split); adam_vs_muon always compares lswa with lswa_adam")
-    tiers: tuple[int, ...] = option(DEFAULT_TIERS, "batch tiers B (sequences per step)")
+    tiers: tuple[int, ...] | None = option(None, "batch tiers B, sequences per step (default: the preset's)")
     data: str = option("embedded", "training data: 'embedded', a directory of .bin shards, or text files")
     lr: str = option("sqrt", "LR rule per tier (as experiments.batch_sweep --lr)")
     resume: bool = option(True, "reuse finished tiers and resume interrupted ones")
@@ -72,7 +71,7 @@ def run_sweep(cfg: AblationConfig, family: str, out: pathlib.Path, tiers: Sequen
     if old.is_file():
         stored = read_json(old)["config"]
         keys = ("family", "layers", "matrices", "pool_sequences", "grad_samples", "data")
-        new = to_jsonable(_config_record(sc))
+        new = to_jsonable(sweep_config_record(sc))
         diff = [k for k in keys if stored.get(k) != new[k]]
         if diff:
             raise ValueError(f"{out} holds a sweep with other {', '.join(diff)} "

@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 
+import grain
 import numpy as np
 
 from spectral_jax.records import atomic_write_bytes
@@ -182,8 +183,6 @@ class TokenDataset:
 
     def train_dataset(self, seq_len: int, batch_size: int, *, seed: int | None = 0):
         """grain MapDataset: item k = batch k, (batch_size, T+1) int32, infinite, reshuffled per epoch."""
-        import grain
-
         ds = grain.MapDataset.source(SequenceSource(self.train, seq_len))
         if seed is not None:
             ds = ds.shuffle(seed=seed)

@@ -20,6 +20,9 @@ import tempfile
 import warnings
 
 import numpy as np
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+from tiktoken_ext.openai_public import r50k_pat_str
 
 EOT_ID = 50256
 GPT2_VOCAB_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -73,10 +76,6 @@ class Tokenizer:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             self.name = "bytes"
             return
-        import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
-        from tiktoken_ext.openai_public import r50k_pat_str
-
         self.vocab_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         if self.vocab_sha256 != GPT2_VOCAB_SHA256:
             raise ValueError(f"vocabulary file {path} has sha256 {self.vocab_sha256[:12]}..., not GPT-2's "
