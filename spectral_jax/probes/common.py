@@ -1,0 +1,104 @@
+"""Helpers and defaults shared by the gradient, activation and fused probes: input checks, chunking,
+device placement, the trace counter and ProbeError.
+
+One place for them so that every probe validates tokens, pads chunks and places data identically (same
+shapes, so one compiled program per shape), and so the probe modules do not import each other for them.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from spectral_jax.probes.matrices import _resolve_layer
+
+METHODS: tuple[str, ...] = ("vmap", "capture", "auto")
+DEFAULT_METHOD = "auto"
+"""capture on probe layers, vmap elsewhere (benchmarks/per_sample_grads.py compares the two)."""
+DEFAULT_CHUNK_TOKENS = {"cpu": 2048, "gpu": 8192, "tpu": 8192}
+"""Tokens per chunk by platform: default chunk = max(1, tokens // T) sequences (on CPU 2,048 tokens, i.e. 8
+sequences at T = 256). The fused head + loss keeps every chunk's logits in the last-level cache, so on CPU
+chunks of several sequences beat one sequence per chunk (benchmarks/per_sample_grads.py, --chunk)."""
+DEFAULT_GRAD_SAMPLES = 512  # paper / reference M
+
+_TRACES: collections.Counter = collections.Counter()  # traces per device function (tests: compile once)
+
+
+class ProbeError(ValueError):
+    """A probe cannot produce a meaningful spectrum (diverged checkpoint, too few samples, ...)."""
+
+
+def split_windows(pool_NxT1) -> tuple[np.ndarray, np.ndarray]:
+    """Pool windows (N, T+1) -> inputs x = w[:, :-1] and targets y = w[:, 1:] (int32)."""
+    w = np.asarray(pool_NxT1)
+    if w.ndim != 2 or w.shape[1] < 2:
+        raise ValueError(f"pool windows must be (N, T+1) token ids, got shape {w.shape}")
+    return w[:, :-1].astype(np.int32), w[:, 1:].astype(np.int32)
+
+
+def default_chunk(seq_len: int, n: int | None = None, platform: str | None = None) -> int:
+    """Sequences per chunk: DEFAULT_CHUNK_TOKENS[platform] worth of tokens (at least 1, at most n);
+    platform defaults to jax.default_backend()."""
+    tokens = DEFAULT_CHUNK_TOKENS.get(platform or jax.default_backend(), 8192)
+    c = max(1, tokens // max(1, int(seq_len)))
+    return c if n is None else max(1, min(c, n))
+
+
+def _check_window(config, window):
+    if window is None or config.window in ("none", "fixed"):
+        return None
+    w = int(window)
+    if not 1 <= w <= config.window_max:
+        raise ValueError(f"window {w} outside [1, window_max={config.window_max}]")
+    return jnp.int32(w)
+
+
+def _check_tokens(config, x, name="inputs") -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be (sequences, T) token ids, got shape {x.shape}")
+    if x.shape[1] > config.seq_len:
+        raise ValueError(f"{name} have T={x.shape[1]} > config.seq_len={config.seq_len}")
+    return x.astype(np.int32)
+
+
+def _pad_rows(a: np.ndarray, rows: int, fill: int) -> np.ndarray:
+    if a.shape[0] == rows:
+        return a
+    pad = np.full((rows - a.shape[0],) + a.shape[1:], fill, a.dtype)
+    return np.concatenate([a, pad])
+
+
+def _placer(mesh):
+    """(place, replicate): chunks go on the mesh's data axis when their size divides the device count
+    (else replicated), model state is replicated, so the jitted passes run data-parallel."""
+    if mesh is None or mesh.devices.size == 1:
+        return jnp.asarray, (lambda tree: tree)
+    axis = mesh.axis_names[0]
+    rows = NamedSharding(mesh, P(axis))
+    replicated = NamedSharding(mesh, P())
+
+    def place(a):
+        return jax.device_put(a, rows) if a.shape[0] % mesh.devices.size == 0 else jax.device_put(a, replicated)
+
+    return place, (lambda tree: jax.device_put(tree, replicated))
+
+
+def _as_layers(config, layers) -> tuple[int, ...]:
+    if isinstance(layers, (int, np.integer)):
+        layers = (layers,)
+    out = []
+    for l in layers:
+        r = _resolve_layer(config, l)
+        if r not in out:
+            out.append(r)
+    return tuple(out)
+
+
+def _chunks(n: int, chunk: int):
+    for start in range(0, n, chunk):
+        yield start, min(n, start + chunk)
