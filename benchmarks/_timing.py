@@ -27,7 +27,7 @@ def interleaved_medians(fns: dict, repeats: int) -> tuple[dict, dict]:
     times = {name: [] for name in fns}
     order = list(fns)
     for r in range(repeats):
-        for name in order[r % len(order):] + order[:r % len(order)]:
+        for name in order[r % len(order) :] + order[: r % len(order)]:
             t0 = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - t0)

@@ -18,14 +18,15 @@ import resource
 import subprocess
 import sys
 
-from absl import app, flags
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from _timing import median_time
+from absl import app, flags
+from flax import nnx
+
 from spectral_jax.covariance import CovarianceAccumulator
+from spectral_jax.models import GPT, make_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rows", 65_536, "rows per update chunk")
@@ -52,8 +53,15 @@ def throughput_table(rows: int, repeats: int) -> list[dict]:
             t_up.append(median_time(run_update, 1))
         flops = 2.0 * rows * d * d
         mm, up = flops / np.median(t_mm) / 1e9, flops / np.median(t_up) / 1e9
-        out.append({"d": d, "rows": rows, "matmul_gflops": round(mm, 1), "update_gflops": round(up, 1),
-                    "ratio": round(up / mm, 3)})
+        out.append(
+            {
+                "d": d,
+                "rows": rows,
+                "matmul_gflops": round(mm, 1),
+                "update_gflops": round(up, 1),
+                "ratio": round(up / mm, 3),
+            }
+        )
     return out
 
 
@@ -66,23 +74,31 @@ def memory_child(n_rows: int, rows: int) -> None:
         acc.update(chunk)
         done += rows
     ev = acc.eigenvalues()
-    print(json.dumps({"rows": acc.count, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "top_eigenvalue": float(ev[0])}))
+    print(
+        json.dumps(
+            {
+                "rows": acc.count,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "top_eigenvalue": float(ev[0]),
+            }
+        )
+    )
 
 
 def memory_table(rows: int) -> list[dict]:
     out = []
     for n in (1_000_000, 8_000_000):
-        res = subprocess.run([sys.executable, __file__, f"--memory_rows={n}", f"--rows={rows}"],
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, __file__, f"--memory_rows={n}", f"--rows={rows}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return out
 
 
 def forward_ratio(repeats: int) -> dict:
-    from flax import nnx
-
-    from spectral_jax.models import GPT, make_config
 
     cfg = make_config("unet", "d12")
     model = GPT(cfg, rngs=nnx.Rngs(0))
@@ -98,8 +114,13 @@ def forward_ratio(repeats: int) -> dict:
         jax.block_until_ready(acc._state)
 
     t_cov = median_time(run_update, repeats)
-    return {"model": "unet d12 (162.2M params)", "tokens": 1024, "forward_s": round(t_fwd, 4),
-            "covariance_update_s": round(t_cov, 5), "ratio": round(t_cov / t_fwd, 4)}
+    return {
+        "model": "unet d12 (162.2M params)",
+        "tokens": 1024,
+        "forward_s": round(t_fwd, 4),
+        "covariance_update_s": round(t_cov, 5),
+        "ratio": round(t_cov / t_fwd, 4),
+    }
 
 
 def main(argv):
@@ -119,8 +140,10 @@ def main(argv):
     if not FLAGS.skip_forward:
         print("\n3. covariance probe cost vs the model forward that produces its activations")
         r = forward_ratio(FLAGS.repeats)
-        print(f"  {r['model']}, T={r['tokens']}: forward {r['forward_s']} s, covariance update "
-              f"{r['covariance_update_s']} s, ratio {r['ratio']}")
+        print(
+            f"  {r['model']}, T={r['tokens']}: forward {r['forward_s']} s, covariance update "
+            f"{r['covariance_update_s']} s, ratio {r['ratio']}"
+        )
 
 
 if __name__ == "__main__":

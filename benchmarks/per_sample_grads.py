@@ -22,14 +22,13 @@ gradient of W_O zero; those kernels get N(0, 0.02) entries first (a stand-in for
 
 from __future__ import annotations
 
-from absl import app, flags
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import interleaved_medians
+from absl import app, flags
 from flax import nnx
 
-from _timing import interleaved_medians
 from spectral_jax import probes
 from spectral_jax.host import tune_cpu_host
 from spectral_jax.models import GPT, make_config
@@ -55,8 +54,9 @@ def _model(cfg, seed):
                 k = jax.random.fold_in(key, 2 * i + (lin is block.mlp.c_proj))
                 lin.kernel[...] = lin.kernel[...] + 0.02 * jax.random.normal(k, lin.kernel.shape)
         if hasattr(model, "lm_head"):
-            model.lm_head.kernel[...] = 0.02 * jax.random.normal(jax.random.fold_in(key, 999),
-                                                                 model.lm_head.kernel.shape)
+            model.lm_head.kernel[...] = 0.02 * jax.random.normal(
+                jax.random.fold_in(key, 999), model.lm_head.kernel.shape
+            )
         return nnx.state(model)
 
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(seed))))
@@ -68,7 +68,7 @@ def reference_singular_values(model, x, y, spec) -> np.ndarray:
     graphdef, wrt, rest = _reference_split(model, spec)
     G = np.empty((x.shape[0], spec.size), np.float32)
     for m in range(x.shape[0]):
-        g = _reference_grad(graphdef, spec)(wrt, rest, x[m:m + 1], y[m:m + 1])
+        g = _reference_grad(graphdef, spec)(wrt, rest, x[m : m + 1], y[m : m + 1])
         G[m] = np.asarray(g).reshape(-1)
     return np.linalg.svd(G, full_matrices=False, compute_uv=False), G
 
@@ -83,11 +83,12 @@ def _reference_split(model, spec):
 def _reference_grad(graphdef, spec):
     key = (graphdef, spec)
     if key not in _GRADS:
+
         @jax.jit
         def grad_one(wrt, rest, x1, y1):
             g = jax.grad(lambda w: cross_entropy(nnx.merge(graphdef, w, rest)(x1), y1))(wrt)
             k = dict(nnx.to_flat_state(g))[spec.kernel_path][...]
-            return k if spec.columns is None else k[:, spec.columns[0]:spec.columns[1]]
+            return k if spec.columns is None else k[:, spec.columns[0] : spec.columns[1]]
 
         _GRADS[key] = grad_one
     return _GRADS[key]
@@ -114,20 +115,23 @@ def main(argv):
     def forward():
         outs = []
         for s in range(0, M, chunk):
-            xc, yc = probes._pad_rows(x[s:s + chunk], chunk, 0), probes._pad_rows(y[s:s + chunk], chunk, -1)
+            xc, yc = probes._pad_rows(x[s : s + chunk], chunk, 0), probes._pad_rows(y[s : s + chunk], chunk, -1)
             outs.append(fwd(state, jnp.asarray(xc), jnp.asarray(yc), None))
         return np.asarray(jnp.concatenate(outs))[:M]
 
     runs = {
         "(a) forward (jitted loss)": forward,
         f"(b) ours: {default} + Gram/eigh": lambda: probes.gradient_singular_values(
-            model, x, y, FLAGS.matrix, chunk=chunk, method=default),
+            model, x, y, FLAGS.matrix, chunk=chunk, method=default
+        ),
         f"(c) ours: {other} + Gram/eigh": lambda: probes.gradient_singular_values(
-            model, x, y, FLAGS.matrix, chunk=chunk, method=other),
+            model, x, y, FLAGS.matrix, chunk=chunk, method=other
+        ),
         "(d) reference: loop + f32 SVD": lambda: reference_singular_values(model, x, y, spec),
     }
     med, results = interleaved_medians(
-        {name: lambda fn=fn: jax.block_until_ready(fn()) for name, fn in runs.items()}, FLAGS.repeats)
+        {name: lambda fn=fn: jax.block_until_ready(fn()) for name, fn in runs.items()}, FLAGS.repeats
+    )
 
     names = list(runs)
     t_fwd, t_ours, t_other, t_ref = (med[n] for n in names)
@@ -140,8 +144,10 @@ def main(argv):
         return float(np.max(np.abs(a[keep] - b[keep]) / b[keep]))
 
     print(f"devices: {jax.devices()}  jax {jax.__version__}")
-    print(f"{FLAGS.family} {FLAGS.tier}: L={cfg.n_layer} d={cfg.d_model} V={cfg.vocab_size}; matrix {spec.key} "
-          f"(P={spec.size}); M={M} sequences x T={T} tokens, chunk {chunk}; median of {FLAGS.repeats}")
+    print(
+        f"{FLAGS.family} {FLAGS.tier}: L={cfg.n_layer} d={cfg.d_model} V={cfg.vocab_size}; matrix {spec.key} "
+        f"(P={spec.size}); M={M} sequences x T={T} tokens, chunk {chunk}; median of {FLAGS.repeats}"
+    )
     print(f"{'measurement':<36} {'time s':>9} {'/ forward':>10} {'/ reference':>12}")
     for n in names:
         print(f"{n:<36} {med[n]:>9.4f} {med[n] / t_fwd:>10.2f} {med[n] / t_ref:>12.2f}")
@@ -149,13 +155,19 @@ def main(argv):
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     print(f"ours / forward   = {t_ours / t_fwd:.2f}  (requirement <= 1.5: {met(t_ours / t_fwd <= 1.5)})")
     print(f"ours / reference = {t_ours / t_ref:.2f}  (requirement <= 1.0: {met(t_ours <= t_ref)})")
-    print(f"faster method here: {default if t_ours <= t_other else other} "
-          f"({default} {t_ours:.4f} s, {other} {t_other:.4f} s)")
-    print(f"max rel. diff of singular values >= 1e-6*max, ours vs reference (f32 SVD): {rel:.2e} "
-          f"(requirement <= 1e-4: {met(rel <= 1e-4)})")
-    print(f"  vs float64 SVD of the reference G: ours {max_rel(ours, ref64):.2e}, other method "
-          f"{max_rel(other_sv, ref64):.2e}, reference f32 SVD {max_rel(ref, ref64):.2e}; "
-          f"sigma range {ref64[0]:.3e} .. {ref64[-1]:.3e}")
+    print(
+        f"faster method here: {default if t_ours <= t_other else other} "
+        f"({default} {t_ours:.4f} s, {other} {t_other:.4f} s)"
+    )
+    print(
+        f"max rel. diff of singular values >= 1e-6*max, ours vs reference (f32 SVD): {rel:.2e} "
+        f"(requirement <= 1e-4: {met(rel <= 1e-4)})"
+    )
+    print(
+        f"  vs float64 SVD of the reference G: ours {max_rel(ours, ref64):.2e}, other method "
+        f"{max_rel(other_sv, ref64):.2e}, reference f32 SVD {max_rel(ref, ref64):.2e}; "
+        f"sigma range {ref64[0]:.3e} .. {ref64[-1]:.3e}"
+    )
     # The model's spectrum above is nearly flat; a decaying one is the hard case for the Gram trick.
     U, _ = np.linalg.qr(rng.standard_normal((M, M)))
     V, _ = np.linalg.qr(rng.standard_normal((spec.size, M)))
@@ -163,9 +175,11 @@ def main(argv):
     syn64 = np.linalg.svd(G_syn.astype(np.float64), compute_uv=False)
     syn_ours = probes.singular_values_gram(G_syn)
     syn_ref = np.linalg.svd(G_syn, full_matrices=False, compute_uv=False)
-    print(f"synthetic G ({M} x {spec.size}, sigma_j = j^-2, range {syn64[0] / syn64[-1]:.0f}x): max rel. diff "
-          f"ours vs reference {max_rel(syn_ours, syn_ref):.2e}, ours vs float64 SVD "
-          f"{max_rel(syn_ours, syn64):.2e}, reference vs float64 SVD {max_rel(syn_ref, syn64):.2e}")
+    print(
+        f"synthetic G ({M} x {spec.size}, sigma_j = j^-2, range {syn64[0] / syn64[-1]:.0f}x): max rel. diff "
+        f"ours vs reference {max_rel(syn_ours, syn_ref):.2e}, ours vs float64 SVD "
+        f"{max_rel(syn_ours, syn64):.2e}, reference vs float64 SVD {max_rel(syn_ref, syn64):.2e}"
+    )
 
 
 if __name__ == "__main__":

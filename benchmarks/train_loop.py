@@ -68,18 +68,22 @@ def main(argv):
     state = run_every_step(step_fn, graphdef, state, batches[:2], cfg.max_window)  # compile
     times = {name: [] for name in loops}
     for r in range(FLAGS.rounds):
-        for name in (list(loops) if r % 2 == 0 else list(loops)[::-1]):
+        for name in list(loops) if r % 2 == 0 else list(loops)[::-1]:
             t0 = time.perf_counter()
             state = loops[name](step_fn, graphdef, state, batches, cfg.max_window)
             times[name].append((time.perf_counter() - t0) / FLAGS.steps)
     med = {name: float(np.median(t)) for name, t in times.items()}
-    print(f"{FLAGS.family} {FLAGS.preset}, B = {FLAGS.batch} x {cfg.seq_len}, {FLAGS.rounds} rounds x "
-          f"{FLAGS.steps} steps per loop")
+    print(
+        f"{FLAGS.family} {FLAGS.preset}, B = {FLAGS.batch} x {cfg.seq_len}, {FLAGS.rounds} rounds x "
+        f"{FLAGS.steps} steps per loop"
+    )
     print("| loss read | s / step (median of rounds) |\n|---|---|")
     for name, t in med.items():
         print(f"| {name} | {t:.4f} |")
-    print(f"ratio every-step / one-step-late: {med['every step'] / med['one step late']:.3f} "
-          f"(> 1: the late read is faster)")
+    print(
+        f"ratio every-step / one-step-late: {med['every step'] / med['one step late']:.3f} "
+        f"(> 1: the late read is faster)"
+    )
 
 
 if __name__ == "__main__":

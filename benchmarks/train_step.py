@@ -26,10 +26,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import interleaved_medians, median_time
 from absl import app, flags
 from flax import nnx
 
-from _timing import interleaved_medians, median_time
 from spectral_jax.host import tune_cpu_host
 from spectral_jax.models import GPT, attention, make_config
 from spectral_jax.models.gpt import cross_entropy
@@ -60,7 +60,7 @@ def matmul_rate(dtype, repeats: int) -> tuple[float, int]:
         a = jnp.ones((n, n), dtype)
         f = jax.jit(lambda x, y: x @ y)
         dt = median_time(lambda: f(a, a).block_until_ready(), repeats)
-        best = max(best, (2 * n ** 3 / dt, n))
+        best = max(best, (2 * n**3 / dt, n))
     return best
 
 
@@ -86,7 +86,7 @@ def interleaved_step_and_matmul(step, dtype, n: int, rounds: int) -> tuple[float
             step()
             st.append(time.perf_counter() - t0)
         steps.append(float(np.median(st[1:])))
-        mms.append(2 * n ** 3 / min(ts))
+        mms.append(2 * n**3 / min(ts))
         per_round.append(1.0 / (steps[-1] * mms[-1]))
     return float(np.median(steps)), float(np.median(mms)), per_round
 
@@ -132,23 +132,44 @@ def components(cfg, graphdef, params, tokens_Bx_T1, window: int, repeats: int) -
     gran = "token" if cfg.window in ("fixed", "token") else "block"
     fns = {}
     for impl in ("chunked", "dense", "banded"):
-        f = jax.jit(jax.value_and_grad(lambda q, k, v, impl=impl: jnp.sum(jnp.sin(attention.banded_attention(
-            q, k, v, window=window, max_window=cfg.max_window, block_size=cfg.attn_block_size, granularity=gran,
-            scale=cfg.scale, impl=impl))), (0, 1, 2)))
+        f = jax.jit(
+            jax.value_and_grad(
+                lambda q, k, v, impl=impl: jnp.sum(
+                    jnp.sin(
+                        attention.banded_attention(
+                            q,
+                            k,
+                            v,
+                            window=window,
+                            max_window=cfg.max_window,
+                            block_size=cfg.attn_block_size,
+                            granularity=gran,
+                            scale=cfg.scale,
+                            impl=impl,
+                        )
+                    )
+                ),
+                (0, 1, 2),
+            )
+        )
         fns[impl] = lambda f=f: jax.block_until_ready(f(q, k, v))
     t, _ = interleaved_medians(fns, repeats)
     print(f"\n| one attention layer, forward + backward (B {B}, T {T}, window {window}) | ms | vs chunked |")
     print("|---|---|---|")
     for impl, dt in t.items():
         print(f"| {impl} | {dt * 1e3:,.2f} | {dt / t['chunked']:.2f} |")
-    print(f"(attention impl 'auto' on {jax.default_backend()}: "
-          f"{'chunked' if jax.default_backend() == 'cpu' else 'dense or chunked by band width'})")
+    print(
+        f"(attention impl 'auto' on {jax.default_backend()}: "
+        f"{'chunked' if jax.default_backend() == 'cpu' else 'dense or chunked by band width'})"
+    )
 
 
 def main(argv):
     del argv
-    print(f"host settings (spectral_jax.host.tune_cpu_host): "
-          f"{tune_cpu_host(heap=FLAGS.tune_heap, sync_dispatch=FLAGS.sync_dispatch)}")
+    print(
+        f"host settings (spectral_jax.host.tune_cpu_host): "
+        f"{tune_cpu_host(heap=FLAGS.tune_heap, sync_dispatch=FLAGS.sync_dispatch)}"
+    )
     cfg = make_config(FLAGS.family, FLAGS.preset)
     window = FLAGS.window or cfg.max_window
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
@@ -170,14 +191,20 @@ def main(argv):
     tokens = FLAGS.batch * cfg.seq_len
     fpt = model_flops_per_token(cfg, params, window)
     rate = fpt * tokens / dt
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.family} {FLAGS.preset}, "
-          f"batch {FLAGS.batch} x {cfg.seq_len}, window {window}")
+    print(
+        f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.family} {FLAGS.preset}, "
+        f"batch {FLAGS.batch} x {cfg.seq_len}, window {window}"
+    )
     print("| quantity | value |\n|---|---|")
-    print(f"| matmul rate ({np.dtype(dtype).name}, n={n}: fastest of {'/'.join(map(str, matmul_sizes()))}; best "
-          f"of 5 per round, median of "
-          f"{FLAGS.repeats} rounds interleaved with the steps) | {peak / 1e9:,.1f} GFLOP/s |")
-    print(f"| train step (forward + backward + optimizer; 2 per round, median of {FLAGS.repeats} rounds) | "
-          f"{dt * 1e3:,.1f} ms, {tokens / dt:,.0f} tokens/s |")
+    print(
+        f"| matmul rate ({np.dtype(dtype).name}, n={n}: fastest of {'/'.join(map(str, matmul_sizes()))}; best "
+        f"of 5 per round, median of "
+        f"{FLAGS.repeats} rounds interleaved with the steps) | {peak / 1e9:,.1f} GFLOP/s |"
+    )
+    print(
+        f"| train step (forward + backward + optimizer; 2 per round, median of {FLAGS.repeats} rounds) | "
+        f"{dt * 1e3:,.1f} ms, {tokens / dt:,.0f} tokens/s |"
+    )
     print(f"| model FLOPs per token (6 N_matmul + attention) | {fpt / 1e6:,.2f} MFLOP |")
     print(f"| model FLOP rate | {rate / 1e9:,.1f} GFLOP/s |")
     print(f"| MFU vs matmul rate (medians) | {rate / peak:.1%} |")

@@ -1,7 +1,7 @@
 """Rebuild summary.json and the figures of a results directory from its saved records alone.
 
-    python -m experiments.report --results=results/batch_sweep/betterwin_tiny
-    python -m experiments.report --results=results/chain/tiny          # a chain directory (chain.json)
+python -m experiments.report --results=results/batch_sweep/betterwin_tiny
+python -m experiments.report --results=results/chain/tiny          # a chain directory (chain.json)
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ import pathlib
 from absl import app, flags
 
 from experiments._cli import user_errors_exit_2
-from spectral_jax.chain import format_chain_table, summarize_chain
 from spectral_jax.batch_sweep import format_table, summarize_sweep
+from spectral_jax.chain import format_chain_table, summarize_chain
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results", None, "a batch-sweep or chain results directory", required=True)
 flags.DEFINE_float("early_fraction", None, "override the early-checkpoint fraction of T(B) (batch sweeps)")
-flags.DEFINE_string("gain_target", None, "chains: loss at which T is read (train | common | a number; default: "
-                    "as the chain was run)")
+flags.DEFINE_string(
+    "gain_target", None, "chains: loss at which T is read (train | common | a number; default: as the chain was run)"
+)
 
 
 @user_errors_exit_2

@@ -1,6 +1,6 @@
 """Modular-arithmetic toy: stage x batch sweep with successive-halving LR selection, spectra and Fourier probes.
 
-    python -m experiments.toy_modarith                       # CPU default (scaled; see BUILD_NOTES.md "Toy")
+    python -m experiments.toy_modarith                       # CPU default (scaled to 2 CPU cores)
     python -m experiments.toy_modarith --quick --out=/tmp/toy_quick
     python -m experiments.toy_modarith --preset=reference    # reference budget: 5000 steps, target 2.0, B 32..512
 

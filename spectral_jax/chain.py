@@ -50,12 +50,12 @@ from spectral_jax.data import load_data
 from spectral_jax.data.vocab import fit_vocab
 from spectral_jax.fields import option
 from spectral_jax.models import FAMILIES, make_config
-from spectral_jax.presets import ProbeConfig, ProbeOverrides, UsesPreset, get_preset
+from spectral_jax.presets import ProbeOverrides, UsesPreset, get_preset
 from spectral_jax.probes import ALIASES
 from spectral_jax.records import environment, log_stderr, read_json, write_json, write_text
 from spectral_jax.taxonomy import TaxonomyThresholds, classify_transition
 from spectral_jax.train import train
-from spectral_jax.train_config import TrainConfig, TrainOverrides
+from spectral_jax.train_config import TrainOverrides
 from spectral_jax.train_step import interleaved_throughput
 
 DEFAULT_BATCH = 8
@@ -66,22 +66,35 @@ GRAD_MATRIX = "final_attn_out"
 class ChainConfig(UsesPreset):
     """Every family (or a sub-chain) at one batch on a preset; `train` and `probe` change the preset's values."""
 
-    families: tuple[str, ...] | None = option(None, "comma-separated families (default: the whole chain, in "
-                                              "chain order)")
+    families: tuple[str, ...] | None = option(
+        None, "comma-separated families (default: the whole chain, in chain order)"
+    )
     preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
-    batch: int = option(DEFAULT_BATCH, "trunk sequences per step (families with shorter T run more sequences, so "
-                        "every family sees the same tokens per step)")
+    batch: int = option(
+        DEFAULT_BATCH,
+        "trunk sequences per step (families with shorter T run more sequences, so "
+        "every family sees the same tokens per step)",
+    )
     data: str = option("embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
-    lr: str = option("sqrt", "LR per family as batch_sweep --lr (sqrt | linear | none | float | table.json); at "
-                     "the chain batch every family's multiplier is 1 under sqrt")
+    lr: str = option(
+        "sqrt",
+        "LR per family as batch_sweep --lr (sqrt | linear | none | float | table.json); at "
+        "the chain batch every family's multiplier is 1 under sqrt",
+    )
     out: str | None = option(None, "results directory (default results/chain/<preset>)")
     resume: bool = option(True, "reuse finished families and resume interrupted ones from their checkpoints")
     thresholds: TaxonomyThresholds = option(TaxonomyThresholds(), "taxonomy thresholds", name="{}_threshold")
-    gain_target: str = option("train", "loss at which T is read for the gains: train (the training target, the "
-                              "paper's), common (the lowest loss every family reached), or a number")
-    throughput: str = option("interleaved", "Q for the throughput gains: interleaved (every family's training step "
-                             "timed side by side after the runs, fair on a shared machine) or train (the Q each run "
-                             "logged)")
+    gain_target: str = option(
+        "train",
+        "loss at which T is read for the gains: train (the training target, the "
+        "paper's), common (the lowest loss every family reached), or a number",
+    )
+    throughput: str = option(
+        "interleaved",
+        "Q for the throughput gains: interleaved (every family's training step "
+        "timed side by side after the runs, fair on a shared machine) or train (the Q each run "
+        "logged)",
+    )
     throughput_rounds: int = option(3, "rounds of the side-by-side timing (2 steps per family per round)")
     train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
     probe: ProbeOverrides = option(ProbeOverrides(), "changes to the preset's probe sizes")
@@ -105,7 +118,6 @@ class ChainConfig(UsesPreset):
         return pathlib.Path(self.out or f"results/chain/{self.preset}")
 
 
-
 def transitions_of(families: Sequence[str]) -> list[tuple[str, str]]:
     """(parent, family) pairs along FAMILIES for every family whose parent is among `families`."""
     present = set(families)
@@ -127,8 +139,10 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
     if cfg.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {cfg.batch}")
     if len(families) < 2 or not transitions_of(families):
-        raise ValueError(f"families {list(families)} contain no transition (a family and its parent); "
-                         "name consecutive families, e.g. --families=baseline,rope,muon,untied")
+        raise ValueError(
+            f"families {list(families)} contain no transition (a family and its parent); "
+            "name consecutive families, e.g. --families=baseline,rope,muon,untied"
+        )
     configs = {f: make_config(f, cfg.preset, **dict(cfg.model_overrides)) for f in families}
     first = configs[families[0]]
     out = cfg.out_dir()
@@ -138,26 +152,55 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
     base_tc = cfg.train_config()
     tail, bank = preset.tail_window, preset.local_windows
     trunk_T = int(cfg.model_overrides.get("seq_len", preset.model.trunk_seq_len))
-    write_json(out / "chain.json", dict(config=cfg, families=families, transitions=transitions_of(families),
-                                        probe=probe, tail_window=tail, local_windows=bank, trunk_seq_len=trunk_T,
-                                        data=dataset.metadata))
+    write_json(
+        out / "chain.json",
+        dict(
+            config=cfg,
+            families=families,
+            transitions=transitions_of(families),
+            probe=probe,
+            tail_window=tail,
+            local_windows=bank,
+            trunk_seq_len=trunk_T,
+            data=dataset.metadata,
+        ),
+    )
     pools: dict[int, np.ndarray] = {}
     t0 = time.perf_counter()
     for i, fam in enumerate(families):
         mc = configs[fam]
         batch = family_batch(mc, trunk_T, cfg.batch)
         if mc.seq_len not in pools:
-            pools[mc.seq_len] = dataset.measurement_pool(mc.seq_len, probe.pool_sequences,
-                                                         val_tokens=base_tc.val_tokens)
-        callback = ProbeCallback(pools[mc.seq_len], layers=(-1,), matrices=(GRAD_MATRIX,),
-                                 grad_samples=probe.grad_samples, chunk=probe.chunk, tail=tail, bank=bank)
+            pools[mc.seq_len] = dataset.measurement_pool(
+                mc.seq_len, probe.pool_sequences, val_tokens=base_tc.val_tokens
+            )
+        callback = ProbeCallback(
+            pools[mc.seq_len],
+            layers=(-1,),
+            matrices=(GRAD_MATRIX,),
+            grad_samples=probe.grad_samples,
+            chunk=probe.chunk,
+            tail=tail,
+            bank=bank,
+        )
         lr, rule = resolve_lr(cfg.lr, batch, mc.optim.reference_batch, fam)
         tc = base_tc.for_batch(batch, lr=lr)
-        log(f"== chain {cfg.preset}: family {i + 1}/{len(families)} {fam}, B = {batch} x {mc.seq_len} tokens, "
-            f"LR {rule} = {lr} ({time.perf_counter() - t0:.0f}s elapsed)")
-        train(mc, tc, dataset, out / fam, callbacks=[callback], resume=cfg.resume, log=log,
-              run_info=dict(family=fam, preset=cfg.preset, lr_rule=rule, chain_batch=cfg.batch,
-                            vocab_map=vmap and vmap.describe()))
+        log(
+            f"== chain {cfg.preset}: family {i + 1}/{len(families)} {fam}, B = {batch} x {mc.seq_len} tokens, "
+            f"LR {rule} = {lr} ({time.perf_counter() - t0:.0f}s elapsed)"
+        )
+        train(
+            mc,
+            tc,
+            dataset,
+            out / fam,
+            callbacks=[callback],
+            resume=cfg.resume,
+            log=log,
+            run_info=dict(
+                family=fam, preset=cfg.preset, lr_rule=rule, chain_batch=cfg.batch, vocab_map=vmap and vmap.describe()
+            ),
+        )
     if cfg.throughput == "interleaved":
         _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, log)
     summary = summarize_chain(out, log=log)
@@ -181,8 +224,10 @@ def _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, 
         runs[fam] = (mc, base_tc.for_batch(batch, lr=lr))
     log(f"throughput: timing {len(runs)} training steps side by side ({cfg.throughput_rounds} rounds)")
     q = interleaved_throughput(runs, dataset, rounds=cfg.throughput_rounds, log=log)
-    write_json(path, dict(families=list(families), rounds=cfg.throughput_rounds, throughput=q,
-                          devices=environment().get("devices")))
+    write_json(
+        path,
+        dict(families=list(families), rounds=cfg.throughput_rounds, throughput=q, devices=environment().get("devices")),
+    )
 
 
 # ---- summary from records -------------------------------------------------------------------------------
@@ -242,8 +287,11 @@ def resolve_gain_target(spec: str | float, runs: Mapping[str, TierRecords]) -> f
             raise ValueError(f"the runs were trained to different targets {sorted(targets)}; pass a gain target")
         return targets.pop()
     if spec == "common":
-        best = [min(e.val_loss for e in r.evals if e.step > 0 and math.isfinite(e.val_loss))
-                for r in runs.values() if any(e.step > 0 for e in r.evals)]
+        best = [
+            min(e.val_loss for e in r.evals if e.step > 0 and math.isfinite(e.val_loss))
+            for r in runs.values()
+            if any(e.step > 0 for e in r.evals)
+        ]
         if len(best) != len(runs):
             raise ValueError("a run has no eval after step 0, so no common loss exists; train longer")
         return float(max(best))
@@ -258,21 +306,32 @@ def family_row(name: str, run: TierRecords, gain_target: float, q_side: Mapping 
     act, grad = _series(run, "activation"), _series(run, "gradient")
     fa, fg = (act[-1] if act else None), (grad[-1] if grad else None)
     return dict(
-        family=name, status=res.status, tokens_to_target=res.tokens_to_target,
+        family=name,
+        status=res.status,
+        tokens_to_target=res.tokens_to_target,
         tokens_to_gain_target=efficiency.tokens_to_target([e.to_dict() for e in run.evals], gain_target),
         throughput_tokens_per_s=res.throughput_tokens_per_s if q_side is None else q_side["tokens_per_s"],
         throughput_train=res.throughput_tokens_per_s,
         throughput_interleaved=None if q_side is None else q_side["tokens_per_s"],
         final_val_loss=res.final_val_loss,
-        steps=res.steps, batch=res.batch, seq_len=res.seq_len, final_step=None if fa is None else fa["step"],
-        act_alpha_head=_get(fa, "alpha_head"), act_alpha_tail=_get(fa, "alpha_tail"), act_rankme=_get(fa, "rankme"),
-        act_head_mass=_get(fa, "head_mass10"), grad_alpha_head=_get(fg, "alpha_head"),
-        grad_alpha_tail=_get(fg, "alpha_tail"), grad_rankme=_get(fg, "rankme"), grad_head_mass=_get(fg, "head_mass10"),
+        steps=res.steps,
+        batch=res.batch,
+        seq_len=res.seq_len,
+        final_step=None if fa is None else fa["step"],
+        act_alpha_head=_get(fa, "alpha_head"),
+        act_alpha_tail=_get(fa, "alpha_tail"),
+        act_rankme=_get(fa, "rankme"),
+        act_head_mass=_get(fa, "head_mass10"),
+        grad_alpha_head=_get(fg, "alpha_head"),
+        grad_alpha_tail=_get(fg, "alpha_tail"),
+        grad_rankme=_get(fg, "rankme"),
+        grad_head_mass=_get(fg, "head_mass10"),
     )
 
 
-def transition_row(a: str, b: str, runs: Mapping[str, TierRecords], rows: Mapping[str, dict],
-                   thresholds: TaxonomyThresholds) -> dict:
+def transition_row(
+    a: str, b: str, runs: Mapping[str, TierRecords], rows: Mapping[str, dict], thresholds: TaxonomyThresholds
+) -> dict:
     ra, rb = rows[a], rows[b]
     features = dict(
         d_act_alpha_head=_delta(ra["act_alpha_head"], rb["act_alpha_head"]),
@@ -305,8 +364,13 @@ def load_chain(out: str | os.PathLike) -> tuple[dict, dict[str, TierRecords]]:
     return meta, runs
 
 
-def summarize_chain(out: str | os.PathLike, *, thresholds: TaxonomyThresholds | None = None,
-                    gain_target: str | float | None = None, log: Callable[[str], None] = log_stderr) -> dict:
+def summarize_chain(
+    out: str | os.PathLike,
+    *,
+    thresholds: TaxonomyThresholds | None = None,
+    gain_target: str | float | None = None,
+    log: Callable[[str], None] = log_stderr,
+) -> dict:
     """summary.json, chain_table.csv and the figures, from the records alone."""
     out = pathlib.Path(out)
     meta, runs = load_chain(out)
@@ -326,21 +390,44 @@ def summarize_chain(out: str | os.PathLike, *, thresholds: TaxonomyThresholds | 
     rows = {f: family_row(f, r, target, q_side.get(f)) for f, r in runs.items()}
     transitions = [transition_row(a, b, runs, rows, thresholds) for a, b in transitions_of(list(runs))]
     first = next(iter(runs.values()))
-    summary = dict(preset=meta["config"]["preset"], batch=meta["config"]["batch"],
-                   target_loss=first.result.target_loss, gain_target=target, gain_target_rule=spec,
-                   throughput_rule=q_rule,
-                   thresholds=dataclasses.asdict(thresholds),
-                   families=list(rows.values()), transitions=transitions, missing=missing,
-                   git_sha=first.run["environment"]["git_sha"])
+    summary = dict(
+        preset=meta["config"]["preset"],
+        batch=meta["config"]["batch"],
+        target_loss=first.result.target_loss,
+        gain_target=target,
+        gain_target_rule=spec,
+        throughput_rule=q_rule,
+        thresholds=dataclasses.asdict(thresholds),
+        families=list(rows.values()),
+        transitions=transitions,
+        missing=missing,
+        git_sha=first.run["environment"]["git_sha"],
+    )
     write_json(out / "summary.json", summary)
     _write_csv(out / "chain_table.csv", transitions)
     _figures(out, summary, runs, tuple(meta["tail_window"]))
     return summary
 
 
-CSV_COLUMNS = ("a", "b", "tok_gain", "thr_gain", "g_tok", "g_thr", "d_act_alpha_head", "d_act_head_mass",
-               "d_grad_log_rankme", "d_grad_alpha", "d_grad_head_mass", "path_sep_act", "path_sep_grad",
-               "act_score", "grad_score", "label", "reason")
+CSV_COLUMNS = (
+    "a",
+    "b",
+    "tok_gain",
+    "thr_gain",
+    "g_tok",
+    "g_thr",
+    "d_act_alpha_head",
+    "d_act_head_mass",
+    "d_grad_log_rankme",
+    "d_grad_alpha",
+    "d_grad_head_mass",
+    "path_sep_act",
+    "path_sep_grad",
+    "act_score",
+    "grad_score",
+    "label",
+    "reason",
+)
 
 
 def _write_csv(path: pathlib.Path, transitions: Sequence[Mapping]) -> None:
@@ -356,27 +443,42 @@ def _figures(out: pathlib.Path, summary: dict, runs: Mapping[str, TierRecords], 
     preset = summary["preset"]
     labelled = [t for t in summary["transitions"] if t["g_tok"] is not None and t["g_thr"] is not None]
     if labelled:
-        plots.save_figure(plots.plot_gain_plane(
-            labelled, title=f"chain ({preset}, B = {summary['batch']}): token gain vs throughput gain"),
-            out / "gain_plane.png")
+        plots.save_figure(
+            plots.plot_gain_plane(
+                labelled, title=f"chain ({preset}, B = {summary['batch']}): token gain vs throughput gain"
+            ),
+            out / "gain_plane.png",
+        )
     finals = {}
     for f, run in runs.items():
         grad = _series(run, "gradient")
         if grad:
             finals[f] = load_spectrum(run, grad[-1])
     if finals:
-        plots.save_figure(plots.plot_spectra(
-            finals, title=f"chain ({preset}): final per-sample gradient spectra of W_O", ylabel="normalised "
-            "singular value", window=tail), out / "final_gradient_spectra.png")
-    plots.save_figure(plots.plot_alpha_summaries(
-        summary["families"], title=f"chain ({preset}): final activation vs gradient alpha_tail {list(tail)}"),
-        out / "alpha_summaries.png")
+        plots.save_figure(
+            plots.plot_spectra(
+                finals,
+                title=f"chain ({preset}): final per-sample gradient spectra of W_O",
+                ylabel="normalised singular value",
+                window=tail,
+            ),
+            out / "final_gradient_spectra.png",
+        )
+    plots.save_figure(
+        plots.plot_alpha_summaries(
+            summary["families"], title=f"chain ({preset}): final activation vs gradient alpha_tail {list(tail)}"
+        ),
+        out / "alpha_summaries.png",
+    )
     for kind, ylabel in (("activation", "normalised eigenvalue"), ("gradient", "normalised singular value")):
         series = {f: [(r["tokens"], load_spectrum(run, r)) for r in _series(run, kind)] for f, run in runs.items()}
         if any(series.values()):
-            plots.save_figure(plots.plot_spectral_atlas(
-                series, title=f"chain ({preset}): {kind} spectra over training", ylabel=ylabel, window=tail),
-                out / f"atlas_{kind}.png")
+            plots.save_figure(
+                plots.plot_spectral_atlas(
+                    series, title=f"chain ({preset}): {kind} spectra over training", ylabel=ylabel, window=tail
+                ),
+                out / f"atlas_{kind}.png",
+            )
     curves = {f: ([e.tokens for e in r.evals], [e.val_loss for e in r.evals]) for f, r in runs.items()}
     plots.save_figure(plots.plot_loss_curves(curves, target=summary["target_loss"]), out / "loss_curves.png")
 
@@ -386,19 +488,34 @@ def format_chain_table(summary: dict) -> str:
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
     rows = {r["family"]: r for r in summary["families"]}
-    lines = [f"chain ({summary['preset']}, B = {summary['batch']}), training target {summary['target_loss']}, "
-             f"gains at val loss {summary['gain_target']:.4g} ({summary['gain_target_rule']}), "
-             f"Q {summary['throughput_rule']}",
-             f"{'family':>10} {'status':>8} {'final val':>9} {'T tokens':>10} {'Q tok/s':>8}"]
+    lines = [
+        f"chain ({summary['preset']}, B = {summary['batch']}), training target {summary['target_loss']}, "
+        f"gains at val loss {summary['gain_target']:.4g} ({summary['gain_target_rule']}), "
+        f"Q {summary['throughput_rule']}",
+        f"{'family':>10} {'status':>8} {'final val':>9} {'T tokens':>10} {'Q tok/s':>8}",
+    ]
     for r in rows.values():
-        lines.append(f"{r['family']:>10} {r['status']:>8} {f(r['final_val_loss'], '.4f'):>9} "
-                     f"{f(r['tokens_to_gain_target'], ','):>10} {f(r['throughput_tokens_per_s'], ',.0f'):>8}")
+        lines.append(
+            f"{r['family']:>10} {r['status']:>8} {f(r['final_val_loss'], '.4f'):>9} "
+            f"{f(r['tokens_to_gain_target'], ','):>10} {f(r['throughput_tokens_per_s'], ',.0f'):>8}"
+        )
     lines.append(f"{'transition':>22} {'TokGain':>8} {'ThrGain':>8} {'act':>5} {'grad':>5}  label")
     for t in summary["transitions"]:
-        lines.append(f"{t['name']:>22} {f(t['tok_gain'], '+.3f'):>8} {f(t['thr_gain'], '+.3f'):>8} "
-                     f"{f(t['act_score'], '.1f'):>5} {f(t['grad_score'], '.1f'):>5}  {t['label'] or '-'}")
+        lines.append(
+            f"{t['name']:>22} {f(t['tok_gain'], '+.3f'):>8} {f(t['thr_gain'], '+.3f'):>8} "
+            f"{f(t['act_score'], '.1f'):>5} {f(t['grad_score'], '.1f'):>5}  {t['label'] or '-'}"
+        )
     return "\n".join(lines)
 
 
-__all__ = ["ChainConfig", "run_chain", "summarize_chain", "load_chain", "transitions_of", "family_batch",
-           "path_separation", "format_chain_table", "CSV_COLUMNS"]
+__all__ = [
+    "ChainConfig",
+    "run_chain",
+    "summarize_chain",
+    "load_chain",
+    "transitions_of",
+    "family_batch",
+    "path_separation",
+    "format_chain_table",
+    "CSV_COLUMNS",
+]

@@ -73,8 +73,12 @@ def save(mgr: ocp.CheckpointManager, step: int, params, opt_state, meta: Mapping
     """Checkpoint `step` (synchronously; a step that already has one is left as it is)."""
     if step in mgr.all_steps():
         return
-    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state)),
-                                           meta=ocp.args.JsonSave(dict(meta))))
+    mgr.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state)), meta=ocp.args.JsonSave(dict(meta))
+        ),
+    )
     mgr.wait_until_finished()
 
 
@@ -95,16 +99,20 @@ def load_tier_model(tier_dir: str | pathlib.Path) -> tuple[GPT, int, dict]:
     make_config from the tier's records and must reproduce the run's config fingerprint."""
     tier_dir = pathlib.Path(tier_dir)
     if not (tier_dir / "run.json").is_file() or not (tier_dir / "checkpoints").is_dir():
-        raise FileNotFoundError(f"--model={tier_dir} is not a trained tier directory (needs run.json and "
-                                "checkpoints/); pass a batch-sweep tier such as results/.../tier_B8, or omit --model")
+        raise FileNotFoundError(
+            f"--model={tier_dir} is not a trained tier directory (needs run.json and "
+            "checkpoints/); pass a batch-sweep tier such as results/.../tier_B8, or omit --model"
+        )
     run = read_json(tier_dir / "run.json")
     sweep_json = tier_dir.parent / "sweep.json"
     overrides = (read_json(sweep_json)["config"].get("model_overrides") or {}) if sweep_json.is_file() else {}
     config = make_config(run["family"], run["preset"], **overrides)
     tc = TrainConfig(**run["train"])
     if config_fingerprint(config, tc, run["learning_rates"]) != run["fingerprint"]:
-        raise ValueError(f"{tier_dir}: the model config rebuilt from run.json does not match the run's fingerprint "
-                         "(written by another code version?); retrain the tier or pass another --model")
+        raise ValueError(
+            f"{tier_dir}: the model config rebuilt from run.json does not match the run's fingerprint "
+            "(written by another code version?); retrain the tier or pass another --model"
+        )
     model = GPT(config, rngs=nnx.Rngs(tc.seed))
     _, params = nnx.split(model, nnx.Param)
     sched = Schedules.build(config, tc)
@@ -114,9 +122,23 @@ def load_tier_model(tier_dir: str | pathlib.Path) -> tuple[GPT, int, dict]:
     if step is None:
         raise FileNotFoundError(f"{tier_dir}/checkpoints holds no checkpoint; rerun the sweep for that tier")
     nnx.update(model, restore_state(mgr, step, params, opt_state)[0])
-    return model, sched.window(config, step), dict(kind="checkpoint", dir=str(tier_dir), step=step,
-                                                   tokens=step * sched.tokens_per_step, family=run["family"])
+    return (
+        model,
+        sched.window(config, step),
+        dict(
+            kind="checkpoint", dir=str(tier_dir), step=step, tokens=step * sched.tokens_per_step, family=run["family"]
+        ),
+    )
 
 
-__all__ = ["BUDGET_FIELDS", "config_fingerprint", "same_config", "result_answers", "manager", "save",
-           "restore_meta", "restore_state", "load_tier_model"]
+__all__ = [
+    "BUDGET_FIELDS",
+    "config_fingerprint",
+    "same_config",
+    "result_answers",
+    "manager",
+    "save",
+    "restore_meta",
+    "restore_state",
+    "load_tier_model",
+]

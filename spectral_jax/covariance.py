@@ -1,6 +1,6 @@
 """Streaming, mesh-sharded covariance of activations, exact to float64 reference on the tail.
 
-Why this design (numbers in BUILD_NOTES.md): activations carry a large common offset, so a float32 Gram
+Why this design (measurements in docs/benchmarks.md): activations carry a large common offset, so a float32 Gram
 of uncentred data loses the tail eigenvalues entirely (relative error ~10^2 at rank 200, N = 1M, d = 768).
 We therefore
 1. shift every row by a fixed pivot (the mean of the first chunk) so values are O(spread), not O(offset);
@@ -24,7 +24,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 _AXIS = "data"
 
@@ -37,7 +38,7 @@ class CovStats:
     mean: np.ndarray  # (d,)
     m2: np.ndarray  # (d, d)
 
-    def merge(self, other: "CovStats") -> "CovStats":
+    def merge(self, other: CovStats) -> CovStats:
         """Exact Chan merge of two disjoint row sets."""
         if other.count == 0:
             return self
@@ -72,9 +73,13 @@ def _fold_local(pivot_D, y_RxD, valid_R, count, mean_D, m2_hi_DxD, m2_lo_DxD, no
     n_c = jnp.sum(keep_R).astype(jnp.int32)
     mean_c_D = jnp.sum(y_RxD, axis=0) / jnp.maximum(n_c, 1).astype(jnp.float32)
     yc_RxD = jnp.where(keep_R[:, None], y_RxD - mean_c_D, 0.0)
-    gram_DxD = jax.lax.dot_general(yc_RxD, yc_RxD, (((0,), (0,)), ((), ())),
-                                   precision=jax.lax.Precision.HIGHEST,
-                                   preferred_element_type=jnp.float32)
+    gram_DxD = jax.lax.dot_general(
+        yc_RxD,
+        yc_RxD,
+        (((0,), (0,)), ((), ())),
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
     n_old = count[0]
     total = n_old + n_c
     inv_total = 1.0 / jnp.maximum(total, 1).astype(jnp.float32)
@@ -161,7 +166,7 @@ class CovarianceAccumulator:
         return y_RxD, valid_R
 
     # -- public API -----------------------------------------------------------------------------------
-    def update(self, acts) -> "CovarianceAccumulator":
+    def update(self, acts) -> CovarianceAccumulator:
         """Fold a chunk of activations (..., d) into the running statistics (jitted, sharded)."""
         y_RxD, valid_R = self._shard_rows(acts)
         if y_RxD.shape[0] == 0:
@@ -190,7 +195,7 @@ class CovarianceAccumulator:
             out = out.merge(CovStats(int(counts[k]), pivot + means[k].astype(np.float64), m2))
         return out
 
-    def load_stats(self, stats: CovStats) -> "CovarianceAccumulator":
+    def load_stats(self, stats: CovStats) -> CovarianceAccumulator:
         """Replace the state by `stats` (e.g. restored from disk, or merged from another accumulator)."""
         if stats.mean.shape != (self.dim,) or stats.m2.shape != (self.dim, self.dim):
             raise ValueError(f"stats of dim {stats.mean.shape} do not match accumulator dim {self.dim}")
@@ -204,11 +209,13 @@ class CovarianceAccumulator:
         hi[0] = stats.m2.astype(np.float32)
         lo[0] = (stats.m2 - hi[0].astype(np.float64)).astype(np.float32)
         shardings = [s.sharding for s in self._state]
-        self._state = tuple(jax.device_put(a, sh) for a, sh in
-                            zip((counts, means, hi, lo, np.zeros((self.n_devices,), np.int32)), shardings))
+        self._state = tuple(
+            jax.device_put(a, sh)
+            for a, sh in zip((counts, means, hi, lo, np.zeros((self.n_devices,), np.int32)), shardings)
+        )
         return self
 
-    def merge(self, other: "CovarianceAccumulator") -> "CovarianceAccumulator":
+    def merge(self, other: CovarianceAccumulator) -> CovarianceAccumulator:
         """Fold another accumulator's rows into this one (exact)."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge dim {other.dim} into dim {self.dim}")
@@ -224,13 +231,17 @@ class CovarianceAccumulator:
         """Centred covariance M2 / (N - 1) in float64."""
         bad = self.nonfinite_rows
         if bad and not self.allow_nonfinite:
-            raise ValueError(f"{bad} activation rows were NaN/inf and were not folded in; the model "
-                             "diverged or the checkpoint is corrupt (pass allow_nonfinite=True to skip them)")
+            raise ValueError(
+                f"{bad} activation rows were NaN/inf and were not folded in; the model "
+                "diverged or the checkpoint is corrupt (pass allow_nonfinite=True to skip them)"
+            )
         s = self.stats()
         if s.count < 2:
-            raise ValueError(f"too few rows for a covariance: got {s.count}, need at least 2 "
-                             f"(and at least {self.dim + 1} for a full-rank {self.dim}x{self.dim} estimate); "
-                             "feed more tokens")
+            raise ValueError(
+                f"too few rows for a covariance: got {s.count}, need at least 2 "
+                f"(and at least {self.dim + 1} for a full-rank {self.dim}x{self.dim} estimate); "
+                "feed more tokens"
+            )
         return s.m2 / (s.count - 1)
 
     def eigenvalues(self, *, on_device: bool = False) -> np.ndarray:

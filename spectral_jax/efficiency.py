@@ -62,8 +62,9 @@ def token_efficiency(tokens_by_batch: Mapping[Hashable, int | None]) -> dict[Has
 
 def _positive(name: str, v) -> float:
     if v is None or not (float(v) > 0 and math.isfinite(float(v))):
-        raise ValueError(f"{name} must be a positive finite number, got {v!r} "
-                         "(a tier that never reached the target has no T)")
+        raise ValueError(
+            f"{name} must be a positive finite number, got {v!r} (a tier that never reached the target has no T)"
+        )
     return float(v)
 
 
@@ -89,8 +90,12 @@ def log_throughput_gain(q_a: float, q_b: float) -> float:
 
 def gains(t_a: float, t_b: float, q_a: float, q_b: float) -> dict[str, float]:
     """All four gains of a transition a->b: {tok_gain, thr_gain, g_tok, g_thr} (the gain-plane coordinates)."""
-    return dict(tok_gain=token_gain(t_a, t_b), thr_gain=throughput_gain(q_a, q_b),
-                g_tok=log_token_gain(t_a, t_b), g_thr=log_throughput_gain(q_a, q_b))
+    return dict(
+        tok_gain=token_gain(t_a, t_b),
+        thr_gain=throughput_gain(q_a, q_b),
+        g_tok=log_token_gain(t_a, t_b),
+        g_thr=log_throughput_gain(q_a, q_b),
+    )
 
 
 # ---- checkpoint selection ------------------------------------------------------------------------------
@@ -124,8 +129,10 @@ def common_loss_targets(curves: Mapping[Hashable, Sequence[float]], n: int = 5) 
     lo = max(float(c.min()) for c in finite.values())
     hi = min(float(c.max()) for c in finite.values())
     if hi <= lo:
-        raise ValueError(f"the runs' loss ranges do not overlap: max of per-run minima {lo:.6g} >= min of "
-                         f"per-run maxima {hi:.6g} (runs: {sorted(map(str, finite))})")
+        raise ValueError(
+            f"the runs' loss ranges do not overlap: max of per-run minima {lo:.6g} >= min of "
+            f"per-run maxima {hi:.6g} (runs: {sorted(map(str, finite))})"
+        )
     pooled = np.concatenate(list(finite.values()))
     pooled = pooled[(pooled >= lo) & (pooled <= hi)]
     return [float(q) for q in np.unique(np.quantile(pooled, np.linspace(0.0, 1.0, n)))]
@@ -157,9 +164,9 @@ def minmax_normalize(values: Mapping[Hashable, float | None]) -> dict[Hashable, 
 
 @dataclasses.dataclass(frozen=True)
 class SpearmanResult:
-    rho: float      # NaN when undefined
+    rho: float  # NaN when undefined
     p_value: float  # two-sided; NaN when rho is
-    n: int          # number of finite pairs used
+    n: int  # number of finite pairs used
 
 
 def _rank_correlation_null(x: np.ndarray, y: np.ndarray) -> float:
@@ -174,8 +181,16 @@ def _rank_correlation_null(x: np.ndarray, y: np.ndarray) -> float:
 
     # |rho| with alternative "greater": the null is asymmetric under ties, so 2 min(p_less, p_greater) would not
     # be the share of |rho_perm| >= |rho|
-    return float(stats.permutation_test((stats.rankdata(y),), abs_rho, permutation_type="pairings",
-                                        vectorized=True, n_resamples=np.inf, alternative="greater").pvalue)
+    return float(
+        stats.permutation_test(
+            (stats.rankdata(y),),
+            abs_rho,
+            permutation_type="pairings",
+            vectorized=True,
+            n_resamples=np.inf,
+            alternative="greater",
+        ).pvalue
+    )
 
 
 _EXACT_MAX_N = 9
@@ -199,18 +214,22 @@ def spearman(x: Sequence[float | None], y: Sequence[float | None]) -> SpearmanRe
 
 
 # ---- early prediction ----------------------------------------------------------------------------------
-def _probe_records(records: Sequence[Mapping], kind: str, layer: int | None,
-                   matrix: str | None) -> list[Mapping]:
+def _probe_records(records: Sequence[Mapping], kind: str, layer: int | None, matrix: str | None) -> list[Mapping]:
     """Records of one kind (records without "kind" count as any), one layer / matrix; ValueError if the
     selection still mixes several (layer, matrix) series, since "nearest checkpoint" would then be ambiguous."""
-    recs = [r for r in records
-            if r.get("kind", kind) == kind
-            and (layer is None or r.get("layer") == layer)
-            and (matrix is None or r.get("matrix") == matrix)]
+    recs = [
+        r
+        for r in records
+        if r.get("kind", kind) == kind
+        and (layer is None or r.get("layer") == layer)
+        and (matrix is None or r.get("matrix") == matrix)
+    ]
     series = {(r.get("layer"), r.get("matrix")) for r in recs}
     if len(series) > 1:
-        raise ValueError(f"{kind} records hold {len(series)} series (layer, matrix) = {sorted(series, key=str)}; "
-                         "pass layer= (and matrix=) to pick one")
+        raise ValueError(
+            f"{kind} records hold {len(series)} series (layer, matrix) = {sorted(series, key=str)}; "
+            "pass layer= (and matrix=) to pick one"
+        )
     return recs
 
 
@@ -218,9 +237,16 @@ def _eps(runs: Mapping[Hashable, Mapping]) -> dict:
     return token_efficiency({b: r.get("tokens_to_target") for b, r in runs.items()})
 
 
-def early_prediction(runs: Mapping[Hashable, Mapping], *, fraction: float = 0.2, key: str = "alpha_tail",
-                     kind: str = "activation", layer: int | None = None, matrix: str | None = None,
-                     at_tokens: float | None = None) -> dict:
+def early_prediction(
+    runs: Mapping[Hashable, Mapping],
+    *,
+    fraction: float = 0.2,
+    key: str = "alpha_tail",
+    kind: str = "activation",
+    layer: int | None = None,
+    matrix: str | None = None,
+    at_tokens: float | None = None,
+) -> dict:
     """Early spectral value per tier vs eps_tok, and their Spearman correlation within the family.
 
     runs: {batch: {"tokens_to_target": T or None, "records": [probe records with "tokens", "step", key]}}.
@@ -238,13 +264,25 @@ def early_prediction(runs: Mapping[Hashable, Mapping], *, fraction: float = 0.2,
     for b in sorted(runs):
         run = runs[b]
         T = run.get("tokens_to_target")
-        row = dict(batch=b, tokens_to_target=T, eps_tok=eps[b], early_tokens=None, early_step=None,
-                   early_val_loss=None, early_alpha_tail=None, early_alpha_tail_normalized=None)
+        row = dict(
+            batch=b,
+            tokens_to_target=T,
+            eps_tok=eps[b],
+            early_tokens=None,
+            early_step=None,
+            early_val_loss=None,
+            early_alpha_tail=None,
+            early_alpha_tail_normalized=None,
+        )
         recs = _probe_records(run.get("records", ()), kind, layer, matrix)
         if recs and (at_tokens is not None or T is not None):
             rec = select_at_tokens(recs, at_tokens) if at_tokens is not None else select_at_fraction(recs, T, fraction)
-            row.update(early_tokens=rec["tokens"], early_step=rec.get("step"), early_val_loss=rec.get("val_loss"),
-                       early_alpha_tail=rec.get(key))
+            row.update(
+                early_tokens=rec["tokens"],
+                early_step=rec.get("step"),
+                early_val_loss=rec.get("val_loss"),
+                early_alpha_tail=rec.get(key),
+            )
             if T is not None:
                 values[b] = rec.get(key)
         tiers.append(row)
@@ -253,8 +291,15 @@ def early_prediction(runs: Mapping[Hashable, Mapping], *, fraction: float = 0.2,
         row["early_alpha_tail_normalized"] = normalized.get(row["batch"])
     bs = list(values)
     res = spearman([values[b] for b in bs], [eps[b] for b in bs])
-    return dict(tiers=tiers, spearman_within=res.rho, p_value=res.p_value, n=res.n, key=key,
-                fraction=None if at_tokens is not None else fraction, at_tokens=at_tokens)
+    return dict(
+        tiers=tiers,
+        spearman_within=res.rho,
+        p_value=res.p_value,
+        n=res.n,
+        key=key,
+        fraction=None if at_tokens is not None else fraction,
+        at_tokens=at_tokens,
+    )
 
 
 def spearman_across(families: Mapping[str, Sequence[Mapping]]) -> dict:
@@ -271,14 +316,25 @@ def spearman_across(families: Mapping[str, Sequence[Mapping]]) -> dict:
         within[fam] = spearman([r.get("early_alpha_tail") for r in rows], [r.get("eps_tok") for r in rows]).rho
     res = spearman(xs, ys)
     finite = [w for w in within.values() if math.isfinite(w)]
-    return dict(rho=res.rho, p_value=res.p_value, n=res.n, within=within,
-                mean_within=float(np.mean(finite)) if finite else float("nan"))
+    return dict(
+        rho=res.rho,
+        p_value=res.p_value,
+        n=res.n,
+        within=within,
+        mean_within=float(np.mean(finite)) if finite else float("nan"),
+    )
 
 
-def spearman_vs_progress(runs: Mapping[Hashable, Mapping], *, windows: Sequence[Window],
-                         fractions: Sequence[float], kind: str = "activation", layer: int | None = None,
-                         matrix: str | None = None,
-                         spectra: Callable[[Hashable, Mapping], np.ndarray] | None = None) -> list[dict]:
+def spearman_vs_progress(
+    runs: Mapping[Hashable, Mapping],
+    *,
+    windows: Sequence[Window],
+    fractions: Sequence[float],
+    kind: str = "activation",
+    layer: int | None = None,
+    matrix: str | None = None,
+    spectra: Callable[[Hashable, Mapping], np.ndarray] | None = None,
+) -> list[dict]:
     """Spearman(alpha over each rank window at fraction f of T(B), eps_tok) across reached tiers (paper Fig. 8).
 
     alpha over (lo, hi) is read from the record's "alpha_{lo}_{hi}" key when the key is present (a None
@@ -287,8 +343,11 @@ def spearman_vs_progress(runs: Mapping[Hashable, Mapping], *, windows: Sequence[
     KeyError. Returns tidy rows {"fraction", "window": [lo, hi], "rho", "p_value", "n"}, fraction-major.
     """
     eps = _eps(runs)
-    reached = {b: _probe_records(r.get("records", ()), kind, layer, matrix) for b, r in runs.items()
-               if r.get("tokens_to_target") is not None}
+    reached = {
+        b: _probe_records(r.get("records", ()), kind, layer, matrix)
+        for b, r in runs.items()
+        if r.get("tokens_to_target") is not None
+    }
     rows = []
     for f in fractions:
         chosen = {b: select_at_fraction(recs, runs[b]["tokens_to_target"], f) for b, recs in reached.items() if recs}
@@ -301,11 +360,12 @@ def spearman_vs_progress(runs: Mapping[Hashable, Mapping], *, windows: Sequence[
                 elif spectra is not None:
                     a = _spectra.alpha(spectra(b, rec), (lo, hi)).alpha
                 else:
-                    raise KeyError(f"record of tier {b!r} at step {rec.get('step')} has no {name!r}; pass "
-                                   "spectra=callable(batch, record) -> raw spectrum to fit it")
+                    raise KeyError(
+                        f"record of tier {b!r} at step {rec.get('step')} has no {name!r}; pass "
+                        "spectra=callable(batch, record) -> raw spectrum to fit it"
+                    )
                 xs.append(a)
                 ys.append(eps[b])
             res = spearman(xs, ys)
-            rows.append(dict(fraction=float(f), window=[int(lo), int(hi)], rho=res.rho, p_value=res.p_value,
-                             n=res.n))
+            rows.append(dict(fraction=float(f), window=[int(lo), int(hi)], rho=res.rho, p_value=res.p_value, n=res.n))
     return rows

@@ -46,12 +46,22 @@ class Overrides:
 
 def overrides_of(cls: type, name: str) -> type:
     """A frozen dataclass `name` with every flag field of `cls`, each optional with default None."""
-    fields = [(f.name, f"{f.type} | None", dataclasses.field(default=None, metadata=f.metadata))
-              for f in dataclasses.fields(cls) if is_flag(f)]
-    made = dataclasses.make_dataclass(name, fields, bases=(Overrides,), frozen=True,
-                                      namespace={"source": cls, "__module__": cls.__module__,
-                                                 "__doc__": f"Optional overrides of {cls.__name__}'s fields "
-                                                            "(None keeps the preset's value)."})
+    fields = [
+        (f.name, f"{f.type} | None", dataclasses.field(default=None, metadata=f.metadata))
+        for f in dataclasses.fields(cls)
+        if is_flag(f)
+    ]
+    made = dataclasses.make_dataclass(
+        name,
+        fields,
+        bases=(Overrides,),
+        frozen=True,
+        namespace={
+            "source": cls,
+            "__module__": cls.__module__,
+            "__doc__": f"Optional overrides of {cls.__name__}'s fields (None keeps the preset's value).",
+        },
+    )
     return made
 
 

@@ -1,8 +1,10 @@
-"""Successive-halving LR selection, pure: the candidate grid and a synchronized halving driver (no model, no trainer).
+"""Successive-halving LR selection: the candidate grid and a synchronized halving driver. Pure (no model, no
+trainer): the caller's `advance` trains.
 
 Candidates (docs/method.md §3.3): r = B / B0, two scaling centres {sqrt(r), r} times the multipliers
 {0.5, 1/sqrt2, 1, sqrt2, 2}, one multiplier applied uniformly to every optimizer group, deduplicated at six
-significant digits (the reference rounds to 6 decimals) and sorted ascending (five candidates when B = B0, at most ten otherwise).
+significant digits (the reference rounds to 6 decimals) and sorted ascending (five candidates when B = B0, at most
+ten otherwise).
 
 Halving (paper: keep the top half, eta = 2; the reference's shells use eta = 3): every active candidate is
 advanced to the rung's budget, ranked, and the best max(min_survivors, n // eta) go on. Ranking (best first):
@@ -46,8 +48,14 @@ def _sig6(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def lr_candidates(batch: int, reference_batch: int, *, base: float = 1.0,
-                  multipliers: Sequence[float] = MULTIPLIERS, centers: Sequence[str] = CENTERS) -> tuple[float, ...]:
+def lr_candidates(
+    batch: int,
+    reference_batch: int,
+    *,
+    base: float = 1.0,
+    multipliers: Sequence[float] = MULTIPLIERS,
+    centers: Sequence[str] = CENTERS,
+) -> tuple[float, ...]:
     """LR candidates for batch B (multipliers of the family's anchor LRs when base = 1), ascending, deduplicated."""
     if batch < 1 or reference_batch < 1:
         raise ValueError(f"batch and reference_batch must be >= 1, got {batch}, {reference_batch}")
@@ -91,7 +99,9 @@ class HalvingResult:
     best: str
     survivors: tuple[str, ...]
     results: dict[str, RungResult]  # each candidate's last result
-    table: tuple[dict, ...]  # one row per (rung, candidate): rung, budget, candidate, loss, tokens, reached, rank, promoted
+    table: tuple[
+        dict, ...
+    ]  # one row per (rung, candidate): rung, budget, candidate, loss, tokens, reached, rank, promoted
 
 
 def _load_state(path: pathlib.Path) -> dict[tuple[int, str], RungResult]:
@@ -109,18 +119,29 @@ def _load_state(path: pathlib.Path) -> dict[tuple[int, str], RungResult]:
 
 
 def _append_state(path: pathlib.Path, budget: int, candidate: str, r: RungResult) -> None:
-    row = dict(budget=budget, candidate=candidate, loss=r.loss if math.isfinite(r.loss) else None,
-               tokens=r.tokens, reached=r.reached)
+    row = dict(
+        budget=budget,
+        candidate=candidate,
+        loss=r.loss if math.isfinite(r.loss) else None,
+        tokens=r.tokens,
+        reached=r.reached,
+    )
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def successive_halving(candidates: Sequence[str], rungs: Sequence[int],
-                       advance: Callable[[str, int], RungResult], *, eta: float = 2, min_survivors: int = 1,
-                       state_path: str | os.PathLike | None = None,
-                       log: Callable[[str], None] | None = None) -> HalvingResult:
+def successive_halving(
+    candidates: Sequence[str],
+    rungs: Sequence[int],
+    advance: Callable[[str, int], RungResult],
+    *,
+    eta: float = 2,
+    min_survivors: int = 1,
+    state_path: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
+) -> HalvingResult:
     """Synchronized successive halving over increasing budgets; see the module docstring."""
     candidates = list(dict.fromkeys(candidates))
     if not candidates:
@@ -149,9 +170,19 @@ def successive_halving(candidates: Sequence[str], rungs: Sequence[int],
         last = i == len(rungs) - 1
         keep = len(ranked) if last else max(min_survivors, int(len(ranked) // eta))
         promoted = set(ranked[:keep])
-        rows = [dict(rung=i, budget=budget, candidate=c, loss=results[c].loss, tokens=results[c].tokens,
-                     reached=results[c].reached, rank=k + 1, promoted=c in promoted and not last)
-                for k, c in enumerate(ranked)]
+        rows = [
+            dict(
+                rung=i,
+                budget=budget,
+                candidate=c,
+                loss=results[c].loss,
+                tokens=results[c].tokens,
+                reached=results[c].reached,
+                rank=k + 1,
+                promoted=c in promoted and not last,
+            )
+            for k, c in enumerate(ranked)
+        ]
         table.extend(rows)
         if log is not None:
             what = "final ranking" if last else f"keep {keep} of {len(ranked)}"
@@ -162,14 +193,28 @@ def successive_halving(candidates: Sequence[str], rungs: Sequence[int],
 
 def format_rung_table(rows: Sequence[dict]) -> str:
     """A fixed-width table of one or more rungs' rows (rank, candidate, loss, tokens, reached, promoted)."""
-    lines = [f"{'rung':>4} {'budget':>12} {'rank':>4} {'candidate':>12} {'val loss':>9} {'tokens':>12} "
-             f"{'reached':>7} {'promoted':>8}"]
+    lines = [
+        f"{'rung':>4} {'budget':>12} {'rank':>4} {'candidate':>12} {'val loss':>9} {'tokens':>12} "
+        f"{'reached':>7} {'promoted':>8}"
+    ]
     for r in rows:
         loss = f"{r['loss']:.4f}" if math.isfinite(r["loss"]) else "diverged"
-        lines.append(f"{r['rung'] + 1:>4} {r['budget']:>12,} {r['rank']:>4} {r['candidate']:>12} {loss:>9} "
-                     f"{r['tokens']:>12,} {'yes' if r['reached'] else 'no':>7} {'yes' if r['promoted'] else '':>8}")
+        lines.append(
+            f"{r['rung'] + 1:>4} {r['budget']:>12,} {r['rank']:>4} {r['candidate']:>12} {loss:>9} "
+            f"{r['tokens']:>12,} {'yes' if r['reached'] else 'no':>7} {'yes' if r['promoted'] else '':>8}"
+        )
     return "\n".join(lines)
 
 
-__all__ = ["MULTIPLIERS", "CENTERS", "lr_multiplier_for_batch", "lr_candidates", "candidate_key", "RungResult", "rank_key", "HalvingResult",
-           "successive_halving", "format_rung_table"]
+__all__ = [
+    "MULTIPLIERS",
+    "CENTERS",
+    "lr_multiplier_for_batch",
+    "lr_candidates",
+    "candidate_key",
+    "RungResult",
+    "rank_key",
+    "HalvingResult",
+    "successive_halving",
+    "format_rung_table",
+]

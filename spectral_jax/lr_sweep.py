@@ -39,7 +39,7 @@ from spectral_jax.data.vocab import fit_vocab
 from spectral_jax.fields import option
 from spectral_jax.models import make_config
 from spectral_jax.optim import group_learning_rates
-from spectral_jax.presets import DEFAULT_BATCH_TIERS, UsesPreset, get_preset
+from spectral_jax.presets import DEFAULT_BATCH_TIERS, UsesPreset
 from spectral_jax.records import json_text, log_stderr, read_json, write_json
 from spectral_jax.train import TrainingDiverged, train
 from spectral_jax.train_config import TrainConfig, TrainOverrides
@@ -49,8 +49,9 @@ DEFAULT_ETA = 2.0  # paper: top half; the reference's shells use 3
 DEFAULT_TIERS = DEFAULT_BATCH_TIERS  # as the batch sweep, so `batch_sweep --lr=auto` finds every tier
 
 
-def preset_rungs(family: str, preset: str, tc: TrainConfig, *, reference: Sequence[int] = REFERENCE_RUNGS,
-                 **model_overrides) -> tuple[int, ...]:
+def preset_rungs(
+    family: str, preset: str, tc: TrainConfig, *, reference: Sequence[int] = REFERENCE_RUNGS, **model_overrides
+) -> tuple[int, ...]:
     """The reference rungs for a preset: scaled by (preset tokens per reference-batch step / d12's) x
     schedule_scale, rounded up to whole evals. d12 keeps 50M/150M/500M up to the 52.4M eval cadence."""
     here = make_config(family, preset, **model_overrides)
@@ -70,14 +71,20 @@ class LRSweepConfig(UsesPreset):
     preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
     tiers: tuple[int, ...] | None = option(None, "batch tiers B, sequences per step (default: the preset's)")
     data: str = option("embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
-    rungs: tuple[int, ...] | None = option(None, "token budgets of the halving rungs, comma-separated (default: "
-                                           "the reference's 50M,150M,500M scaled to the preset; tiny: "
-                                           "20480,61440,196608)")
+    rungs: tuple[int, ...] | None = option(
+        None,
+        "token budgets of the halving rungs, comma-separated (default: "
+        "the reference's 50M,150M,500M scaled to the preset; tiny: "
+        "20480,61440,196608)",
+    )
     eta: float = option(DEFAULT_ETA, "keep the best 1/eta of the candidates at each rung (the reference used 3)")
     min_survivors: int = option(1, "candidates kept at least at every rung")
     out: str | None = option(None, "results directory (default results/lr_sweep/<family>_<preset>)")
-    resume: bool = option(True, "reuse finished rungs and continue interrupted candidates from checkpoints; "
-                          "--noresume starts the requested tiers over")
+    resume: bool = option(
+        True,
+        "reuse finished rungs and continue interrupted candidates from checkpoints; "
+        "--noresume starts the requested tiers over",
+    )
     train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
 
@@ -91,8 +98,11 @@ def tier_dir(out: pathlib.Path, family: str, batch: int) -> pathlib.Path:
 
 def _rung_result(result: Mapping[str, Any]) -> halving.RungResult:
     loss = result.get("final_val_loss")
-    return halving.RungResult(loss=float("nan") if loss is None else float(loss), tokens=int(result["tokens"]),
-                            reached=result.get("status") == "reached")
+    return halving.RungResult(
+        loss=float("nan") if loss is None else float(loss),
+        tokens=int(result["tokens"]),
+        reached=result.get("status") == "reached",
+    )
 
 
 def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
@@ -103,8 +113,9 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
         raise ValueError(f"--eta must be > 1 (2 keeps the top half, the reference used 3), got {cfg.eta}")
     model_cfg = make_config(cfg.family, cfg.preset, **dict(cfg.model_overrides))
     base_tc = cfg.train_config()
-    rungs = tuple(cfg.rungs) if cfg.rungs else preset_rungs(cfg.family, cfg.preset, base_tc,
-                                                            **dict(cfg.model_overrides))
+    rungs = (
+        tuple(cfg.rungs) if cfg.rungs else preset_rungs(cfg.family, cfg.preset, base_tc, **dict(cfg.model_overrides))
+    )
     if any(b2 <= b1 for b1, b2 in zip(rungs, rungs[1:])) or rungs[0] < 1:
         raise ValueError(f"--rungs must be positive, strictly increasing token budgets, got {rungs}")
     out = cfg.out_dir()
@@ -112,12 +123,26 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
     dataset, vmap = fit_vocab(load_data(cfg.data), model_cfg.vocab_size, model_cfg.eot_id)
     # what every run of a tier must share for earlier results to be reused (not the budget, batch, LR or
     # logging; not the corpus build time)
-    shared = dict(model=model_cfg, train={k: v for k, v in dataclasses.asdict(base_tc).items()
-                                          if k not in ("batch_size", "lr", "max_tokens", "micro_batch",
-                                                       "log_every_seconds")},
-                  data={k: v for k, v in dataset.metadata.items() if k != "build_seconds"})
-    write_json(out / "sweep.json", dict(config=cfg, rungs=rungs, reference_rungs=REFERENCE_RUNGS, model=model_cfg,
-                                        train=base_tc, data=dataset.metadata))
+    shared = dict(
+        model=model_cfg,
+        train={
+            k: v
+            for k, v in dataclasses.asdict(base_tc).items()
+            if k not in ("batch_size", "lr", "max_tokens", "micro_batch", "log_every_seconds")
+        },
+        data={k: v for k, v in dataset.metadata.items() if k != "build_seconds"},
+    )
+    write_json(
+        out / "sweep.json",
+        dict(
+            config=cfg,
+            rungs=rungs,
+            reference_rungs=REFERENCE_RUNGS,
+            model=model_cfg,
+            train=base_tc,
+            data=dataset.metadata,
+        ),
+    )
     ref_batch = model_cfg.optim.reference_batch
     t0 = time.perf_counter()
     for i, batch in enumerate(sorted(set(cfg.tiers))):
@@ -128,38 +153,71 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
         _check_shared(tdir / "config.json", dict(shared, batch=batch))
         mults = halving.lr_candidates(batch, ref_batch)
         by_key = {halving.candidate_key(m): m for m in mults}
-        log(f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} (B0 = {ref_batch}), "
+        log(
+            f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} (B0 = {ref_batch}), "
             f"{len(mults)} LR multipliers {', '.join(by_key)}; rungs {', '.join(f'{r:,}' for r in rungs)} tokens, "
-            f"eta {cfg.eta:g} ({time.perf_counter() - t0:.0f}s elapsed)")
+            f"eta {cfg.eta:g} ({time.perf_counter() - t0:.0f}s elapsed)"
+        )
 
         def advance(key: str, budget: int, batch=batch, tdir=tdir, by_key=by_key) -> halving.RungResult:
             tc = base_tc.for_batch(batch, lr=by_key[key], max_tokens=budget)
             tag = f"[{cfg.family} lr x{key}]"  # train() adds [B=...]
             run_dir = tdir / f"lr_{key}"
             try:
-                result = train(model_cfg, tc, dataset, run_dir, resume=True, log=lambda m: log(f"{tag} {m}"),
-                               run_info=dict(family=cfg.family, preset=cfg.preset, lr_multiplier=by_key[key],
-                                             lr_rule="successive halving candidate",
-                                             vocab_map=vmap and vmap.describe()))
+                result = train(
+                    model_cfg,
+                    tc,
+                    dataset,
+                    run_dir,
+                    resume=True,
+                    log=lambda msg, tag=tag: log(f"{tag} {msg}"),
+                    run_info=dict(
+                        family=cfg.family,
+                        preset=cfg.preset,
+                        lr_multiplier=by_key[key],
+                        lr_rule="successive halving candidate",
+                        vocab_map=vmap and vmap.describe(),
+                    ),
+                )
             except TrainingDiverged as err:
                 log(f"{tag} diverged: {err}")
                 result = read_json(run_dir / "result.json")
             return _rung_result(result)
 
-        selection = halving.successive_halving(list(by_key), rungs, advance, eta=cfg.eta,
-                                           min_survivors=cfg.min_survivors, state_path=tdir / "halving.jsonl",
-                                           log=lambda m, b=batch: log(f"[{cfg.family} B={b}] {m}"))
+        selection = halving.successive_halving(
+            list(by_key),
+            rungs,
+            advance,
+            eta=cfg.eta,
+            min_survivors=cfg.min_survivors,
+            state_path=tdir / "halving.jsonl",
+            log=lambda m, b=batch: log(f"[{cfg.family} B={b}] {m}"),
+        )
         best = selection.best
         chosen = selection.results[best]
-        write_json(tdir / "selection.json", dict(
-            family=cfg.family, preset=cfg.preset, batch=batch, reference_batch=ref_batch, rungs=rungs,
-            eta=cfg.eta, candidates=[dict(key=k, multiplier=m) for k, m in by_key.items()],
-            selected=best, multiplier=by_key[best], learning_rates=group_learning_rates(model_cfg, by_key[best]),
-            selected_result=dataclasses.asdict(chosen), survivors=selection.survivors,
-            table=[dict(r, multiplier=by_key[r["candidate"]]) for r in selection.table]))
-        log(f"[{cfg.family} B={batch}] selected LR multiplier x{best} "
+        write_json(
+            tdir / "selection.json",
+            dict(
+                family=cfg.family,
+                preset=cfg.preset,
+                batch=batch,
+                reference_batch=ref_batch,
+                rungs=rungs,
+                eta=cfg.eta,
+                candidates=[dict(key=k, multiplier=m) for k, m in by_key.items()],
+                selected=best,
+                multiplier=by_key[best],
+                learning_rates=group_learning_rates(model_cfg, by_key[best]),
+                selected_result=dataclasses.asdict(chosen),
+                survivors=selection.survivors,
+                table=[dict(r, multiplier=by_key[r["candidate"]]) for r in selection.table],
+            ),
+        )
+        log(
+            f"[{cfg.family} B={batch}] selected LR multiplier x{best} "
             f"({'reached the target at' if chosen.reached else 'val loss ' + format(chosen.loss, '.4f') + ' at'} "
-            f"{chosen.tokens:,} tokens)")
+            f"{chosen.tokens:,} tokens)"
+        )
     summary = summarize_lr_sweep(out, log=log)
     log(format_selection(summary))
     return summary
@@ -172,8 +230,10 @@ def _check_shared(path: pathlib.Path, shared: Mapping[str, Any]) -> None:
         before = read_json(path)
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise ValueError(f"{path.parent} holds LR-sweep results made with other settings ({', '.join(changed)} "
-                             "differ); use another --out or --resume=false to start this tier over")
+            raise ValueError(
+                f"{path.parent} holds LR-sweep results made with other settings ({', '.join(changed)} "
+                "differ); use another --out or --resume=false to start this tier over"
+            )
         return
     write_json(path, now)
 
@@ -184,8 +244,10 @@ def load_selections(out: str | pathlib.Path) -> list[dict]:
     out = pathlib.Path(out)
     rows = [read_json(p) for p in out.glob("*/B*/selection.json")]
     if not rows:
-        raise FileNotFoundError(f"{out} holds no finished LR-sweep tier (<family>/B*/selection.json); run "
-                                "python -m experiments.lr_sweep first")
+        raise FileNotFoundError(
+            f"{out} holds no finished LR-sweep tier (<family>/B*/selection.json); run "
+            "python -m experiments.lr_sweep first"
+        )
     return sorted(rows, key=lambda r: (r["family"], r["batch"]))
 
 
@@ -197,8 +259,11 @@ def summarize_lr_sweep(out: str | pathlib.Path, *, log: Callable[[str], None] = 
     for t in tiers:
         table.setdefault(t["family"], {})[str(t["batch"])] = t["multiplier"]
     write_json(out / "lr_table.json", table)
-    summary = dict(lr_table=table, tiers=tiers,
-                   note="multipliers of each family's anchor LRs (all groups); learning_rates are per group")
+    summary = dict(
+        lr_table=table,
+        tiers=tiers,
+        note="multipliers of each family's anchor LRs (all groups); learning_rates are per group",
+    )
     write_json(out / "summary.json", summary)
     for family in table:
         fam = [t for t in tiers if t["family"] == family]
@@ -212,12 +277,24 @@ def format_selection(summary: Mapping[str, Any]) -> str:
     lines = [f"{'family':>10} {'B':>4} {'selected x':>10} {'result':>24}  per-group LRs"]
     for t in summary["tiers"]:
         r = t["selected_result"]
-        what = (f"reached @ {r['tokens']:,}" if r["reached"] else
-                f"{'diverged' if r['loss'] is None else format(r['loss'], '.4f')} @ {r['tokens']:,}")
+        what = (
+            f"reached @ {r['tokens']:,}"
+            if r["reached"]
+            else f"{'diverged' if r['loss'] is None else format(r['loss'], '.4f')} @ {r['tokens']:,}"
+        )
         lrs = ", ".join(f"{g} {v:.4g}" for g, v in t["learning_rates"].items())
         lines.append(f"{t['family']:>10} {t['batch']:>4} {t['selected']:>10} {what:>24}  {lrs}")
     return "\n".join(lines)
 
 
-__all__ = ["LRSweepConfig", "run_lr_sweep", "summarize_lr_sweep", "load_selections", "preset_rungs",
-           "format_selection", "REFERENCE_RUNGS", "DEFAULT_ETA", "DEFAULT_TIERS"]
+__all__ = [
+    "LRSweepConfig",
+    "run_lr_sweep",
+    "summarize_lr_sweep",
+    "load_selections",
+    "preset_rungs",
+    "format_selection",
+    "REFERENCE_RUNGS",
+    "DEFAULT_ETA",
+    "DEFAULT_TIERS",
+]

@@ -110,11 +110,7 @@ def _matmul(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def newton_schulz(
-    G: jax.Array,
-    steps: int = 5,
-    coeffs: tuple[float, float, float] = NS_COEFFS,
-    eps: float = 1e-7,
-    dtype=jnp.bfloat16,
+    G: jax.Array, steps: int = 5, coeffs: tuple[float, float, float] = NS_COEFFS, eps: float = 1e-7, dtype=jnp.bfloat16
 ) -> jax.Array:
     """Approximate polar factor of G (over its last two axes; leading axes are a batch) by quintic NS.
 
@@ -280,12 +276,16 @@ def schedule_steps(config: Any, *, step_scale: float = 1.0) -> dict[str, int]:
     W_d = round(warmdown_frac·N) and the momentum warmup W_m, each token-normalised by step_scale."""
     optim = _optim_config(config)
     n = max(1, scaled_steps(optim.num_iterations, step_scale))
-    return {"num_iterations": n, "warmdown": int(round(optim.warmdown_frac * n)),
-            "momentum_warmup": scaled_steps(optim.momentum_warmup_steps, step_scale)}
+    return {
+        "num_iterations": n,
+        "warmdown": int(round(optim.warmdown_frac * n)),
+        "momentum_warmup": scaled_steps(optim.momentum_warmup_steps, step_scale),
+    }
 
 
-def lr_multiplier(config: OptimConfig, *, step_scale: float = 1.0,
-                  steps: Mapping[str, Any] | None = None) -> optax.Schedule:
+def lr_multiplier(
+    config: OptimConfig, *, step_scale: float = 1.0, steps: Mapping[str, Any] | None = None
+) -> optax.Schedule:
     """LR multiplier of the step count, in [0, 1]; N = scaled num_iterations.
 
     "warmdown": 1 until N − W_d, then (N − step)/W_d, 0 from N on (W_d = round(warmdown_frac·N));
@@ -300,20 +300,23 @@ def lr_multiplier(config: OptimConfig, *, step_scale: float = 1.0,
     if config.schedule == "cosine":
         return lambda count: 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count, n) / n))
     if config.schedule == "warmdown":
-        return lambda count: jnp.where(w_d > 0, jnp.clip((n - count) / jnp.maximum(w_d, 1), 0.0, 1.0),
-                                       jnp.where(count < n, 1.0, 0.0))
+        return lambda count: jnp.where(
+            w_d > 0, jnp.clip((n - count) / jnp.maximum(w_d, 1), 0.0, 1.0), jnp.where(count < n, 1.0, 0.0)
+        )
     raise ValueError(f"unknown schedule {config.schedule!r}")
 
 
-def momentum_schedule(config: OptimConfig, *, step_scale: float = 1.0,
-                      steps: Mapping[str, Any] | None = None) -> optax.Schedule:
+def momentum_schedule(
+    config: OptimConfig, *, step_scale: float = 1.0, steps: Mapping[str, Any] | None = None
+) -> optax.Schedule:
     """Muon momentum m(step) = momentum_start + min(step/W_m, 1)·(momentum − momentum_start); `momentum` when
     W_m <= 0. steps: as for `lr_multiplier`."""
     steps = schedule_steps(config, step_scale=step_scale) if steps is None else steps
     w_m = steps["momentum_warmup"]
     lo, hi = config.momentum_start, config.momentum
-    return lambda count: jnp.where(w_m > 0, lo + jnp.minimum(count / jnp.maximum(w_m, 1), 1.0) * (hi - lo),
-                                   jnp.float32(hi))
+    return lambda count: jnp.where(
+        w_m > 0, lo + jnp.minimum(count / jnp.maximum(w_m, 1), 1.0) * (hi - lo), jnp.float32(hi)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -333,8 +336,7 @@ def group_learning_rates(config: Any, lrs: Mapping[str, float] | float | None = 
     if optim.kind == "adamw":
         peaks = {"lr": optim.lr}
     elif optim.kind in ("muon", "adam"):
-        peaks = {"embed": optim.lr_embed, "head": optim.lr_head,
-                 "matrix": optim.lr_matrix, "scalar": optim.lr_scalar}
+        peaks = {"embed": optim.lr_embed, "head": optim.lr_head, "matrix": optim.lr_matrix, "scalar": optim.lr_scalar}
     else:
         raise ValueError(f"unknown optimizer kind {optim.kind!r}")
     if lrs is None:
@@ -342,8 +344,7 @@ def group_learning_rates(config: Any, lrs: Mapping[str, float] | float | None = 
     if isinstance(lrs, Mapping):
         unknown = set(lrs) - set(peaks)
         if unknown:
-            raise ValueError(f"unknown LR groups {sorted(unknown)} for kind {optim.kind!r}; "
-                             f"expected {sorted(peaks)}")
+            raise ValueError(f"unknown LR groups {sorted(unknown)} for kind {optim.kind!r}; expected {sorted(peaks)}")
         return {**peaks, **{k: float(v) for k, v in lrs.items()}}
     return {k: v * float(lrs) for k, v in peaks.items()}
 
@@ -383,13 +384,18 @@ def make_optimizer(
         tx = optax.adamw(lr("lr"), b1=b1, b2=b2, eps=optim.eps, weight_decay=optim.weight_decay)
     else:
         if optim.kind == "muon":
-            matrix = muon(lr("matrix"), momentum_schedule(optim, steps=steps),
-                          nesterov=optim.nesterov, ns_steps=optim.ns_steps)
+            matrix = muon(
+                lr("matrix"), momentum_schedule(optim, steps=steps), nesterov=optim.nesterov, ns_steps=optim.ns_steps
+            )
         else:
             matrix = adam("matrix", optim.betas_matrix)
         tx = optax.partition(
-            {"embed": adam("embed", optim.betas_embed), "head": adam("head", optim.betas),
-             "matrix": matrix, "scalar": adam("scalar", optim.betas_scalar)},
+            {
+                "embed": adam("embed", optim.betas_embed),
+                "head": adam("head", optim.betas),
+                "matrix": matrix,
+                "scalar": adam("scalar", optim.betas_scalar),
+            },
             param_labels,
         )
     if optim.grad_clip is not None:

@@ -29,9 +29,22 @@ from spectral_jax import spectra
 from spectral_jax.halving import candidate_key
 from spectral_jax.records import atomic_write_bytes
 
-__all__ = ["save_figure", "plot_spectra", "plot_alpha_vs_eps", "plot_loss_curves", "plot_spearman_vs_progress",
-           "plot_gain_plane", "plot_alpha_summaries", "plot_spectral_atlas", "series_colors", "plot_tokens_vs_batch",
-           "plot_rho_by_layer", "plot_seed_control", "plot_rung_losses", "plot_selected_lr"]
+__all__ = [
+    "save_figure",
+    "plot_spectra",
+    "plot_alpha_vs_eps",
+    "plot_loss_curves",
+    "plot_spearman_vs_progress",
+    "plot_gain_plane",
+    "plot_alpha_summaries",
+    "plot_spectral_atlas",
+    "series_colors",
+    "plot_tokens_vs_batch",
+    "plot_rho_by_layer",
+    "plot_seed_control",
+    "plot_rung_losses",
+    "plot_selected_lr",
+]
 
 
 def _blank(w: float, h: float) -> Figure:
@@ -80,8 +93,14 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> pathlib.Path:
     return path
 
 
-def plot_spectra(spectra_by_label: Mapping[str, np.ndarray], *, title: str, ylabel: str,
-                 window: tuple[int, int] | None = None, normalize: bool = True) -> Figure:
+def plot_spectra(
+    spectra_by_label: Mapping[str, np.ndarray],
+    *,
+    title: str,
+    ylabel: str,
+    window: tuple[int, int] | None = None,
+    normalize: bool = True,
+) -> Figure:
     """Log-log rank vs value, one line per label (e.g. "B=4"); values trace-normalised unless normalize=False.
 
     An optional rank window (lo, hi) is shaded. A spectrum with no positive value (e.g. the gradient of a
@@ -102,8 +121,16 @@ def plot_spectra(spectra_by_label: Mapping[str, np.ndarray], *, title: str, ylab
     if window is not None:
         lo, hi = window
         ax.axvspan(lo, hi, color="0.88", zorder=0)
-        ax.text(math.sqrt(lo * hi), 0.02, f"ranks {lo}-{hi}", transform=ax.get_xaxis_transform(),
-                ha="center", va="bottom", fontsize=8, color="0.3")
+        ax.text(
+            math.sqrt(lo * hi),
+            0.02,
+            f"ranks {lo}-{hi}",
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="0.3",
+        )
     ax.set_xlabel("rank j (1-indexed)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -111,9 +138,14 @@ def plot_spectra(spectra_by_label: Mapping[str, np.ndarray], *, title: str, ylab
     return fig
 
 
-def plot_alpha_vs_eps(points: Sequence[Mapping], *, rho: float | None = None, p_value: float | None = None,
-                      title: str = "early alpha_tail vs token efficiency",
-                      xlabel: str = "early alpha_tail (activation covariance, dimensionless)") -> Figure:
+def plot_alpha_vs_eps(
+    points: Sequence[Mapping],
+    *,
+    rho: float | None = None,
+    p_value: float | None = None,
+    title: str = "early alpha_tail vs token efficiency",
+    xlabel: str = "early alpha_tail (activation covariance, dimensionless)",
+) -> Figure:
     """Scatter of early alpha (x) vs eps_tok (y), one colour per family (key "family" or "label"), each point
     annotated with its batch; Spearman rho (and p) in the title when given and finite (paper Fig. 2)."""
     fig, ax = _figure()
@@ -123,8 +155,9 @@ def plot_alpha_vs_eps(points: Sequence[Mapping], *, rho: float | None = None, p_
         pts = [p for p, f in zip(points, fam_of) if f == fam]
         ax.scatter([p["alpha"] for p in pts], [p["eps_tok"] for p in pts], color=color, label=fam or None, s=30)
         for p in pts:
-            ax.annotate(f"B={p['batch']}", (p["alpha"], p["eps_tok"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                f"B={p['batch']}", (p["alpha"], p["eps_tok"]), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("token efficiency eps_tok = T(B) / min T (ratio)")
     if _finite(rho):
@@ -135,8 +168,12 @@ def plot_alpha_vs_eps(points: Sequence[Mapping], *, rho: float | None = None, p_
     return fig
 
 
-def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float | None]]], *,
-                     target: float | None = None, title: str = "validation loss per batch tier") -> Figure:
+def plot_loss_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float | None]]],
+    *,
+    target: float | None = None,
+    title: str = "validation loss per batch tier",
+) -> Figure:
     """Validation loss vs training tokens (log x), one line per tier; optional dashed target line.
 
     Points at 0 tokens cannot sit on a log axis and are dropped; None losses become gaps.
@@ -150,8 +187,16 @@ def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float 
     ax.set_xscale("log")
     if target is not None:
         ax.axhline(target, color="crimson", ls="--", lw=1)
-        ax.text(0.99, target, f"target {target:g}", transform=ax.get_yaxis_transform(), ha="right",
-                va="bottom", fontsize=8, color="crimson")
+        ax.text(
+            0.99,
+            target,
+            f"target {target:g}",
+            transform=ax.get_yaxis_transform(),
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color="crimson",
+        )
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title, fontsize=9)
@@ -159,14 +204,16 @@ def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float 
     return fig
 
 
-def plot_spearman_vs_progress(rows: Sequence[Mapping], *,
-                              title: str = "Spearman(alpha, eps_tok) vs training progress") -> Figure:
+def plot_spearman_vs_progress(
+    rows: Sequence[Mapping], *, title: str = "Spearman(alpha, eps_tok) vs training progress"
+) -> Figure:
     """Rows of `efficiency.spearman_vs_progress`: one line per rank window, x = fraction of T(B), y = rho."""
     fig, ax = _figure()
     windows = list(dict.fromkeys(tuple(r["window"]) for r in rows))
     for color, w in zip(series_colors(len(windows)), windows):
-        pts = sorted((r["fraction"], r["rho"] if _finite(r["rho"]) else np.nan)
-                     for r in rows if tuple(r["window"]) == w)
+        pts = sorted(
+            (r["fraction"], r["rho"] if _finite(r["rho"]) else np.nan) for r in rows if tuple(r["window"]) == w
+        )
         ax.plot([f for f, _ in pts], [r for _, r in pts], "o-", color=color, label=f"ranks {w[0]}-{w[1]}", ms=3)
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_ylim(-1.05, 1.05)
@@ -202,9 +249,15 @@ def plot_gain_plane(transitions: Sequence[Mapping], *, title: str = "token gain 
     return fig
 
 
-def plot_alpha_summaries(rows: Sequence[Mapping], *, x: str = "act_alpha_tail", y: str = "grad_alpha_tail",
-                         xlabel: str = "activation alpha_tail (final)", ylabel: str = "gradient alpha_tail (final)",
-                         title: str = "activation vs gradient spectral exponents") -> Figure:
+def plot_alpha_summaries(
+    rows: Sequence[Mapping],
+    *,
+    x: str = "act_alpha_tail",
+    y: str = "grad_alpha_tail",
+    xlabel: str = "activation alpha_tail (final)",
+    ylabel: str = "gradient alpha_tail (final)",
+    title: str = "activation vs gradient spectral exponents",
+) -> Figure:
     """One point per variant (paper Fig. 3c): an activation summary against a gradient summary, annotated with
     the row's "family" and joined in chain order. Rows with a missing value are left out."""
     fig, ax = _figure()
@@ -214,8 +267,7 @@ def plot_alpha_summaries(rows: Sequence[Mapping], *, x: str = "act_alpha_tail", 
         ax.plot(xs, ys, color="0.75", lw=0.8, zorder=1)
         for color, r in zip(series_colors(len(pts)), pts):
             ax.scatter([r[x]], [r[y]], color=color, s=30, zorder=2, label=r.get("family"))
-            ax.annotate(str(r.get("family", "")), (r[x], r[y]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
+            ax.annotate(str(r.get("family", "")), (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.legend(fontsize=7, ncol=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -223,9 +275,15 @@ def plot_alpha_summaries(rows: Sequence[Mapping], *, x: str = "act_alpha_tail", 
     return fig
 
 
-def plot_spectral_atlas(series: Mapping[str, Sequence[tuple[float, np.ndarray]]], *, title: str, ylabel: str,
-                        progress_label: str = "training tokens", window: tuple[int, int] | None = None,
-                        ncols: int = 4) -> Figure:
+def plot_spectral_atlas(
+    series: Mapping[str, Sequence[tuple[float, np.ndarray]]],
+    *,
+    title: str,
+    ylabel: str,
+    progress_label: str = "training tokens",
+    window: tuple[int, int] | None = None,
+    ncols: int = 4,
+) -> Figure:
     """A grid with one panel per variant (paper Figs. 13-16): that variant's trace-normalised spectra at every
     probe point, coloured by training progress (one shared colour bar), on log-log axes. All-zero spectra
     (nothing to normalise) are skipped."""
@@ -251,7 +309,7 @@ def plot_spectral_atlas(series: Mapping[str, Sequence[tuple[float, np.ndarray]]]
             ax.axvspan(window[0], window[1], color="0.85", zorder=0)
         ax.set_title(name, fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes.flat[len(names):]:
+    for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel, fontsize=8)
@@ -270,8 +328,16 @@ def plot_tokens_vs_batch(series: Mapping[str, Sequence[tuple[int, int | None]]],
     styles = itertools.cycle((("o", "-"), ("s", "--"), ("^", ":")))  # equal T(B) must not hide a family
     for color, style, (label, pts) in zip(series_colors(len(series)), styles, series.items()):
         pts = sorted((b, t) for b, t in pts if t)
-        ax.plot([b for b, _ in pts], [t for _, t in pts], marker=style[0], ls=style[1], color=color, label=label,
-                mfc="none" if style[0] != "o" else None, ms=7)
+        ax.plot(
+            [b for b, _ in pts],
+            [t for _, t in pts],
+            marker=style[0],
+            ls=style[1],
+            color=color,
+            label=label,
+            mfc="none" if style[0] != "o" else None,
+            ms=7,
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch B (sequences per step)")
@@ -289,8 +355,7 @@ def plot_rho_by_layer(rows: Sequence[Mapping], *, title: str):
     ax.plot(xs, ys, "o-", color=series_colors(1)[0])
     for r, y in zip(rows, ys):
         if _finite(r["p_value"]):
-            ax.annotate(f"p={r['p_value']:.2g}", (r["layer"], y), textcoords="offset points", xytext=(3, 5),
-                        fontsize=7)
+            ax.annotate(f"p={r['p_value']:.2g}", (r["layer"], y), textcoords="offset points", xytext=(3, 5), fontsize=7)
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xticks(xs)
@@ -300,8 +365,14 @@ def plot_rho_by_layer(rows: Sequence[Mapping], *, title: str):
     return fig
 
 
-def plot_seed_control(tier_alpha: Mapping[int, float | None], seed_alpha: Mapping[int, float | None], batch: int,
-                      js_rows: Sequence[Mapping], *, title: str):
+def plot_seed_control(
+    tier_alpha: Mapping[int, float | None],
+    seed_alpha: Mapping[int, float | None],
+    batch: int,
+    js_rows: Sequence[Mapping],
+    *,
+    title: str,
+):
     """Left: early alpha_tail across tiers (line) and across seeds at one tier (points). Right: matched-loss JS
     divergence seed-vs-seed and tier-vs-tier per loss target (paper Fig. 9)."""
     fig, (ax, bx) = _axes(2, w=5.2)
@@ -309,8 +380,15 @@ def plot_seed_control(tier_alpha: Mapping[int, float | None], seed_alpha: Mappin
     c_tier, c_seed = series_colors(2)
     ax.plot([b for b, _ in tiers], [a for _, a in tiers], "o-", color=c_tier, label="tiers (one seed)")
     seeds = [(s, a) for s, a in seed_alpha.items() if _finite(a)]
-    ax.scatter([batch] * len(seeds), [a for _, a in seeds], color=c_seed, marker="x", s=50, zorder=3,
-               label=f"seeds at B={batch}")
+    ax.scatter(
+        [batch] * len(seeds),
+        [a for _, a in seeds],
+        color=c_seed,
+        marker="x",
+        s=50,
+        zorder=3,
+        label=f"seeds at B={batch}",
+    )
     for s, a in seeds:
         ax.annotate(f"s={s}", (batch, a), textcoords="offset points", xytext=(5, 0), fontsize=7)
     ax.set_xscale("log", base=2)
@@ -320,8 +398,7 @@ def plot_seed_control(tier_alpha: Mapping[int, float | None], seed_alpha: Mappin
     for i, (key, label, color) in enumerate((("seed_js", "seed vs seed", c_seed), ("tier_js", "tier vs tier", c_tier))):
         for j, row in enumerate(js_rows):
             vals = [v for v in row[key] if _finite(v)]
-            bx.scatter([j + (i - 0.5) * 0.25] * len(vals), vals, color=color, s=14,
-                       label=label if j == 0 else None)
+            bx.scatter([j + (i - 0.5) * 0.25] * len(vals), vals, color=color, s=14, label=label if j == 0 else None)
     bx.set_xticks(range(len(js_rows)), [f"{r['target_loss']:.2f}" for r in js_rows])
     bx.set_yscale("log")
     bx.set_xlabel("matched validation loss target")
@@ -342,8 +419,11 @@ def plot_rung_losses(tiers: Sequence[Mapping[str, Any]]):
         rows = t["table"]
         rungs = sorted({r["rung"] for r in rows})
         for color, k in zip(series_colors(len(rungs)), rungs):
-            pts = sorted((r["multiplier"], np.nan if r["loss"] is None else r["loss"], r["reached"])
-                         for r in rows if r["rung"] == k)
+            pts = sorted(
+                (r["multiplier"], np.nan if r["loss"] is None else r["loss"], r["reached"])
+                for r in rows
+                if r["rung"] == k
+            )
             x = [p[0] for p in pts]
             y = [p[1] for p in pts]
             budget = next(r["budget"] for r in rows if r["rung"] == k)
@@ -353,16 +433,29 @@ def plot_rung_losses(tiers: Sequence[Mapping[str, Any]]):
                 ax.scatter(*zip(*ring), s=90, facecolors="none", edgecolors="crimson", lw=1)
         final = [r for r in rows if r["candidate"] == t["selected"] and r["rung"] == rungs[-1]]
         if final and final[0]["loss"] is not None:
-            ax.scatter([t["multiplier"]], [final[0]["loss"]], marker="*", s=260, facecolors="none",
-                       edgecolors="crimson", lw=1.2, zorder=5, label=f"selected x{t['selected']}")
+            ax.scatter(
+                [t["multiplier"]],
+                [final[0]["loss"]],
+                marker="*",
+                s=260,
+                facecolors="none",
+                edgecolors="crimson",
+                lw=1.2,
+                zorder=5,
+                label=f"selected x{t['selected']}",
+            )
         ax.set_xscale("log", base=2)
-        ax.set_xticks([c["multiplier"] for c in t["candidates"]], [c["key"] for c in t["candidates"]],
-                      fontsize=7, rotation=45)
+        ax.set_xticks(
+            [c["multiplier"] for c in t["candidates"]], [c["key"] for c in t["candidates"]], fontsize=7, rotation=45
+        )
         ax.minorticks_off()
         ax.set_xlabel(f"LR multiplier of the {t['family']} anchors (all groups)")
         ax.set_ylabel("last observed validation loss (nats/token)")
-        ax.set_title(f"{t['family']} ({t['preset']}) B = {t['batch']} (B0 = {t['reference_batch']}); "
-                     f"eta {t['eta']:g}\nringed: reached target (ranked by tokens)", fontsize=8)
+        ax.set_title(
+            f"{t['family']} ({t['preset']}) B = {t['batch']} (B0 = {t['reference_batch']}); "
+            f"eta {t['eta']:g}\nringed: reached target (ranked by tokens)",
+            fontsize=8,
+        )
         ax.legend(fontsize=7)
     return fig
 
@@ -389,7 +482,9 @@ def plot_selected_lr(tiers: Sequence[Mapping[str, Any]]):
     ax.minorticks_off()
     ax.set_xlabel("batch B (sequences per step)")
     ax.set_ylabel("LR multiplier of the family anchors")
-    ax.set_title(f"{tiers[0]['family']} ({tiers[0]['preset']}): successive-halving LR vs batch "
-                 f"(grey: candidates, B0 = {b0})", fontsize=9)
+    ax.set_title(
+        f"{tiers[0]['family']} ({tiers[0]['preset']}): successive-halving LR vs batch (grey: candidates, B0 = {b0})",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     return fig

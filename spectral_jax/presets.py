@@ -82,6 +82,7 @@ class Preset:
 
 ProbeOverrides = overrides_of(ProbeConfig, "ProbeOverrides")
 
+
 class UsesPreset:
     """Mixin of the experiment configs: a `preset` name, `train` (TrainOverrides) and `probe` (ProbeOverrides)
     changes to its values, and optional `tiers` that default to the preset's batch tiers."""
@@ -97,8 +98,14 @@ class UsesPreset:
         return self.probe.apply(get_preset(self.preset).probe)
 
 
-_D12_TRAIN = TrainConfig(target_loss=3.2, eval_every_tokens=52_428_800, val_tokens=10_485_760, eval_batch=1,
-                         max_micro_batch=1, checkpoint_every_tokens=209_715_200)
+_D12_TRAIN = TrainConfig(
+    target_loss=3.2,
+    eval_every_tokens=52_428_800,
+    val_tokens=10_485_760,
+    eval_batch=1,
+    max_micro_batch=1,
+    checkpoint_every_tokens=209_715_200,
+)
 
 _PRESETS: dict[str, Preset] = {}
 
@@ -130,23 +137,79 @@ def presets() -> Mapping[str, Preset]:
     return types.MappingProxyType(_PRESETS)
 
 
-register_preset(Preset(
-    "tiny",
-    ModelDims(8, 2, 32, prefix_seq_len=128, trunk_seq_len=512, attn_block_size=16, window_min=8, window_max=224,
-              window_quantum=8, fixed_window=128, compute_dtype="float32", fp8_grad_scale=float(2**16),
-              vocab_size=8192, eot_id=0),
-    TrainConfig(target_loss=3.6, max_tokens=600_000, eval_every_tokens=4_096, val_tokens=8_192, eval_batch=16,
-                checkpoint_every_tokens=65_536, schedule_scale=0.05, max_micro_batch=4, probe_every_evals=3,
-                log_every_seconds=15.0),
-    ProbeConfig(pool_sequences=32, grad_samples=32, chunk=8),
-    local_windows=((2, 8), (8, 17), (17, 34)),  # head side, d12's [100, 200] scaled by 64/768, far tail
-))
-register_preset(Preset("d12", ModelDims(12, 6, 128, prefix_seq_len=1024, trunk_seq_len=65_536), _D12_TRAIN,
-                       ProbeConfig(pool_sequences=512, grad_samples=512, chunk=1), tail_window=(100, 200)))
-register_preset(Preset("d36", ModelDims(36, 20, 64, prefix_seq_len=1024, trunk_seq_len=32_768), _D12_TRAIN,
-                       ProbeConfig(pool_sequences=1024, grad_samples=512, chunk=1), tail_window=(200, 400)))
-register_preset(Preset("d48", ModelDims(48, 25, 64, prefix_seq_len=1024, trunk_seq_len=32_768), _D12_TRAIN,
-                       ProbeConfig(pool_sequences=1024, grad_samples=512, chunk=1), tail_window=(400, 800)))
+register_preset(
+    Preset(
+        "tiny",
+        ModelDims(
+            8,
+            2,
+            32,
+            prefix_seq_len=128,
+            trunk_seq_len=512,
+            attn_block_size=16,
+            window_min=8,
+            window_max=224,
+            window_quantum=8,
+            fixed_window=128,
+            compute_dtype="float32",
+            fp8_grad_scale=float(2**16),
+            vocab_size=8192,
+            eot_id=0,
+        ),
+        TrainConfig(
+            target_loss=3.6,
+            max_tokens=600_000,
+            eval_every_tokens=4_096,
+            val_tokens=8_192,
+            eval_batch=16,
+            checkpoint_every_tokens=65_536,
+            schedule_scale=0.05,
+            max_micro_batch=4,
+            probe_every_evals=3,
+            log_every_seconds=15.0,
+        ),
+        ProbeConfig(pool_sequences=32, grad_samples=32, chunk=8),
+        local_windows=((2, 8), (8, 17), (17, 34)),  # head side, d12's [100, 200] scaled by 64/768, far tail
+    )
+)
+register_preset(
+    Preset(
+        "d12",
+        ModelDims(12, 6, 128, prefix_seq_len=1024, trunk_seq_len=65_536),
+        _D12_TRAIN,
+        ProbeConfig(pool_sequences=512, grad_samples=512, chunk=1),
+        tail_window=(100, 200),
+    )
+)
+register_preset(
+    Preset(
+        "d36",
+        ModelDims(36, 20, 64, prefix_seq_len=1024, trunk_seq_len=32_768),
+        _D12_TRAIN,
+        ProbeConfig(pool_sequences=1024, grad_samples=512, chunk=1),
+        tail_window=(200, 400),
+    )
+)
+register_preset(
+    Preset(
+        "d48",
+        ModelDims(48, 25, 64, prefix_seq_len=1024, trunk_seq_len=32_768),
+        _D12_TRAIN,
+        ProbeConfig(pool_sequences=1024, grad_samples=512, chunk=1),
+        tail_window=(400, 800),
+    )
+)
 
-__all__ = ["DEFAULT_BATCH_TIERS", "ModelDims", "ProbeConfig", "ProbeOverrides", "Preset", "UsesPreset", "register_preset", "unregister_preset",
-           "get_preset", "preset_names", "presets"]
+__all__ = [
+    "DEFAULT_BATCH_TIERS",
+    "ModelDims",
+    "ProbeConfig",
+    "ProbeOverrides",
+    "Preset",
+    "UsesPreset",
+    "register_preset",
+    "unregister_preset",
+    "get_preset",
+    "preset_names",
+    "presets",
+]

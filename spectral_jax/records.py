@@ -135,8 +135,13 @@ def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return sha + ("-dirty" if dirty.stdout.strip() else "") if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -145,12 +150,31 @@ def git_sha() -> str:
 def environment() -> dict:
     """Versions and devices for run.json."""
     return dict(
-        git_sha=git_sha(), python=platform.python_version(), platform=platform.platform(),
-        jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
-        orbax=getattr(orbax.checkpoint, "__version__", "unknown"), numpy=np.__version__,
-        devices=[str(d) for d in jax.devices()], backend=jax.default_backend(),
+        git_sha=git_sha(),
+        python=platform.python_version(),
+        platform=platform.platform(),
+        jax=jax.__version__,
+        flax=flax.__version__,
+        optax=optax.__version__,
+        orbax=getattr(orbax.checkpoint, "__version__", "unknown"),
+        numpy=np.__version__,
+        devices=[str(d) for d in jax.devices()],
+        backend=jax.default_backend(),
     )
 
 
-__all__ = ["atomic_write_bytes", "to_jsonable", "json_text", "write_json", "write_text", "read_json", "read_jsonl",
-           "append_jsonl", "truncate_jsonl", "save_npz", "log_stderr", "git_sha", "environment"]
+__all__ = [
+    "atomic_write_bytes",
+    "to_jsonable",
+    "json_text",
+    "write_json",
+    "write_text",
+    "read_json",
+    "read_jsonl",
+    "append_jsonl",
+    "truncate_jsonl",
+    "save_npz",
+    "log_stderr",
+    "git_sha",
+    "environment",
+]

@@ -90,8 +90,7 @@ class ProbeRecord(Record):
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> ProbeRecord:
         names = {f.name for f in dataclasses.fields(cls)} - {"summaries"}
-        return cls(**{k: row.get(k) for k in names},
-                   summaries={k: v for k, v in row.items() if k not in names})
+        return cls(**{k: row.get(k) for k in names}, summaries={k: v for k, v in row.items() if k not in names})
 
 
 def spectrum_key(kind: str, layer: int | None, matrix: str | None) -> str:
@@ -160,9 +159,20 @@ class SweepSummary(Record):
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> SweepSummary:
         s = super().from_dict(row)
-        return dataclasses.replace(s, tiers=tuple(TierRow.from_dict(t) for t in row["tiers"]),
-                                   matched_loss=tuple(MatchedLossRow.from_dict(m) for m in row["matched_loss"]))
+        return dataclasses.replace(
+            s,
+            tiers=tuple(TierRow.from_dict(t) for t in row["tiers"]),
+            matched_loss=tuple(MatchedLossRow.from_dict(m) for m in row["matched_loss"]),
+        )
 
 
-__all__ = ["Record", "TierResult", "EvalRow", "ProbeRecord", "spectrum_key", "TierRow", "MatchedLossRow",
-           "SweepSummary"]
+__all__ = [
+    "Record",
+    "TierResult",
+    "EvalRow",
+    "ProbeRecord",
+    "spectrum_key",
+    "TierRow",
+    "MatchedLossRow",
+    "SweepSummary",
+]

@@ -58,8 +58,10 @@ def _as_spectrum(values, name: str = "spectrum") -> np.ndarray:
         raise ValueError(f"{name} has {bad} non-finite values out of {v.size}; refusing to summarise NaN/inf")
     scale = float(np.max(np.abs(v)))
     if np.any(v < -1e-6 * scale):
-        raise ValueError(f"{name} has negative values down to {v.min():.3g} (max {scale:.3g}); "
-                         "pass eigenvalues of a PSD matrix or singular values")
+        raise ValueError(
+            f"{name} has negative values down to {v.min():.3g} (max {scale:.3g}); "
+            "pass eigenvalues of a PSD matrix or singular values"
+        )
     return np.sort(np.clip(v, 0.0, None))[::-1]
 
 
@@ -77,8 +79,10 @@ def _check_window(window: Window, n: int) -> tuple[int, int]:
     if lo < 1 or hi <= lo:
         raise ValueError(f"rank window {window} must satisfy 1 <= lo < hi (1-indexed, inclusive)")
     if hi > n:
-        raise ValueError(f"rank window {window} reaches past the spectrum's length {n}; "
-                         f"use a window with hi <= {n} (e.g. spectra.scaled_tail_window for narrow models)")
+        raise ValueError(
+            f"rank window {window} reaches past the spectrum's length {n}; "
+            f"use a window with hi <= {n} (e.g. spectra.scaled_tail_window for narrow models)"
+        )
     return lo, hi
 
 
@@ -93,8 +97,9 @@ def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     return slope, intercept, r2
 
 
-def alpha(values, window: Window = (100, 200), *, normalize: bool = True, bootstrap: int = 0,
-          ci: float = 0.95, seed: int = 0) -> AlphaFit:
+def alpha(
+    values, window: Window = (100, 200), *, normalize: bool = True, bootstrap: int = 0, ci: float = 0.95, seed: int = 0
+) -> AlphaFit:
     """alpha(I) = -OLS slope of (ln j, ln lambda_j) for ranks j in I = [lo, hi] (1-indexed, inclusive).
 
     Non-positive values inside the window are dropped (as the reference's scripts 9+ do); fewer than two
@@ -104,11 +109,13 @@ def alpha(values, window: Window = (100, 200), *, normalize: bool = True, bootst
     v = trace_normalize(values) if normalize else _as_spectrum(values)
     lo, hi = _check_window(window, v.size)
     ranks = np.arange(lo, hi + 1, dtype=np.float64)
-    vals = v[lo - 1:hi]
+    vals = v[lo - 1 : hi]
     keep = vals > 0
     if keep.sum() < 2:
-        raise ValueError(f"rank window {window} of a length-{v.size} spectrum holds {int(keep.sum())} "
-                         "positive values; need at least 2 to fit a power law")
+        raise ValueError(
+            f"rank window {window} of a length-{v.size} spectrum holds {int(keep.sum())} "
+            "positive values; need at least 2 to fit a power law"
+        )
     x, y = np.log(ranks[keep]), np.log(vals[keep])
     slope, intercept, r2 = _ols(x, y)
     interval = None
@@ -117,13 +124,12 @@ def alpha(values, window: Window = (100, 200), *, normalize: bool = True, bootst
         idx = rng.integers(0, x.size, size=(bootstrap, x.size))
         xb, yb = x[idx], y[idx]
         xc = xb - xb.mean(1, keepdims=True)
-        sxx = np.sum(xc ** 2, axis=1)
+        sxx = np.sum(xc**2, axis=1)
         ok = sxx > 0
         alphas = -np.sum(xc * (yb - yb.mean(1, keepdims=True)), axis=1)[ok] / sxx[ok]
         q = (1.0 - ci) / 2.0
         interval = (float(np.quantile(alphas, q)), float(np.quantile(alphas, 1.0 - q)))
-    return AlphaFit(alpha=-slope, intercept=intercept, r2=r2, window=(lo, hi), n_points=int(x.size),
-                    ci=interval)
+    return AlphaFit(alpha=-slope, intercept=intercept, r2=r2, window=(lo, hi), n_points=int(x.size), ci=interval)
 
 
 def alpha_head(values, window: Window = HEAD_WINDOW) -> AlphaFit:
@@ -195,7 +201,7 @@ def stable_rank(values) -> float:
 def participation_ratio(values) -> float:
     """PR = (sum lambda)^2 / sum lambda^2, between 1 and the spectrum's length."""
     v = _as_spectrum(values)
-    s2 = float(np.sum(v ** 2))
+    s2 = float(np.sum(v**2))
     if s2 <= 0:
         raise ValueError("participation ratio of an all-zero spectrum is undefined")
     return float(v.sum() ** 2 / s2)
@@ -222,8 +228,14 @@ def js_divergence(p_values, q_values, eps: float = 1e-12) -> float:
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
-def summarize(values, *, tail: Window | None = None, head: Window = HEAD_WINDOW,
-              bank: Sequence[Window] = WINDOW_BANK, prefix: str = "") -> dict[str, float]:
+def summarize(
+    values,
+    *,
+    tail: Window | None = None,
+    head: Window = HEAD_WINDOW,
+    bank: Sequence[Window] = WINDOW_BANK,
+    prefix: str = "",
+) -> dict[str, float]:
     """Flat dict of every summary (for tidy records): alpha over the tail, head and each bank window that
     fits (with R^2), RankMe, hard/stable rank, participation ratio and top-10 mass."""
     v = _as_spectrum(values)
@@ -253,9 +265,9 @@ def alpha_jnp(values: jnp.ndarray, window: Window) -> jnp.ndarray:
     lo, hi = window
     p = values / jnp.sum(values)
     x = jnp.log(jnp.arange(lo, hi + 1, dtype=values.dtype))
-    y = jnp.log(p[lo - 1:hi])
+    y = jnp.log(p[lo - 1 : hi])
     xc = x - x.mean()
-    return -jnp.sum(xc * (y - y.mean())) / jnp.sum(xc ** 2)
+    return -jnp.sum(xc * (y - y.mean())) / jnp.sum(xc**2)
 
 
 def rankme_jnp(values: jnp.ndarray) -> jnp.ndarray:

@@ -49,25 +49,40 @@ class TaxonomyThresholds:
                 raise ValueError(f"taxonomy threshold {f.name} must be positive and finite, got {v!r}")
 
 
-_FEATURE_THRESHOLD = dict(d_act_alpha_head="act_alpha_head", d_act_head_mass="act_head_mass",
-                          path_sep_act="act_path_js", d_grad_log_rankme="grad_log_rankme",
-                          d_grad_alpha="grad_alpha", d_grad_head_mass="grad_head_mass", path_sep_grad="grad_path_js")
+_FEATURE_THRESHOLD = dict(
+    d_act_alpha_head="act_alpha_head",
+    d_act_head_mass="act_head_mass",
+    path_sep_act="act_path_js",
+    d_grad_log_rankme="grad_log_rankme",
+    d_grad_alpha="grad_alpha",
+    d_grad_head_mass="grad_head_mass",
+    path_sep_grad="grad_path_js",
+)
 
 
-def spectral_scores(features: Mapping[str, float | None],
-                    thresholds: TaxonomyThresholds = TaxonomyThresholds()) -> tuple[float, float]:
+def spectral_scores(
+    features: Mapping[str, float | None], thresholds: TaxonomyThresholds = TaxonomyThresholds()
+) -> tuple[float, float]:
     """(activation score, gradient score): the largest |feature| / threshold of each side; NaN if a side has
     no finite feature."""
+
     def score(names):
-        vals = [abs(float(features[n])) / getattr(thresholds, _FEATURE_THRESHOLD[n])
-                for n in names if _finite(features.get(n))]
+        vals = [
+            abs(float(features[n])) / getattr(thresholds, _FEATURE_THRESHOLD[n])
+            for n in names
+            if _finite(features.get(n))
+        ]
         return max(vals) if vals else float("nan")
 
     return score(ACTIVATION_FEATURES), score(GRADIENT_FEATURES)
 
 
-def classify_transition(g_tok: float | None, g_thr: float | None, features: Mapping[str, float | None],
-                        thresholds: TaxonomyThresholds = TaxonomyThresholds()) -> dict:
+def classify_transition(
+    g_tok: float | None,
+    g_thr: float | None,
+    features: Mapping[str, float | None],
+    thresholds: TaxonomyThresholds = TaxonomyThresholds(),
+) -> dict:
     """Label one transition a -> b. The rule, in order:
 
     1. no label (None) when either gain is missing (a run that never reached the target);
@@ -108,5 +123,15 @@ def classify_transition(g_tok: float | None, g_thr: float | None, features: Mapp
     return dict(out, label=MIXED, reason=reason)
 
 
-__all__ = ["ACTIVATION_LED", "GRADIENT_LED", "THROUGHPUT_LED", "MIXED", "TAXONOMY_LABELS", "ACTIVATION_FEATURES",
-           "GRADIENT_FEATURES", "TaxonomyThresholds", "spectral_scores", "classify_transition"]
+__all__ = [
+    "ACTIVATION_LED",
+    "GRADIENT_LED",
+    "THROUGHPUT_LED",
+    "MIXED",
+    "TAXONOMY_LABELS",
+    "ACTIVATION_FEATURES",
+    "GRADIENT_FEATURES",
+    "TaxonomyThresholds",
+    "spectral_scores",
+    "classify_transition",
+]

@@ -40,8 +40,7 @@ from spectral_jax.data.shards import TokenDataset
 from spectral_jax.models.config import ModelConfig
 from spectral_jax.models.gpt import GPT
 from spectral_jax.optim import group_learning_rates
-from spectral_jax.records import (append_jsonl, environment, log_stderr, read_json, truncate_jsonl,
-                                  write_json)
+from spectral_jax.records import append_jsonl, environment, log_stderr, read_json, truncate_jsonl, write_json
 from spectral_jax.schemas import EvalRow, TierResult
 from spectral_jax.train_config import TrainConfig
 from spectral_jax.train_step import Schedules, TrainStep, _leaf_programs, interleaved_throughput
@@ -90,9 +89,17 @@ class _Pending:
 class _TierRun:
     """The mutable state of one train() call: parameters, counters, timers; one method per phase."""
 
-    def __init__(self, config: ModelConfig, tc: TrainConfig, dataset: TokenDataset, out: pathlib.Path,
-                 callbacks: Sequence[Callback], log: Callable[[str], None], fingerprint: str,
-                 lrs: Mapping[str, float]):
+    def __init__(
+        self,
+        config: ModelConfig,
+        tc: TrainConfig,
+        dataset: TokenDataset,
+        out: pathlib.Path,
+        callbacks: Sequence[Callback],
+        log: Callable[[str], None],
+        fingerprint: str,
+        lrs: Mapping[str, float],
+    ):
         self.config, self.tc, self.out, self.callbacks, self.log = config, tc, out, tuple(callbacks), log
         self.fingerprint = fingerprint
         self.sched = Schedules.build(config, tc)
@@ -111,7 +118,7 @@ class _TierRun:
         self.train_ds = dataset.train_dataset(config.seq_len, tc.resolved_micro_batch, seed=tc.data_seed)
         val = dataset.validation_set(config.seq_len, tc.val_tokens)
         bs = min(tc.eval_batch, len(val))
-        self.val_batches = [val[i:i + bs] for i in range(0, len(val) - bs + 1, bs)]
+        self.val_batches = [val[i : i + bs] for i in range(0, len(val) - bs + 1, bs)]
 
     # ---- resume --------------------------------------------------------------------------------------------
     def restore(self, resume: bool) -> None:
@@ -123,16 +130,18 @@ class _TierRun:
             latest = max(usable)
             meta = checkpoints.restore_meta(mgr, latest)  # before any array of another shape is restored
             if not checkpoints.same_config(meta.get("fingerprint"), self.fingerprint):
-                raise ValueError(f"checkpoint in {self.out / 'checkpoints'} was written by a different "
-                                 "configuration; use another --out directory or delete it to start over")
+                raise ValueError(
+                    f"checkpoint in {self.out / 'checkpoints'} was written by a different "
+                    "configuration; use another --out directory or delete it to start over"
+                )
             self.params, self.opt_state = checkpoints.restore_state(mgr, latest, self.params, self.opt_state)
-            self.step, self.timed_tokens, self.timed_seconds = meta["step"], meta["timed_tokens"], meta[
-                "timed_seconds"]
+            self.step, self.timed_tokens, self.timed_seconds = meta["step"], meta["timed_tokens"], meta["timed_seconds"]
             self.train_loss = float("nan") if meta.get("train_loss") is None else meta["train_loss"]
             for later in [s for s in mgr.all_steps() if s > latest]:
                 mgr.delete(later)
-            self.log(f"{self.tag} resumed from checkpoint at step {self.step} "
-                     f"({self.step * sched.tokens_per_step:,} tokens)")
+            self.log(
+                f"{self.tag} resumed from checkpoint at step {self.step} ({self.step * sched.tokens_per_step:,} tokens)"
+            )
         else:
             for old in mgr.all_steps():
                 mgr.delete(old)
@@ -149,8 +158,9 @@ class _TierRun:
         window = self.sched.window(self.config, self.step)
         batches = [self.train_ds[self.step * self.accum + k] for k in range(self.accum)]
         t0 = time.perf_counter()
-        self.params, self.opt_state, loss_sum = self.step_fn(self.graphdef, self.params, self.opt_state, batches,
-                                                             window)
+        self.params, self.opt_state, loss_sum = self.step_fn(
+            self.graphdef, self.params, self.opt_state, batches, window
+        )
         self.step += 1
         self.steps_this_call += 1
         previous, self.pending = self.pending, _Pending(loss_sum, self.step, t0)
@@ -169,8 +179,10 @@ class _TierRun:
         dt, self.last_done = done - max(p.dispatched, self.last_done), done
         self.train_loss = loss
         if not math.isfinite(loss):
-            msg = (f"training loss is {loss} at step {p.step}: training diverged; lower the learning "
-                   "rate (--lr) and rerun; no spectra were measured from this point")
+            msg = (
+                f"training loss is {loss} at step {p.step}: training diverged; lower the learning "
+                "rate (--lr) and rerun; no spectra were measured from this point"
+            )
             self.finish("diverged", p.step, None, msg)
             raise TrainingDiverged(msg)
         if p.step - self.start_step > self.tc.skip_throughput_steps:
@@ -184,25 +196,43 @@ class _TierRun:
     def evaluate(self, window: int) -> float:
         leaves, params_def = jax.tree.flatten(self.params)
         eval_loss = _leaf_programs(self.graphdef, params_def)[1]
-        losses = [eval_loss(leaves, jnp.asarray(b[:, :-1]), jnp.asarray(b[:, 1:]), jnp.int32(window))
-                  for b in self.val_batches]
+        losses = [
+            eval_loss(leaves, jnp.asarray(b[:, :-1]), jnp.asarray(b[:, 1:]), jnp.int32(window))
+            for b in self.val_batches
+        ]
         return float(np.mean([float(v) for v in losses]))
 
     def save_checkpoint(self) -> None:
-        meta = dict(step=self.step, timed_tokens=self.timed_tokens, timed_seconds=self.timed_seconds,
-                    train_loss=self.train_loss if math.isfinite(self.train_loss) else None,
-                    fingerprint=self.fingerprint, data_position=self.step * self.accum)
+        meta = dict(
+            step=self.step,
+            timed_tokens=self.timed_tokens,
+            timed_seconds=self.timed_seconds,
+            train_loss=self.train_loss if math.isfinite(self.train_loss) else None,
+            fingerprint=self.fingerprint,
+            data_position=self.step * self.accum,
+        )
         checkpoints.save(self.manager, self.step, self.params, self.opt_state, meta)
 
     def finish(self, status: str, at_step: int, val_loss: float | None, message: str = "") -> dict:
         sched, tokens = self.sched, at_step * self.sched.tokens_per_step
         result = TierResult(
-            status=status, batch=self.tc.batch_size, seq_len=self.config.seq_len, steps=at_step, tokens=tokens,
-            tokens_to_target=tokens if status == "reached" else None, target_loss=self.tc.target_loss,
-            final_val_loss=val_loss, max_tokens=self.tc.max_tokens, max_steps=sched.max_steps,
+            status=status,
+            batch=self.tc.batch_size,
+            seq_len=self.config.seq_len,
+            steps=at_step,
+            tokens=tokens,
+            tokens_to_target=tokens if status == "reached" else None,
+            target_loss=self.tc.target_loss,
+            final_val_loss=val_loss,
+            max_tokens=self.tc.max_tokens,
+            max_steps=sched.max_steps,
             budget_eval=at_step == sched.max_steps and at_step % sched.eval_every_steps != 0,
-            throughput_tokens_per_s=self.throughput(), timed_tokens=self.timed_tokens,
-            timed_seconds=self.timed_seconds, message=message, fingerprint=self.fingerprint)
+            throughput_tokens_per_s=self.throughput(),
+            timed_tokens=self.timed_tokens,
+            timed_seconds=self.timed_seconds,
+            message=message,
+            fingerprint=self.fingerprint,
+        )
         write_json(self.out / "result.json", result)
         return result.to_dict()
 
@@ -212,25 +242,35 @@ class _TierRun:
         window = sched.window(self.config, step)
         val_loss = self.evaluate(window)
         tokens = step * sched.tokens_per_step
-        row = EvalRow(step=step, tokens=tokens, val_loss=val_loss, train_loss=self.train_loss, window=window,
-                      throughput_tokens_per_s=self.throughput(), elapsed_train_s=self.timed_seconds)
+        row = EvalRow(
+            step=step,
+            tokens=tokens,
+            val_loss=val_loss,
+            train_loss=self.train_loss,
+            window=window,
+            throughput_tokens_per_s=self.throughput(),
+            elapsed_train_s=self.timed_seconds,
+        )
         if not math.isfinite(val_loss):
             append_jsonl(self.out / "metrics.jsonl", row.to_dict())
-            msg = (f"validation loss is {val_loss} at step {step} ({tokens:,} tokens): training diverged; "
-                   "lower the learning rate (--lr) and rerun; no spectra were measured at this point")
+            msg = (
+                f"validation loss is {val_loss} at step {step} ({tokens:,} tokens): training diverged; "
+                "lower the learning rate (--lr) and rerun; no spectra were measured at this point"
+            )
             self.finish("diverged", step, None, msg)
             raise TrainingDiverged(msg)
         reached = step > 0 and val_loss <= self.tc.target_loss
         final = reached or step >= sched.max_steps
         if self.callbacks and (final or (step // sched.eval_every_steps) % self.tc.probe_every_evals == 0):
             nnx.update(self.model, self.params)
-            state = RunState(step, tokens, val_loss, window, self.model, self.config, self.tc, self.out,
-                             is_final=final)
+            state = RunState(step, tokens, val_loss, window, self.model, self.config, self.tc, self.out, is_final=final)
             for cb in self.callbacks:
                 cb(state)
         append_jsonl(self.out / "metrics.jsonl", row.to_dict())
-        self.log(f"{self.tag} eval step {step} | {tokens:,} tokens | val {val_loss:.4f} (target "
-                 f"{self.tc.target_loss}) | window {window} | {time.perf_counter() - t_eval:.1f}s")
+        self.log(
+            f"{self.tag} eval step {step} | {tokens:,} tokens | val {val_loss:.4f} (target "
+            f"{self.tc.target_loss}) | window {window} | {time.perf_counter() - t_eval:.1f}s"
+        )
         if not final:
             return None
         self.save_checkpoint()
@@ -238,16 +278,21 @@ class _TierRun:
         result = self.finish(status, step, val_loss)
         q = result["throughput_tokens_per_s"]
         what = "T(B) = " if reached else ""
-        self.log(f"{self.tag} {status} at step {step}: {what}{tokens:,} tokens, val {val_loss:.4f}, "
-                 f"Q = {q:,.0f} tokens/s" if q else f"{self.tag} {status} at step {step}")
+        self.log(
+            f"{self.tag} {status} at step {step}: {what}{tokens:,} tokens, val {val_loss:.4f}, Q = {q:,.0f} tokens/s"
+            if q
+            else f"{self.tag} {status} at step {step}"
+        )
         return result
 
     def progress(self) -> None:
         q, sched = self.throughput(), self.sched
         left = (sched.max_steps - self.step) * sched.tokens_per_step
         speed = f"{q:,.0f} tok/s | ETA <= {_fmt_time(left / q)}" if q else "tok/s and ETA after the compile steps"
-        self.log(f"{self.tag} step {self.step}/{sched.max_steps} | {self.step * sched.tokens_per_step:,} tokens | "
-                 f"loss {self.train_loss:.4f} | {speed}")
+        self.log(
+            f"{self.tag} step {self.step}/{sched.max_steps} | {self.step * sched.tokens_per_step:,} tokens | "
+            f"loss {self.train_loss:.4f} | {speed}"
+        )
 
     def run(self, stop_after_steps: int | None) -> dict:
         sched, last_log = self.sched, time.perf_counter()
@@ -301,21 +346,41 @@ def train(
     if resume and result_path.is_file():
         done = read_json(result_path)
         if checkpoints.same_config(done.get("fingerprint"), fingerprint) and checkpoints.result_answers(
-                done, sched.max_steps):
-            log(f"[B={tc.batch_size}] already finished ({done['status']} at {done['tokens']:,} tokens); "
-                f"reusing {result_path}")
+            done, sched.max_steps
+        ):
+            log(
+                f"[B={tc.batch_size}] already finished ({done['status']} at {done['tokens']:,} tokens); "
+                f"reusing {result_path}"
+            )
             return done
     result_path.unlink(missing_ok=True)
     mb = tc.resolved_micro_batch
-    info = dict(model=config, train=tc, learning_rates=lrs, step_scale=sched.step_scale,
-                tokens_per_step=sched.tokens_per_step, eval_every_steps=sched.eval_every_steps,
-                window_warmup_steps=sched.window_warmup_steps, micro_batch=mb, grad_accum=tc.batch_size // mb,
-                data=dict(dataset.metadata), **(run_info or {}))
+    info = dict(
+        model=config,
+        train=tc,
+        learning_rates=lrs,
+        step_scale=sched.step_scale,
+        tokens_per_step=sched.tokens_per_step,
+        eval_every_steps=sched.eval_every_steps,
+        window_warmup_steps=sched.window_warmup_steps,
+        micro_batch=mb,
+        grad_accum=tc.batch_size // mb,
+        data=dict(dataset.metadata),
+        **(run_info or {}),
+    )
     write_json(out / "run.json", dict(info, environment=environment(), fingerprint=fingerprint))
     run = _TierRun(config, tc, dataset, out, callbacks, log, fingerprint, lrs)
     run.restore(resume)
     return run.run(stop_after_steps)
 
 
-__all__ = ["TrainConfig", "TrainingDiverged", "RunState", "Callback", "Schedules", "TrainStep", "train",
-           "interleaved_throughput"]
+__all__ = [
+    "TrainConfig",
+    "TrainingDiverged",
+    "RunState",
+    "Callback",
+    "Schedules",
+    "TrainStep",
+    "train",
+    "interleaved_throughput",
+]

@@ -22,7 +22,8 @@ class TrainConfig:
     micro_batch: int | None = option(None, "sequences per forward/backward (default: fit to max_micro_batch)")
     max_micro_batch: int = option(8, "largest micro-batch when micro_batch is unset")
     lr: float | Mapping[str, float] | None = option(
-        None, "None: family anchors; float: multiplier; mapping: per-group peak LRs", flag=False)
+        None, "None: family anchors; float: multiplier; mapping: per-group peak LRs", flag=False
+    )
     target_loss: float = option(3.2, "stop at the first eval at or below this val loss")
     max_tokens: int = option(10_000_000_000, "token budget per run: stop without reaching the target")
     eval_every_tokens: int = option(52_428_800, "eval cadence in training tokens")
@@ -42,8 +43,10 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         mb = self.resolved_micro_batch
         if self.batch_size % mb:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch {mb}; "
-                             "pick a micro_batch that divides it")
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of micro_batch {mb}; "
+                "pick a micro_batch that divides it"
+            )
         for name in ("eval_every_tokens", "val_tokens", "checkpoint_every_tokens", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -43,7 +43,7 @@ class Schedules:
     max_steps: int
 
     @classmethod
-    def build(cls, config: ModelConfig, tc: TrainConfig) -> "Schedules":
+    def build(cls, config: ModelConfig, tc: TrainConfig) -> Schedules:
         ref = config.optim.reference_batch
         step_scale = ref / tc.batch_size * tc.schedule_scale
         tps = tc.batch_size * config.seq_len
@@ -88,17 +88,17 @@ def _make_apply(optim: Any, accum: int, params_def, opt_def):
     """The jitted optimizer update for one recipe, with the peak LRs and the schedules' step counts as ARGUMENTS
     (not trace-time constants): every LR candidate of a sweep, every batch tier with the same accumulation count
     (the tiers' token-normalised step counts differ) and every continued run in the process share one compiled
-    program. The update is built inside the trace from the config with traced peaks and counts, so peak * schedule(step) is
-    the same float32 arithmetic as with constants (tested bitwise). `accum` stays a constant: XLA folds the
-    division by it into the optimizer's constant factors, which a traced divisor would round differently.
+    program. The update is built inside the trace from the config with traced peaks and counts, so
+    peak * schedule(step) is the same float32 arithmetic as with constants (tested bitwise). `accum` stays a
+    constant: XLA folds the division by it into the optimizer's constant factors, which a traced divisor would
+    round differently.
 
     apply(params_leaves, opt_leaves, grad_leaves, peaks, steps) -> (params_leaves, opt_leaves), the leaves in
     params_def's / opt_def's order (flat, for a cheap dispatch: see _leaf_programs); params and state donated."""
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def apply(params_leaves, opt_leaves, grad_leaves, peaks, steps):
-        tx = make_optimizer(dataclasses.replace(optim, **{_lr_field(g): v for g, v in peaks.items()}),
-                            steps=steps)
+        tx = make_optimizer(dataclasses.replace(optim, **{_lr_field(g): v for g, v in peaks.items()}), steps=steps)
         params, grads = (jax.tree.unflatten(params_def, leaves) for leaves in (params_leaves, grad_leaves))
         if accum > 1:
             grads = jax.tree.map(lambda g: g / accum, grads)
@@ -129,10 +129,10 @@ class TrainStep:
         the last pair is reused while the same graphdef object comes back."""
         cached = self._programs
         if cached is None or cached[0] is not graphdef or cached[1:3] != (params_def, opt_def):
-            apply = functools.partial(_make_apply(self._optim, self.accum, params_def, opt_def),
-                                      peaks=self._peaks, steps=self._steps)
-            cached = self._programs = (graphdef, params_def, opt_def, _leaf_programs(graphdef, params_def)[0],
-                                       apply)
+            apply = functools.partial(
+                _make_apply(self._optim, self.accum, params_def, opt_def), peaks=self._peaks, steps=self._steps
+            )
+            cached = self._programs = (graphdef, params_def, opt_def, _leaf_programs(graphdef, params_def)[0], apply)
         return cached[3:]
 
     def init(self, params):
@@ -159,10 +159,15 @@ class TrainStep:
         return jax.tree.unflatten(params_def, params_leaves), jax.tree.unflatten(opt_def, opt_leaves), loss_sum
 
 
-
-def interleaved_throughput(runs: Mapping[str, tuple[ModelConfig, TrainConfig]], dataset: TokenDataset, *,
-                           rounds: int = 5, steps_per_round: int = 2, warmup_steps: int = 2,
-                           log: Callable[[str], None] | None = None) -> dict[str, dict]:
+def interleaved_throughput(
+    runs: Mapping[str, tuple[ModelConfig, TrainConfig]],
+    dataset: TokenDataset,
+    *,
+    rounds: int = 5,
+    steps_per_round: int = 2,
+    warmup_steps: int = 2,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, dict]:
     """Training throughput of several configurations measured side by side in one process.
 
     Each run's real optimizer step (its model, optimizer, micro-batching, LRs and the attention window it
@@ -192,7 +197,7 @@ def interleaved_throughput(runs: Mapping[str, tuple[ModelConfig, TrainConfig]], 
         if log:
             log(f"throughput: {name} compiled and warmed (B = {tc.batch_size} x {config.seq_len}, window {window})")
     for _ in range(rounds):
-        for name, st in state.items():
+        for st in state.values():
             step_fn, graphdef, params, opt_state, batches, window, times = st
             for _ in range(steps_per_round):
                 t0 = time.perf_counter()
@@ -204,8 +209,12 @@ def interleaved_throughput(runs: Mapping[str, tuple[ModelConfig, TrainConfig]], 
     for name, (config, tc) in runs.items():
         times, window = state[name][6], state[name][5]
         dt = float(np.median(times))
-        out[name] = dict(tokens_per_s=tc.batch_size * config.seq_len / dt, step_seconds=dt, window=int(window),
-                         timed_steps=len(times))
+        out[name] = dict(
+            tokens_per_s=tc.batch_size * config.seq_len / dt,
+            step_seconds=dt,
+            window=int(window),
+            timed_steps=len(times),
+        )
     return out
 
 

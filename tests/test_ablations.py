@@ -15,12 +15,20 @@ import pytest
 
 from spectral_jax import ablations
 from spectral_jax.ablations import AblationConfig
+from spectral_jax.data import load_data, write_dataset
 from spectral_jax.presets import ProbeOverrides
 from spectral_jax.train_config import TrainOverrides
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TRAIN = TrainOverrides(target_loss=7.5, max_tokens=12_288, eval_every_tokens=2_048, val_tokens=2_048, probe_every_evals=1,
-             checkpoint_every_tokens=1 << 30, micro_batch=1)
+TRAIN = TrainOverrides(
+    target_loss=7.5,
+    max_tokens=12_288,
+    eval_every_tokens=2_048,
+    val_tokens=2_048,
+    probe_every_evals=1,
+    checkpoint_every_tokens=1 << 30,
+    micro_batch=1,
+)
 
 
 def quiet(_msg):
@@ -28,8 +36,15 @@ def quiet(_msg):
 
 
 def _cfg(out, **kw):
-    base = dict(out=str(out), tiers=(1, 2, 4), batch=1, seeds=(42, 43),
-                probe=ProbeOverrides(pool_sequences=8, grad_samples=8), split_sequences=4, train=TRAIN)
+    base = dict(
+        out=str(out),
+        tiers=(1, 2, 4),
+        batch=1,
+        seeds=(42, 43),
+        probe=ProbeOverrides(pool_sequences=8, grad_samples=8),
+        split_sequences=4,
+        train=TRAIN,
+    )
     return AblationConfig(**{**base, **kw})
 
 
@@ -113,25 +128,29 @@ def test_seed_control_compares_seed_spread_with_tier_separation(out, layerwise):
 
 def _foreign_source(directory):
     """A shard directory of uniformly random GPT-2 ids, tokenised 'like' the embedded corpus."""
-    from spectral_jax.data import load_data, write_dataset
 
-    meta = {k: v for k, v in load_data().metadata.items() if k in ("tokenizer", "vocab_sha256", "eot_id",
-                                                                   "vocab_file")}
+    meta = {k: v for k, v in load_data().metadata.items() if k in ("tokenizer", "vocab_sha256", "eot_id", "vocab_file")}
     rng = np.random.default_rng(0)
-    write_dataset(directory, {s: rng.integers(0, 50257, 30_000).astype(np.uint16) for s in ("train", "val", "pool")},
-                  dict(meta, source="random"))
+    write_dataset(
+        directory,
+        {s: rng.integers(0, 50257, 30_000).astype(np.uint16) for s in ("train", "val", "pool")},
+        dict(meta, source="random"),
+    )
     return str(directory)
 
 
 @pytest.mark.slow
 def test_data_split_js_is_zero_on_itself_and_large_on_another_source(out, layerwise, tmp_path):
     tier = out / "probe_sweep" / "tier_B2"
-    same = ablations.data_split_js(_cfg(tmp_path / "same", data_a="embedded:pool", data_b="embedded:pool",
-                                        model_dir=str(tier)), log=quiet)
+    same = ablations.data_split_js(
+        _cfg(tmp_path / "same", data_a="embedded:pool", data_b="embedded:pool", model_dir=str(tier)), log=quiet
+    )
     assert same["model"]["kind"] == "checkpoint" and same["model"]["step"] > 0
     assert same["js_a_vs_b"] < 1e-9 and same["js_floor_a"] > 1e-6
-    other = ablations.data_split_js(_cfg(tmp_path / "other", data_a="embedded:pool",
-                                         data_b=_foreign_source(tmp_path / "random") + ":val"), log=quiet)
+    other = ablations.data_split_js(
+        _cfg(tmp_path / "other", data_a="embedded:pool", data_b=_foreign_source(tmp_path / "random") + ":val"),
+        log=quiet,
+    )
     assert other["model"]["kind"] == "init"
     assert other["js_a_vs_b"] > 3 * max(other["js_floor_a"], other["js_floor_b"])
     assert len(other["layers"]) == 8
@@ -157,8 +176,9 @@ def test_adam_vs_muon(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.ablations", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.ablations", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_unknown_subcommand_exits_2(tmp_path):

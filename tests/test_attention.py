@@ -57,10 +57,7 @@ def test_reference_mask_small_cases():
     assert masked[4, 2] and not masked[4, 1] and masked[1, 0]
 
 
-@pytest.mark.parametrize("granularity,windows", [
-    ("token", [1, 7, 8, 9, 23, 40]),
-    ("block", [8, 16, 24, 40]),
-])
+@pytest.mark.parametrize("granularity,windows", [("token", [1, 7, 8, 9, 23, 40]), ("block", [8, 16, 24, 40])])
 @pytest.mark.parametrize("use_docs", [False, True])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_docs, impl, monkeypatch):
@@ -72,17 +69,33 @@ def test_banded_matches_dense_with_brute_force_mask(granularity, windows, use_do
     @jax.jit
     def banded(q, k, v, docs, window):
         traces.append(1)
-        return attention.banded_attention(q, k, v, window=window, max_window=MAX_W, block_size=BS,
-                                          granularity=granularity, docs_BxT=docs if use_docs else None,
-                                          scale=0.3, impl=impl)
+        return attention.banded_attention(
+            q,
+            k,
+            v,
+            window=window,
+            max_window=MAX_W,
+            block_size=BS,
+            granularity=granularity,
+            docs_BxT=docs if use_docs else None,
+            scale=0.3,
+            impl=impl,
+        )
 
     for w in windows:
         out = banded(q, k, v, docs, jnp.int32(w))
-        masks = np.stack([
-            attention.reference_mask(T, window=w, granularity=granularity, block_size=BS,
-                                     docs_T=np.asarray(docs[b]) if use_docs else None)
-            for b in range(B)
-        ])
+        masks = np.stack(
+            [
+                attention.reference_mask(
+                    T,
+                    window=w,
+                    granularity=granularity,
+                    block_size=BS,
+                    docs_T=np.asarray(docs[b]) if use_docs else None,
+                )
+                for b in range(B)
+            ]
+        )
         ref = _masked(q, k, v, masks)
         np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
     assert len(traces) == 1, "changing the window must not retrace"
@@ -94,7 +107,9 @@ def test_auto_impl_choice(monkeypatch, backend, narrow, wide):
     banded, whose saved residuals do not fit at d12)."""
     calls = []
     real_chunked, real_dpa = attention._chunked_attention, jax.nn.dot_product_attention
-    monkeypatch.setattr(attention, "_chunked_attention", lambda *a, **kw: calls.append("chunked") or real_chunked(*a, **kw))
+    monkeypatch.setattr(
+        attention, "_chunked_attention", lambda *a, **kw: calls.append("chunked") or real_chunked(*a, **kw)
+    )
     monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: calls.append("dense") or real_dpa(*a, **kw))
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     q, k, v = _qkv(4)
@@ -120,8 +135,11 @@ def test_accelerators_scan_the_chunks(monkeypatch):
     monkeypatch.setattr(attention, "ACCELERATOR_CHUNK_QUERIES", 16)
     q, k, v = _qkv(5)
     _, docs = _random_docs(np.random.default_rng(6), B, T)
-    run = lambda: jax.jit(lambda q, k, v: attention.banded_attention(
-        q, k, v, window=13, max_window=MAX_W, block_size=BS, docs_BxT=docs, scale=0.3, impl="chunked"))(q, k, v)
+    run = lambda: jax.jit(
+        lambda q, k, v: attention.banded_attention(
+            q, k, v, window=13, max_window=MAX_W, block_size=BS, docs_BxT=docs, scale=0.3, impl="chunked"
+        )
+    )(q, k, v)
     static = run()
     jax.clear_caches()
     monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")
@@ -136,8 +154,9 @@ def test_accelerators_scan_the_chunks(monkeypatch):
 def test_band_wider_than_sequence_is_clipped():
     q, k, v = _qkv(1)
     assert attention.band_blocks(T, 10 * T, BS) == T // BS
-    out = jax.jit(lambda q, k, v: attention.banded_attention(
-        q, k, v, window=T, max_window=10 * T, block_size=BS, scale=0.5))(q, k, v)
+    out = jax.jit(
+        lambda q, k, v: attention.banded_attention(q, k, v, window=T, max_window=10 * T, block_size=BS, scale=0.5)
+    )(q, k, v)
     causal = np.broadcast_to(attention.reference_mask(T, window=None), (B, T, T))
     ref = jax.jit(attention.masked_attention, static_argnames="scale")(q, k, v, causal, scale=0.5)
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
@@ -151,8 +170,9 @@ def test_banded_gradients_match_dense(impl, monkeypatch):
     masks = np.stack([attention.reference_mask(T, window=13, docs_T=np.asarray(d)) for d in docs])
 
     def banded_loss(q, k, v):
-        out = attention.banded_attention(q, k, v, window=13, max_window=MAX_W, block_size=BS,
-                                         docs_BxT=docs, scale=0.3, impl=impl)
+        out = attention.banded_attention(
+            q, k, v, window=13, max_window=MAX_W, block_size=BS, docs_BxT=docs, scale=0.3, impl=impl
+        )
         return jnp.sum(jnp.sin(out))
 
     dense_loss = lambda q, k, v: jnp.sum(jnp.sin(attention.masked_attention(q, k, v, masks, scale=0.3)))
@@ -170,19 +190,21 @@ def test_dense_attention_is_causal_and_doc_aware():
     causal = np.broadcast_to(attention.reference_mask(T, window=None), (B, T, T))
     np.testing.assert_allclose(dense(q, k, v, scale=0.3), masked(q, k, v, causal, scale=0.3), atol=2e-5)
     doc_masks = np.stack([attention.reference_mask(T, window=None, docs_T=np.asarray(d)) for d in docs])
-    np.testing.assert_allclose(dense(q, k, v, scale=0.3, docs_BxT=docs),
-                               masked(q, k, v, doc_masks, scale=0.3), atol=2e-5)
+    np.testing.assert_allclose(
+        dense(q, k, v, scale=0.3, docs_BxT=docs), masked(q, k, v, doc_masks, scale=0.3), atol=2e-5
+    )
 
 
 def test_memory_is_banded_at_long_context():
     """At T=65,536 the kernel's largest intermediate is O(T * window), not T x T."""
     spec = jax.ShapeDtypeStruct((1, 65_536, 6, 128), jnp.bfloat16)
-    fn = lambda q, k, v: attention.banded_attention(q, k, v, window=1792, max_window=1792, block_size=128,
-                                                    docs_BxT=jnp.zeros((1, 65_536), jnp.int32), scale=0.1)
+    fn = lambda q, k, v: attention.banded_attention(
+        q, k, v, window=1792, max_window=1792, block_size=128, docs_BxT=jnp.zeros((1, 65_536), jnp.int32), scale=0.1
+    )
     jaxpr = jax.make_jaxpr(fn)(spec, spec, spec)
     biggest = max(math.prod(v.aval.shape) for eqn in jaxpr.eqns for v in eqn.outvars)
     assert biggest <= 6 * 65_536 * 15 * 128  # heads * T * band keys
-    assert biggest < 65_536 ** 2
+    assert biggest < 65_536**2
 
 
 def test_kernel_rejects_unblocked_length():
@@ -195,18 +217,21 @@ def test_window_schedules_match_reference_formulas():
     for f in np.linspace(0, 1, 97):
         f = float(f)
         assert attention.token_window(f, window_min=64, window_max=1792, quantum=64) == min(
-            1792, 64 * math.floor((64 + f * 1728) / 64))
+            1792, 64 * math.floor((64 + f * 1728) / 64)
+        )
         assert attention.block_window_blocks(f, window_min=64, window_max=1792, block_size=128) == max(
-            1, math.floor(max(128, math.floor((64 + 1728 * f) / 128) * 128) / 128))
+            1, math.floor(max(128, math.floor((64 + 1728 * f) / 128) * 128) / 128)
+        )
         assert attention.lswa_window_blocks(f, window_min=64, window_max=1792, block_size=128) == min(
-            max(math.ceil(1728 * f / 128), 1), 14)
+            max(math.ceil(1728 * f / 128), 1), 14
+        )
     assert attention.short_window_blocks(1) == 1 and attention.short_window_blocks(7) == 3
     assert attention.window_progress(1500, 3000) == 0.5 and attention.window_progress(9, 0) == 1.0
 
 
-@pytest.mark.parametrize("family,first,last", [
-    ("fixedwin", 1024, 1024), ("flexwin", 64, 1792), ("sparsev", 128, 1792), ("lswa", 128, 1792),
-])
+@pytest.mark.parametrize(
+    "family,first,last", [("fixedwin", 1024, 1024), ("flexwin", 64, 1792), ("sparsev", 128, 1792), ("lswa", 128, 1792)]
+)
 def test_scheduled_window_d12_and_tiny(family, first, last):
     d12 = make_config(family, "d12")
     assert attention.scheduled_window(d12, 0.0) == first
@@ -236,8 +261,12 @@ def test_overlapping_slices_backward_equals_autodiff_of_slicing(spans):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(jax.grad(loss)(x, True), jax.grad(loss)(x, False), rtol=1e-6, atol=1e-6)
     xs = jnp.stack([x, 2 * x])
-    np.testing.assert_allclose(jax.vmap(jax.grad(lambda x: loss(x, True)))(xs),
-                               jax.vmap(jax.grad(lambda x: loss(x, False)))(xs), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.vmap(jax.grad(lambda x: loss(x, True)))(xs),
+        jax.vmap(jax.grad(lambda x: loss(x, False)))(xs),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("remat_bytes,expect", [(None, False), (0, True)])
@@ -245,8 +274,9 @@ def test_chunked_tiles_are_rematerialised_only_above_remat_bytes(remat_bytes, ex
     if remat_bytes is not None:
         monkeypatch.setattr(attention, "REMAT_BYTES", remat_bytes)
     q, k, v = _qkv(4)
-    loss = lambda q, k, v: jnp.sum(attention.banded_attention(q, k, v, window=13, max_window=MAX_W, block_size=BS,
-                                                              scale=0.3, impl="chunked"))
+    loss = lambda q, k, v: jnp.sum(
+        attention.banded_attention(q, k, v, window=13, max_window=MAX_W, block_size=BS, scale=0.3, impl="chunked")
+    )
     jaxpr = str(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, k, v))
     assert ("checkpoint" in jaxpr or "remat" in jaxpr) == expect
 
@@ -272,8 +302,11 @@ def test_saved_tiles_backward_uses_only_plain_products(remat_bytes, plain, monke
     if remat_bytes is not None:
         monkeypatch.setattr(attention, "REMAT_BYTES", remat_bytes)
     q, k, v = _qkv(7)
-    loss = lambda q, k, v: jnp.sum(jnp.sin(attention.banded_attention(
-        q, k, v, window=13, max_window=MAX_W, block_size=BS, scale=0.3, impl="chunked")))
+    loss = lambda q, k, v: jnp.sum(
+        jnp.sin(
+            attention.banded_attention(q, k, v, window=13, max_window=MAX_W, block_size=BS, scale=0.3, impl="chunked")
+        )
+    )
     dims = _dot_general_dims(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, k, v).jaxpr)
     assert len(dims) >= 4 * 6  # 4 chunks: 2 forward and 4 backward products each
     assert all(contract == (ndim - 1,) for ndim, contract in dims) == plain

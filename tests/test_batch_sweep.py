@@ -12,8 +12,13 @@ from spectral_jax.batch_sweep import SweepConfig, format_table, run_batch_sweep,
 from spectral_jax.presets import ProbeOverrides
 from spectral_jax.train_config import TrainOverrides
 
-FIGURES = ("matched_loss_activation_spectra.png", "gradient_spectra.png", "early_alpha_vs_eps_tok.png",
-           "loss_curves.png", "spearman_vs_progress.png")
+FIGURES = (
+    "matched_loss_activation_spectra.png",
+    "gradient_spectra.png",
+    "early_alpha_vs_eps_tok.png",
+    "loss_curves.png",
+    "spearman_vs_progress.png",
+)
 TIMING = ("throughput_tokens_per_s",)
 
 
@@ -30,10 +35,22 @@ def _strip_timing(summary):
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     cfg = SweepConfig(
-        family="betterwin", preset="tiny", tiers=(1, 2, 4), out=str(out), probe=ProbeOverrides(pool_sequences=8, grad_samples=8),
-        train=TrainOverrides(target_loss=6.5, max_tokens=24_576, eval_every_tokens=2_048, val_tokens=2_048,
-                             checkpoint_every_tokens=4_096, probe_every_evals=1,
-                             keep_checkpoints=2, micro_batch=1))
+        family="betterwin",
+        preset="tiny",
+        tiers=(1, 2, 4),
+        out=str(out),
+        probe=ProbeOverrides(pool_sequences=8, grad_samples=8),
+        train=TrainOverrides(
+            target_loss=6.5,
+            max_tokens=24_576,
+            eval_every_tokens=2_048,
+            val_tokens=2_048,
+            checkpoint_every_tokens=4_096,
+            probe_every_evals=1,
+            keep_checkpoints=2,
+            micro_batch=1,
+        ),
+    )
     summary = run_batch_sweep(cfg, log=lambda m: None)
     return cfg, out, summary
 
@@ -43,8 +60,14 @@ def test_sweep_writes_records_summary_and_figures(sweep):
     assert set(summary) >= {"family", "preset", "tiers", "spearman_within", "p_value"}
     assert [r["batch"] for r in summary["tiers"]] == [1, 2, 4]
     for row in summary["tiers"]:
-        assert {"batch", "tokens_to_target", "eps_tok", "early_alpha_tail", "early_alpha_tail_normalized",
-                "throughput_tokens_per_s"} <= set(row)
+        assert {
+            "batch",
+            "tokens_to_target",
+            "eps_tok",
+            "early_alpha_tail",
+            "early_alpha_tail_normalized",
+            "throughput_tokens_per_s",
+        } <= set(row)
         assert row["status"] == "reached", "every tier must reach the reduced target"
         assert row["tokens_to_target"] > 0 and row["throughput_tokens_per_s"] > 0
     assert min(r["eps_tok"] for r in summary["tiers"]) == 1.0
@@ -87,8 +110,9 @@ def test_killed_tier_resumes_to_identical_summary(sweep, tmp_path):
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "experiments.batch_sweep", *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.batch_sweep", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_cli_unknown_family_is_a_one_line_error_with_exit_code_2(tmp_path):

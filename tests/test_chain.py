@@ -10,34 +10,38 @@ import pytest
 
 from spectral_jax import taxonomy as eff
 from spectral_jax.chain import CSV_COLUMNS, ChainConfig, family_batch, run_chain, summarize_chain, transitions_of
-from spectral_jax.taxonomy import TaxonomyThresholds
 from spectral_jax.models import make_config
+from spectral_jax.taxonomy import TaxonomyThresholds
 
 ACT = dict(d_act_alpha_head=0.4, d_act_head_mass=0.05, d_grad_log_rankme=0.02)
 GRAD = dict(d_act_alpha_head=0.01, d_grad_log_rankme=-0.5, d_grad_head_mass=0.04)
 QUIET = dict(d_act_alpha_head=0.01, d_grad_log_rankme=0.02, path_sep_act=0.001)
 
 
-@pytest.mark.parametrize("g_tok, g_thr, features, label, reason", [
-    (0.30, 0.00, ACT, eff.ACTIVATION_LED, "activation"),
-    (0.30, -0.02, GRAD, eff.GRADIENT_LED, "gradient"),
-    (0.30, 0.00, QUIET, eff.MIXED, "without a spectral shift"),
-    (0.01, 0.40, QUIET, eff.THROUGHPUT_LED, "throughput gain"),
-    (-0.02, 0.40, ACT, eff.THROUGHPUT_LED, "throughput gain"),
-    (0.30, -0.40, ACT, eff.MIXED, "paid for in throughput"),
-    (-0.30, 0.40, GRAD, eff.MIXED, "paid for in tokens"),
-    (-0.30, 0.00, ACT, eff.MIXED, "regression"),
-    (0.01, -0.01, ACT, eff.MIXED, "no change"),
-    (None, 0.10, ACT, None, "did not reach"),
-])
+@pytest.mark.parametrize(
+    "g_tok, g_thr, features, label, reason",
+    [
+        (0.30, 0.00, ACT, eff.ACTIVATION_LED, "activation"),
+        (0.30, -0.02, GRAD, eff.GRADIENT_LED, "gradient"),
+        (0.30, 0.00, QUIET, eff.MIXED, "without a spectral shift"),
+        (0.01, 0.40, QUIET, eff.THROUGHPUT_LED, "throughput gain"),
+        (-0.02, 0.40, ACT, eff.THROUGHPUT_LED, "throughput gain"),
+        (0.30, -0.40, ACT, eff.MIXED, "paid for in throughput"),
+        (-0.30, 0.40, GRAD, eff.MIXED, "paid for in tokens"),
+        (-0.30, 0.00, ACT, eff.MIXED, "regression"),
+        (0.01, -0.01, ACT, eff.MIXED, "no change"),
+        (None, 0.10, ACT, None, "did not reach"),
+    ],
+)
 def test_taxonomy_every_category(g_tok, g_thr, features, label, reason):
     out = eff.classify_transition(g_tok, g_thr, features)
     assert out["label"] == label and reason in out["reason"]
 
 
 def test_taxonomy_scores_and_thresholds():
-    act, grad = eff.spectral_scores(dict(d_act_alpha_head=-0.2, path_sep_act=0.01, d_grad_alpha=0.05,
-                                         path_sep_grad=None))
+    act, grad = eff.spectral_scores(
+        dict(d_act_alpha_head=-0.2, path_sep_act=0.01, d_grad_alpha=0.05, path_sep_grad=None)
+    )
     assert act == pytest.approx(2.0) and grad == pytest.approx(0.5)
     assert all(math.isnan(s) for s in eff.spectral_scores({}))
     # the activation side wins ties; a larger gradient shift wins over a smaller activation shift
@@ -51,10 +55,16 @@ def test_taxonomy_scores_and_thresholds():
 
 
 def test_transitions_follow_the_family_tree_and_batches_match_tokens():
-    assert transitions_of(["baseline", "rope", "muon", "untied"]) == [("baseline", "rope"), ("rope", "muon"),
-                                                                      ("muon", "untied")]
+    assert transitions_of(["baseline", "rope", "muon", "untied"]) == [
+        ("baseline", "rope"),
+        ("rope", "muon"),
+        ("muon", "untied"),
+    ]
     assert transitions_of(["lswa", "attnscale", "sublr", "lswa_adam"]) == [
-        ("lswa", "attnscale"), ("lswa", "sublr"), ("lswa", "lswa_adam")]
+        ("lswa", "attnscale"),
+        ("lswa", "sublr"),
+        ("lswa", "lswa_adam"),
+    ]
     assert transitions_of(["baseline", "muon"]) == []
     assert family_batch(make_config("unet", "tiny"), 512, 8) == 32
     assert family_batch(make_config("fixedwin", "tiny"), 512, 8) == 8
@@ -62,10 +72,24 @@ def test_transitions_follow_the_family_tree_and_batches_match_tokens():
 
 
 # one eval after three steps (the first two are compile steps, not timed), where every family is below 8.95
-ARGS = ("--max_tokens=12288", "--eval_every_tokens=12288", "--val_tokens=2048", "--probe_every_evals=1",
-        "--target_loss=8.95", "--pool_sequences=8", "--grad_samples=8", "--throughput_rounds=1")
-FIGURES = ("gain_plane.png", "final_gradient_spectra.png", "alpha_summaries.png", "atlas_activation.png",
-           "atlas_gradient.png", "loss_curves.png")
+ARGS = (
+    "--max_tokens=12288",
+    "--eval_every_tokens=12288",
+    "--val_tokens=2048",
+    "--probe_every_evals=1",
+    "--target_loss=8.95",
+    "--pool_sequences=8",
+    "--grad_samples=8",
+    "--throughput_rounds=1",
+)
+FIGURES = (
+    "gain_plane.png",
+    "final_gradient_spectra.png",
+    "alpha_summaries.png",
+    "atlas_activation.png",
+    "atlas_gradient.png",
+    "loss_curves.png",
+)
 
 
 def _cli(module, *args):
@@ -84,8 +108,10 @@ def test_chain_end_to_end(chain):
     out, proc = chain
     summary = json.loads((out / "summary.json").read_text())
     assert [r["family"] for r in summary["families"]] == ["baseline", "rope", "muon", "untied"]
-    assert all(r["status"] == "reached" and r["tokens_to_target"] > 0 and r["throughput_tokens_per_s"] > 0
-               for r in summary["families"])
+    assert all(
+        r["status"] == "reached" and r["tokens_to_target"] > 0 and r["throughput_tokens_per_s"] > 0
+        for r in summary["families"]
+    )
     assert [t["name"] for t in summary["transitions"]] == ["baseline->rope", "rope->muon", "muon->untied"]
     for t in summary["transitions"]:
         assert t["label"] in eff.TAXONOMY_LABELS

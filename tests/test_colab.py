@@ -16,8 +16,10 @@ NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
 SMALL = {
     "01_probes_quickstart.ipynb": 'BATCH = 8\nOUT = "{out}"',
     "02_batch_sweep.ipynb": 'TIERS = (4, 8)\nOUT = "{out}"\nTRAIN_OVERRIDES = {{"target_loss": 5.0}}',
-    "03_toy_modarith.ipynb": ('OUT = "{out}"\nCHANGES = {{"stages": ("baseline", "muon"), "batches": (16, 32), '
-                              '"seeds": (0,), "max_steps": 600, "lr_multipliers": (0.5, 1.0)}}'),
+    "03_toy_modarith.ipynb": (
+        'OUT = "{out}"\nCHANGES = {{"stages": ("baseline", "muon"), "batches": (16, 32), '
+        '"seeds": (0,), "max_steps": 600, "lr_multipliers": (0.5, 1.0)}}'
+    ),
 }
 
 
@@ -72,8 +74,7 @@ def test_notebook_code_compiles_and_uses_only_existing_library_names(path):
                     if isinstance(value, type(mod)):
                         modules[alias.asname or alias.name] = value
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and node.value.id in modules):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
                 assert hasattr(modules[node.value.id], node.attr), f"{node.value.id}.{node.attr} in {path.name}"
                 checked += 1
     assert checked, f"{path.name} uses no spectral_jax name"
@@ -88,8 +89,9 @@ def test_notebook_runs_end_to_end_in_a_kernel(path, tmp_path):
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", ()))
     out = tmp_path / "out"
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell(SMALL[path.name].format(out=out)))
-    nbclient.NotebookClient(nb, timeout=1200, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {}))

@@ -22,7 +22,7 @@ def test_streaming_equals_np_cov(chunk):
     x = correlated(5000, 24, offset=30.0)
     acc = CovarianceAccumulator(24)
     for a in range(0, len(x), chunk):
-        acc.update(x[a:a + chunk])
+        acc.update(x[a : a + chunk])
     ref = np.cov(x.astype(np.float64), rowvar=False)
     assert acc.count == 5000
     np.testing.assert_allclose(acc.covariance(), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
@@ -65,17 +65,17 @@ def test_tail_precision_heavy_tailed_offset_by_768(n):
     for a in range(0, n, chunk):
         m = min(chunk, n - a)
         scale = np.sqrt(5.0 / rng.chisquare(5.0, size=(m, 1))).astype(np.float32)  # t_5 row scales
-        x[a:a + m] = (rng.standard_normal((m, d), dtype=np.float32) * scale) @ mix_DxD + offset_D
+        x[a : a + m] = (rng.standard_normal((m, d), dtype=np.float32) * scale) @ mix_DxD + offset_D
 
     acc = CovarianceAccumulator(d)
     for a in range(0, n, chunk):
-        acc.update(x[a:a + chunk])
+        acc.update(x[a : a + chunk])
     ev = acc.eigenvalues()
 
     mean = x.mean(0, dtype=np.float64)
     cov = np.zeros((d, d))
     for a in range(0, n, chunk):
-        xc = x[a:a + chunk].astype(np.float64) - mean
+        xc = x[a : a + chunk].astype(np.float64) - mean
         cov += xc.T @ xc
     ref = np.linalg.eigvalsh(cov / (n - 1))[::-1]
     hi = spectra.tail_window("d12")[1]
@@ -98,8 +98,7 @@ def test_nonfinite_rows_raise_unless_allowed():
     with pytest.raises(ValueError, match="1 activation rows were NaN/inf"):
         acc.covariance()
     ok = CovarianceAccumulator(4, allow_nonfinite=True).update(x)
-    np.testing.assert_allclose(ok.covariance(), np.cov(np.delete(x, 5, 0).astype(np.float64), rowvar=False),
-                               rtol=1e-5)
+    np.testing.assert_allclose(ok.covariance(), np.cov(np.delete(x, 5, 0).astype(np.float64), rowvar=False), rtol=1e-5)
 
 
 def test_errors():

@@ -6,9 +6,22 @@ import time
 import numpy as np
 import pytest
 
-from spectral_jax.data import (EOT_ID, MAGIC, SequenceSource, ShardError, TokenStream, Tokenizer, load_data,
-                               load_shard_dir, read_shard, write_dataset, write_shard)
-from spectral_jax.data import corpus, tokenize
+from spectral_jax.data import (
+    EOT_ID,
+    MAGIC,
+    SequenceSource,
+    ShardError,
+    Tokenizer,
+    TokenStream,
+    corpus,
+    load_data,
+    load_shard_dir,
+    read_shard,
+    tokenize,
+    write_dataset,
+    write_shard,
+)
+from spectral_jax.data.vocab import fit_vocab
 
 
 def test_gpt2_tokenizer_offline():
@@ -149,7 +162,6 @@ def test_user_text_files(tmp_path, monkeypatch):
 
 
 def test_compact_vocabulary_maps_frequent_tokens_eot_and_unk(tmp_path):
-    from spectral_jax.data.vocab import fit_vocab
 
     rng = np.random.default_rng(0)
     body = rng.zipf(1.5, 20_000) % 50_000 + 1

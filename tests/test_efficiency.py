@@ -13,8 +13,12 @@ from spectral_jax import efficiency as eff
 
 # ---- T(B), eps_tok, gains ------------------------------------------------------------------------------
 def test_tokens_to_target_first_crossing_after_step_zero():
-    evals = [dict(step=2, tokens=20, val_loss=3.2), dict(step=0, tokens=0, val_loss=3.0),  # out of order
-             dict(step=1, tokens=10, val_loss=float("nan")), dict(step=3, tokens=30, val_loss=3.1)]
+    evals = [
+        dict(step=2, tokens=20, val_loss=3.2),
+        dict(step=0, tokens=0, val_loss=3.0),  # out of order
+        dict(step=1, tokens=10, val_loss=float("nan")),
+        dict(step=3, tokens=30, val_loss=3.1),
+    ]
     assert eff.tokens_to_target(evals, 3.2) == 20  # <= counts; step 0 (3.0) ignored; NaN skipped
     assert eff.tokens_to_target(evals, 3.15) == 30
     assert eff.tokens_to_target(evals, 1.0) is None
@@ -124,8 +128,12 @@ def test_spearman_exact_pvalue():
         for xx in (x, x_tied):
             assert eff.spearman(xx, y_tied).p_value == pytest.approx(_brute_p(xx, y_tied), abs=1e-12)
         ref = stats.permutation_test(  # scipy's exact test; same as ours when the null is symmetric (no ties)
-            (y,), lambda yy, axis: _rank_corr(x, yy, axis), permutation_type="pairings", n_resamples=np.inf,
-            vectorized=True)
+            (y,),
+            lambda yy, axis: _rank_corr(x, yy, axis),
+            permutation_type="pairings",
+            n_resamples=np.inf,
+            vectorized=True,
+        )
         assert eff.spearman(x, y).p_value == pytest.approx(ref.pvalue, abs=1e-12)
     assert eff.spearman([1, 2, 3], [1, 2, 3]).p_value == pytest.approx(2 / 6)
     assert eff.spearman([1, 2, 3, 4], [4, 3, 2, 1]).p_value == pytest.approx(2 / 24)
@@ -155,9 +163,19 @@ def _family(alpha_of_eps, scale=1.0):
         recs = []
         for s in range(T // 10 + 1):
             for layer in (3, 7):
-                recs.append(dict(step=s, tokens=10 * s, val_loss=5.0 - s / 10, kind="activation", layer=layer,
-                                 matrix=None, alpha_tail=scale * alpha_of_eps(T / 100) + 0.01 * s,
-                                 alpha_2_8=float(b), alpha_30_40=None))
+                recs.append(
+                    dict(
+                        step=s,
+                        tokens=10 * s,
+                        val_loss=5.0 - s / 10,
+                        kind="activation",
+                        layer=layer,
+                        matrix=None,
+                        alpha_tail=scale * alpha_of_eps(T / 100) + 0.01 * s,
+                        alpha_2_8=float(b),
+                        alpha_30_40=None,
+                    )
+                )
         recs.append(dict(step=1, tokens=10, kind="gradient", layer=7, matrix="attn_out", alpha_tail=-1.0))
         runs[b] = dict(tokens_to_target=T, records=recs)
     runs[32] = dict(tokens_to_target=None, records=runs[16]["records"])
@@ -209,8 +227,13 @@ def test_spearman_across_pools_normalised_points():
 
 def test_spearman_vs_progress_rows():
     runs = _family(lambda e: 1.0 + e)
-    rows = eff.spearman_vs_progress(runs, windows=[(2, 8), (8, 17), (30, 40)], fractions=[0.2, 0.5], layer=7,
-                                    spectra=lambda b, rec: np.arange(40, 0, -1.0) ** -float(b))
+    rows = eff.spearman_vs_progress(
+        runs,
+        windows=[(2, 8), (8, 17), (30, 40)],
+        fractions=[0.2, 0.5],
+        layer=7,
+        spectra=lambda b, rec: np.arange(40, 0, -1.0) ** -float(b),
+    )
     assert len(rows) == 6 and [r["fraction"] for r in rows] == [0.2] * 3 + [0.5] * 3
     assert set(rows[0]) == {"fraction", "window", "rho", "p_value", "n"}
     by = {(r["fraction"], tuple(r["window"])): r for r in rows}

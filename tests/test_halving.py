@@ -22,8 +22,14 @@ def test_candidates_two_centres_deduplicated_and_sorted():
     assert sweep.lr_candidates(4, 8, base=3e-4, centers=("sqrt",))[2] == pytest.approx(3e-4 * math.sqrt(0.5), rel=1e-6)
 
 
-@pytest.mark.parametrize("bad", [dict(batch=0, reference_batch=8), dict(batch=4, reference_batch=8, multipliers=(-1,)),
-                                 dict(batch=4, reference_batch=8, centers=("cube",))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(batch=0, reference_batch=8),
+        dict(batch=4, reference_batch=8, multipliers=(-1,)),
+        dict(batch=4, reference_batch=8, centers=("cube",)),
+    ],
+)
 def test_candidates_bad_input(bad):
     with pytest.raises(ValueError):
         sweep.lr_candidates(**bad)
@@ -31,6 +37,7 @@ def test_candidates_bad_input(bad):
 
 def _quadratic_advance(calls, best=1.0, target=None):
     """Loss falls with budget and is lowest at lr == best; records every call."""
+
     def advance(cand, budget):
         calls.append((cand, budget))
         lr = float(cand)
@@ -39,6 +46,7 @@ def _quadratic_advance(calls, best=1.0, target=None):
             loss = float("nan")
         reached = target is not None and loss <= target
         return RungResult(loss, budget, reached)
+
     return advance
 
 
@@ -67,8 +75,12 @@ def test_eta3_and_min_survivors():
 
 
 def test_reached_candidates_rank_first_by_tokens():
-    results = {"a": RungResult(3.1, 500, False), "b": RungResult(3.4, 300, True), "c": RungResult(3.5, 200, True),
-               "d": RungResult(float("inf"), 10, False)}
+    results = {
+        "a": RungResult(3.1, 500, False),
+        "b": RungResult(3.4, 300, True),
+        "c": RungResult(3.5, 200, True),
+        "d": RungResult(float("inf"), 10, False),
+    }
     assert sorted(results, key=lambda k: sweep.rank_key(results[k])) == ["c", "b", "a", "d"]
 
 

@@ -11,8 +11,14 @@ import pytest
 from flax import nnx
 
 from spectral_jax.models import GPT, head, make_config
-from spectral_jax.models.head import (cross_entropy, default_chunk, fused_mean_nll, fused_token_nll, head_logits,
-                                     token_nll)
+from spectral_jax.models.head import (
+    cross_entropy,
+    default_chunk,
+    fused_mean_nll,
+    fused_token_nll,
+    head_logits,
+    token_nll,
+)
 
 
 def _numpy_nll_and_grads(cfg, w, x, y):
@@ -21,7 +27,7 @@ def _numpy_nll_and_grads(cfg, w, x, y):
     z = x @ w
     if cfg.logit_head == "tanh":
         t = np.tanh(z / cfg.logit_cap)
-        logits, dlog_dz = cfg.logit_cap * t, 1 - t ** 2
+        logits, dlog_dz = cfg.logit_cap * t, 1 - t**2
     elif cfg.logit_head == "sigmoid":
         s = 1 / (1 + np.exp(-z / (0.25 * cfg.logit_cap * np.sqrt(cfg.d_model))))
         logits, dlog_dz = cfg.logit_cap * s, s * (1 - s) / (0.25 * np.sqrt(cfg.d_model))
@@ -41,8 +47,9 @@ def _numpy_nll_and_grads(cfg, w, x, y):
 @pytest.mark.parametrize("logit_head", ["none", "tanh", "sigmoid"])
 @pytest.mark.parametrize("chunk", [8, 24, 64])
 def test_fused_matches_float64_numpy(logit_head, chunk):
-    cfg = dataclasses.replace(make_config("betterwin", "tiny"), logit_head=logit_head, logit_cap=5.0,
-                              vocab_size=96, d_model=16, head_dim=8)
+    cfg = dataclasses.replace(
+        make_config("betterwin", "tiny"), logit_head=logit_head, logit_cap=5.0, vocab_size=96, d_model=16, head_dim=8
+    )
     rng = np.random.default_rng(0)
     n = 50  # not a multiple of any chunk: the padded tail must not leak into values or gradients
     x = rng.normal(size=(n, 16)).astype(np.float32)
@@ -68,8 +75,9 @@ def test_fused_mean_matches_float64_numpy(logit_head, cap, chunk):
     """The training loss whose forward forms the gradients by hand: value, dW and dX of a scaled mean
     (cotangent 3, not 1), and dX alone with w held fixed; soft-caps small enough for the max-free log-sum-exp
     and one too large for it (cap 90: exp(90) overflows float32)."""
-    cfg = dataclasses.replace(make_config("betterwin", "tiny"), logit_head=logit_head, logit_cap=cap,
-                              vocab_size=96, d_model=16, head_dim=8)
+    cfg = dataclasses.replace(
+        make_config("betterwin", "tiny"), logit_head=logit_head, logit_cap=cap, vocab_size=96, d_model=16, head_dim=8
+    )
     assert head._bounded(cfg) == (logit_head != "none" and cap < 50)
     rng = np.random.default_rng(4)
     n = 50

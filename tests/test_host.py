@@ -11,14 +11,15 @@ from spectral_jax import host
 
 def _run(script: str) -> str:
     """stdout of a fresh Python process (the settings are per process, and must precede JAX's CPU client)."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_mallopt_settings_fit_a_c_int():
     """mallopt takes a C int; ctypes truncated a larger Python int silently (1 << 34 arrived as 0)."""
     for param, value in host.MALLOPT_SETTINGS:
-        assert -2**31 <= value < 2**31, (param, value)
+        assert -(2**31) <= value < 2**31, (param, value)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")

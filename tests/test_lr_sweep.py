@@ -28,8 +28,7 @@ FIGURES = ("betterwin_lr_rung_losses.png", "betterwin_selected_lr_vs_batch.png")
 def lr_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("lr_sweep")
     logs = []
-    cfg = LRSweepConfig(family="betterwin", preset="tiny", tiers=(4, 8), rungs=RUNGS, out=str(out),
-                        train=TRAIN)
+    cfg = LRSweepConfig(family="betterwin", preset="tiny", tiers=(4, 8), rungs=RUNGS, out=str(out), train=TRAIN)
     summary = run_lr_sweep(cfg, log=logs.append)
     return cfg, out, summary, logs
 
@@ -48,8 +47,12 @@ def test_sweep_selects_per_tier_with_halving_and_continuation(lr_sweep):
         # promotion on observed results: the promoted set of each rung is the head of its ranking
         for k in range(2):
             rows = sorted((r for r in t["table"] if r["rung"] == k), key=lambda r: r["rank"])
-            keys = [sweep.rank_key(sweep.RungResult(math.nan if r["loss"] is None else r["loss"], r["tokens"],
-                                                    r["reached"])) for r in rows]
+            keys = [
+                sweep.rank_key(
+                    sweep.RungResult(math.nan if r["loss"] is None else r["loss"], r["tokens"], r["reached"])
+                )
+                for r in rows
+            ]
             assert keys == sorted(keys)
             assert [r["promoted"] for r in rows] == [i < sizes[k + 1] for i in range(len(rows))]
             nxt = {r["candidate"] for r in t["table"] if r["rung"] == k + 1}
@@ -81,8 +84,11 @@ def test_batch_sweep_lr_auto_reads_the_table(lr_sweep, tmp_path, monkeypatch):
     assert lr == mult[8] and "successive halving" in rule
     # the default location: results/lr_sweep/<family>_<preset>/lr_table.json under the working directory
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"lr_sweep/betterwin_tiny/lr_table\.json does not exist.*"
-                                         r"python -m experiments\.lr_sweep --family=betterwin"):
+    with pytest.raises(
+        ValueError,
+        match=r"lr_sweep/betterwin_tiny/lr_table\.json does not exist.*"
+        r"python -m experiments\.lr_sweep --family=betterwin",
+    ):
         resolve_lr("auto", 4, 8, "betterwin")
     default = tmp_path / "results" / "lr_sweep" / "betterwin_tiny"
     default.mkdir(parents=True)
@@ -98,8 +104,9 @@ def test_batch_sweep_lr_auto_reads_the_table(lr_sweep, tmp_path, monkeypatch):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.lr_sweep", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.lr_sweep", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow  # 30 s; halving restarts are also tested in test_sweep.py, train resume in test_train.py
@@ -120,15 +127,21 @@ def test_killed_sweep_resumes_through_the_cli_to_the_same_table(lr_sweep, tmp_pa
     shutil.rmtree(tier / f"lr_{survivors[0]}" / "checkpoints")
     for s in survivors:
         (tier / f"lr_{s}" / "result.json").unlink()
-    proc = _cli("--family=betterwin", "--tiers=4,8", f"--rungs={','.join(map(str, RUNGS))}",
-                f"--val_tokens={TRAIN.val_tokens}", f"--out={copy}")
+    proc = _cli(
+        "--family=betterwin",
+        "--tiers=4,8",
+        f"--rungs={','.join(map(str, RUNGS))}",
+        f"--val_tokens={TRAIN.val_tokens}",
+        f"--out={copy}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[B=4] eval step" not in proc.stderr, "the finished tier must not train again"
     assert json.loads((copy / "lr_table.json").read_text()) == json.loads((out / "lr_table.json").read_text())
     again = json.loads((copy / "summary.json").read_text())
     for a, b in zip(again["tiers"], summary["tiers"]):
-        assert [(r["candidate"], r["rank"], r["promoted"], r["tokens"]) for r in a["table"]] == \
-            [(r["candidate"], r["rank"], r["promoted"], r["tokens"]) for r in b["table"]]
+        assert [(r["candidate"], r["rank"], r["promoted"], r["tokens"]) for r in a["table"]] == [
+            (r["candidate"], r["rank"], r["promoted"], r["tokens"]) for r in b["table"]
+        ]
         assert [r["loss"] for r in a["table"]] == pytest.approx([r["loss"] for r in b["table"]], rel=1e-6)
     assert all((copy / name).is_file() for name in FIGURES)
 
@@ -137,7 +150,9 @@ def test_resume_refuses_results_of_other_settings(lr_sweep, tmp_path):
     cfg, out, _, _ = lr_sweep
     copy = tmp_path / "other"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints"))
-    other = LRSweepConfig(**{**cfg.__dict__, "out": str(copy), "train": TrainOverrides(val_tokens=1024, target_loss=5.0)})
+    other = LRSweepConfig(
+        **{**cfg.__dict__, "out": str(copy), "train": TrainOverrides(val_tokens=1024, target_loss=5.0)}
+    )
     with pytest.raises(ValueError, match=r"B4 holds LR-sweep results made with other settings \(train differ\)"):
         run_lr_sweep(other, log=lambda m: None)
 
@@ -150,9 +165,20 @@ def test_cli_unknown_family_is_a_one_line_error_with_exit_code_2(tmp_path):
 
 
 def test_batch_sweep_cli_lr_auto_without_a_table_says_how_to_make_one(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "experiments.batch_sweep", "--lr=auto", "--tiers=4",
-                           f"--lr_table={tmp_path / 'none.json'}", f"--out={tmp_path / 'bs'}"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.batch_sweep",
+            "--lr=auto",
+            "--tiers=4",
+            f"--lr_table={tmp_path / 'none.json'}",
+            f"--out={tmp_path / 'bs'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "python -m experiments.lr_sweep --family=betterwin" in err[0]

@@ -5,22 +5,51 @@ import dataclasses
 import pytest
 
 from spectral_jax.models import FAMILIES, ModelConfig, base_config, make_config, param_count
-from spectral_jax.presets import get_preset, preset_names
 from spectral_jax.models.config import family_chain
 from spectral_jax.optim import OptimConfig
+from spectral_jax.presets import get_preset, preset_names
 
-NAMES = ["baseline", "rope", "muon", "untied", "valuemix", "unet", "fixedwin", "flexwin", "vte", "betterwin",
-         "sparsev", "truncrope", "softcap", "fp8head", "lswa", "attnscale", "sublr", "lswa_adam"]
+NAMES = [
+    "baseline",
+    "rope",
+    "muon",
+    "untied",
+    "valuemix",
+    "unet",
+    "fixedwin",
+    "flexwin",
+    "vte",
+    "betterwin",
+    "sparsev",
+    "truncrope",
+    "softcap",
+    "fp8head",
+    "lswa",
+    "attnscale",
+    "sublr",
+    "lswa_adam",
+]
 SPARSE = ["sparsev", "truncrope", "softcap", "fp8head", "lswa", "attnscale", "sublr", "lswa_adam"]
 
 D12_COUNTS = {
-    "baseline": 124_354_560, "rope": 123_568_128, "muon": 123_568_128, "untied": 162_201_600,
-    "valuemix": 162_201_636, "unet": 162_201_642, "fixedwin": 162_201_642, "flexwin": 162_201_642,
-    "vte": 625_803_306, "betterwin": 394_002_474, **{name: 275_742_772 for name in SPARSE},
+    "baseline": 124_354_560,
+    "rope": 123_568_128,
+    "muon": 123_568_128,
+    "untied": 162_201_600,
+    "valuemix": 162_201_636,
+    "unet": 162_201_642,
+    "fixedwin": 162_201_642,
+    "flexwin": 162_201_642,
+    "vte": 625_803_306,
+    "betterwin": 394_002_474,
+    **{name: 275_742_772 for name in SPARSE},
 }
 SCALE_COUNTS = [
-    ("flexwin", "d36", 836_567_166), ("betterwin", "d36", 1_995_571_326), ("betterwin", "d48", 3_567_206_568),
-    ("sparsev", "d36", 1_023_180_960), ("sparsev", "d48", 1_866_752_214),
+    ("flexwin", "d36", 836_567_166),
+    ("betterwin", "d36", 1_995_571_326),
+    ("betterwin", "d48", 3_567_206_568),
+    ("sparsev", "d36", 1_023_180_960),
+    ("sparsev", "d48", 1_866_752_214),
 ]
 
 
@@ -41,15 +70,17 @@ def test_each_family_is_a_delta_over_its_parent(name):
     family = FAMILIES[name]
     assert family.note
     child, parent = make_config(name, "d12"), make_config(family.parent, "d12")
-    changed = {f.name for f in dataclasses.fields(ModelConfig)
-               if getattr(child, f.name) != getattr(parent, f.name)}
+    changed = {f.name for f in dataclasses.fields(ModelConfig) if getattr(child, f.name) != getattr(parent, f.name)}
     assert changed and changed <= set(family.delta)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(family="nope", tier="d12"), "unknown family 'nope'; choose one of \\['baseline'"),
-    (dict(family="rope", tier="d24"), "unknown preset 'd24'; choose one of \\['d12', 'd36', 'd48', 'tiny'\\]"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(family="nope", tier="d12"), "unknown family 'nope'; choose one of \\['baseline'"),
+        (dict(family="rope", tier="d24"), "unknown preset 'd24'; choose one of \\['d12', 'd36', 'd48', 'tiny'\\]"),
+    ],
+)
 def test_unknown_family_or_tier(bad, match):
     with pytest.raises(ValueError, match=match):
         make_config(**bad)
@@ -93,7 +124,11 @@ def test_scaled_rules():
     pattern = "".join("L" if long else "S" for long in make_config("lswa", "d12").long_window_layers())
     assert pattern == "LSSSLSSLSSSL"
     assert make_config("lswa", "tiny").long_window_layers() == (True, False, False, False) * 1 + (
-        False, False, False, True)
+        False,
+        False,
+        False,
+        True,
+    )
     assert all(make_config("sparsev", "d12").long_window_layers())
 
 
@@ -110,7 +145,7 @@ def test_switches_along_the_chain():
     assert make_config("truncrope", "d12").pos == "trunc_rope"
     assert make_config("softcap", "d12").logit_cap == 15 and make_config("fp8head", "d12").fp8_head
     assert make_config("attnscale", "d12").scale == 0.12
-    assert make_config("lswa", "d12").scale == pytest.approx(128 ** -0.5)
+    assert make_config("lswa", "d12").scale == pytest.approx(128**-0.5)
     sublr = make_config("sublr", "d12")
     assert (sublr.logit_head, sublr.logit_cap, sublr.attn_scale) == ("sigmoid", 30.0, 0.12)
     assert make_config("fixedwin", "d12").max_window == 1024
@@ -141,13 +176,16 @@ def test_optimizer_recipes():
         assert pre.optim.reference_batch * pre.seq_len == trunk.optim.reference_batch * trunk.seq_len
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(seq_len=64), "wider than seq_len 64"),
-    (dict(seq_len=520), "not a multiple of attn_block_size 16"),
-    (dict(head_dim=16), "n_head\\*head_dim"),
-    (dict(window="sliding"), "window='sliding' is not one of"),
-    (dict(no_attn_layer=8), "outside \\[0, 8\\)"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(seq_len=64), "wider than seq_len 64"),
+        (dict(seq_len=520), "not a multiple of attn_block_size 16"),
+        (dict(head_dim=16), "n_head\\*head_dim"),
+        (dict(window="sliding"), "window='sliding' is not one of"),
+        (dict(no_attn_layer=8), "outside \\[0, 8\\)"),
+    ],
+)
 def test_invalid_configs_name_the_fix(change, match):
     with pytest.raises(ValueError, match=match):
         make_config("fixedwin", "tiny", **change)

@@ -2,23 +2,33 @@
 
 XLA's per-program compile time dominates on CPU, so the per-family training test shrinks tier tiny to 2 layers
 (one U-Net encoder and decoder block) and a 512-token vocabulary (EOT id 0), and compiles all 18 loops (each
-with its family's own optimizer) as one program. The full tiny tier (8 layers: sparse None layers, middle no-attention layer, LSWA short layers, FP8
-head) runs forward and backward for lswa and is shape-checked for several other families.
+with its family's own optimizer) as one program. The full tiny tier (8 layers: sparse None layers, middle
+no-attention layer, LSWA short layers, FP8 head) runs forward and backward for lswa and is shape-checked for
+several other families.
 """
 
-import ml_dtypes
-import numpy as np
 import jax
 import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
 import optax
 import pytest
 from flax import nnx
 
 from spectral_jax.models import FAMILIES, GPT, abstract_model, attention, make_config
 from spectral_jax.models import gpt as gpt_module
+from spectral_jax.models.gpt import (
+    _apply,
+    _joint_linear,
+    apply_rotary,
+    cross_entropy,
+    cross_entropy_per_sequence,
+    fp8_matmul,
+    logit_head,
+    rms_norm,
+    rotary_frequencies,
+)
 from spectral_jax.optim import make_optimizer
-from spectral_jax.models.gpt import (apply_rotary, cross_entropy, cross_entropy_per_sequence, fp8_matmul,
-                                     logit_head, rms_norm, rotary_frequencies)
 
 SMALL = dict(n_layer=4, vocab_size=512, eot_id=0)
 TRAIN = dict(n_layer=2, vocab_size=512, eot_id=0)
@@ -207,8 +217,11 @@ def test_fp8_matmul_matches_numpy_cast_reference():
     g = (1e-3 * rng.normal(size=(6, 10))).astype(np.float32)
     xs, ws, gs = 2.0, 32.0, float(2**16)
     f8 = lambda a, t: a.astype(t).astype(np.float64)
-    x8, w8, g8 = f8(x * xs, ml_dtypes.float8_e4m3fn), f8(w * ws, ml_dtypes.float8_e4m3fn), f8(
-        g.astype(ml_dtypes.bfloat16).astype(np.float32) * gs, ml_dtypes.float8_e5m2)
+    x8, w8, g8 = (
+        f8(x * xs, ml_dtypes.float8_e4m3fn),
+        f8(w * ws, ml_dtypes.float8_e4m3fn),
+        f8(g.astype(ml_dtypes.bfloat16).astype(np.float32) * gs, ml_dtypes.float8_e5m2),
+    )
     bf16 = lambda a: a.astype(ml_dtypes.bfloat16).astype(np.float64)
 
     out, vjp = jax.vjp(lambda a, b: fp8_matmul(a, b, xs, ws, gs), jnp.asarray(x), jnp.asarray(w))
@@ -249,9 +262,16 @@ def test_parameter_names_layouts_and_init():
     model = GPT(cfg, rngs=nnx.Rngs(0))
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     names = {"/".join(map(str, path)) for path in params}
-    assert {"embed/embedding", "lm_head/kernel", "skip_weights", "value_embeds/0/embedding",
-            "blocks/0/attn/c_q/kernel", "blocks/0/attn/mix", "blocks/0/lambdas",
-            "blocks/0/mlp/c_proj/kernel"} <= names
+    assert {
+        "embed/embedding",
+        "lm_head/kernel",
+        "skip_weights",
+        "value_embeds/0/embedding",
+        "blocks/0/attn/c_q/kernel",
+        "blocks/0/attn/mix",
+        "blocks/0/lambdas",
+        "blocks/0/mlp/c_proj/kernel",
+    } <= names
     assert not any(name.startswith(f"blocks/{cfg.no_attn_layer}/attn") for name in names)
     assert params[("blocks", 0, "mlp", "c_fc", "kernel")].shape == (64, 256)  # (in, out)
     for path, p in params.items():
@@ -266,7 +286,7 @@ def test_parameter_names_layouts_and_init():
     assert 0.018 < float(jnp.std(rope.embed.embedding[...])) < 0.022
     assert 0.018 / 8**0.5 < float(jnp.std(rope.blocks[0].mlp.c_proj.kernel[...])) < 0.022 / 8**0.5
     base = GPT(make_config("baseline", "tiny", **SMALL), rngs=nnx.Rngs(0))
-    assert float(jnp.abs(base.embed.embedding[...]).max()) <= 64 ** -0.5
+    assert float(jnp.abs(base.embed.embedding[...]).max()) <= 64**-0.5
     assert base.pos_embed.embedding.shape == (128, 64)
     assert base.blocks[0].attn.c_attn.kernel.shape == (64, 192)
 
@@ -275,8 +295,9 @@ def test_rotary_is_relative_and_truncated_pairs_are_identity():
     rng = np.random.default_rng(0)
     v = jnp.asarray(rng.normal(size=(1, 1, 1, 32)), jnp.float32)
     x = jnp.tile(v, (1, 40, 1, 1))
-    rotate = jax.jit(lambda x, pos, sign: apply_rotary(x, rotary_frequencies(32, pos, 10000.0), sign),
-                     static_argnums=(1, 2))
+    rotate = jax.jit(
+        lambda x, pos, sign: apply_rotary(x, rotary_frequencies(32, pos, 10000.0), sign), static_argnums=(1, 2)
+    )
     for pos, sign in (("rope", 1.0), ("trunc_rope", -1.0)):
         r = rotate(x, pos, sign)[0, :, 0]
         dots = r @ r.T
@@ -309,12 +330,12 @@ def test_cross_entropy_matches_optax_and_ignores_negative_targets():
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(2, 5, 11)), jnp.bfloat16)
     targets = jnp.asarray(rng.integers(0, 11, (2, 5)))
-    ref = np.asarray(jax.jit(optax.softmax_cross_entropy_with_integer_labels)(logits.astype(jnp.float32),
-                                                                              targets))
+    ref = np.asarray(jax.jit(optax.softmax_cross_entropy_with_integer_labels)(logits.astype(jnp.float32), targets))
     np.testing.assert_allclose(jax.jit(cross_entropy)(logits, targets), ref.mean(), rtol=1e-6)
     masked = targets.at[1, 3:].set(-1)
-    np.testing.assert_allclose(jax.jit(cross_entropy_per_sequence)(logits, masked),
-                               [ref[0].mean(), ref[1, :3].mean()], rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(cross_entropy_per_sequence)(logits, masked), [ref[0].mean(), ref[1, :3].mean()], rtol=1e-6
+    )
 
 
 def test_logit_heads():
@@ -322,8 +343,9 @@ def test_logit_heads():
     cfg = make_config("softcap", "tiny")
     np.testing.assert_allclose(logit_head(z, cfg), [-15, 0, 15], atol=1e-4)
     sub = make_config("sublr", "d12")
-    np.testing.assert_allclose(logit_head(jnp.asarray([0.0, 7.5 * 768**0.5]), sub),
-                               [15.0, 30 * jax.nn.sigmoid(1.0)], rtol=1e-6)
+    np.testing.assert_allclose(
+        logit_head(jnp.asarray([0.0, 7.5 * 768**0.5]), sub), [15.0, 30 * jax.nn.sigmoid(1.0)], rtol=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -334,8 +356,11 @@ def test_family_trains_at_full_tiny_tier_with_its_optimizer(family):
     cfg = make_config(family, "tiny")
     graphdef, params = nnx.split(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
     x, y = _batch(cfg, 2, 128)
-    run = jax.jit(lambda p, x, y: _adam_loop(graphdef, p, x, y, jnp.int32(attention.scheduled_window(cfg, 0.1)),
-                                             50, make_optimizer(cfg)))
+    run = jax.jit(
+        lambda p, x, y: _adam_loop(
+            graphdef, p, x, y, jnp.int32(attention.scheduled_window(cfg, 0.1)), 50, make_optimizer(cfg)
+        )
+    )
     logits0, losses, finite = jax.tree.map(np.asarray, run(params, x, y))
     assert logits0.shape == (2, 128, cfg.vocab_size) and np.all(np.isfinite(logits0))
     assert finite and np.all(np.isfinite(losses))
@@ -344,7 +369,6 @@ def test_family_trains_at_full_tiny_tier_with_its_optimizer(family):
 
 def test_joint_linear_equals_separate_layers_in_values_and_kernel_gradients():
     """q/k/v as one matmul over concatenated kernels: the same outputs and per-kernel gradients as three calls."""
-    from spectral_jax.models.gpt import _joint_linear
 
     lins = [nnx.Linear(16, n, use_bias=False, rngs=nnx.Rngs(i)) for i, n in enumerate((16, 16, 8))]
     x = jax.random.normal(jax.random.key(0), (2, 5, 16))
@@ -372,7 +396,6 @@ def test_matmul_values_and_gradients_match_float64_numpy(dtype):
     """matmul.matmul through gpt._apply (the block matrices' product, hand-written weight gradient): x @ W,
     dX = dY W^T and dW = sum over tokens of x^T dY, against float64 NumPy for a 3-D input; a bf16 layer gives
     bf16 values and a float32 kernel gradient as nnx.Linear does."""
-    from spectral_jax.models.gpt import _apply
 
     lin = nnx.Linear(24, 40, use_bias=False, dtype=jnp.dtype(dtype), param_dtype=jnp.float32, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (3, 7, 24))

@@ -14,8 +14,16 @@ from flax import nnx
 from spectral_jax import optim
 
 MUON_CONFIG = optim.OptimConfig(
-    kind="muon", lr_embed=0.05, lr_head=0.01, lr_matrix=0.02, lr_scalar=0.01, momentum_start=0.85,
-    momentum_warmup_steps=4, num_iterations=100, schedule="warmdown", warmdown_frac=0.1,
+    kind="muon",
+    lr_embed=0.05,
+    lr_head=0.01,
+    lr_matrix=0.02,
+    lr_scalar=0.01,
+    momentum_start=0.85,
+    momentum_warmup_steps=4,
+    num_iterations=100,
+    schedule="warmdown",
+    warmdown_frac=0.1,
 )
 
 
@@ -171,8 +179,7 @@ def test_muon_scale_factors_for_flax_kernels_equal_reference_factors():
         g = jax.random.normal(jax.random.key(1), shape)
         tx = optim.muon(1.0, ns_dtype=jnp.float32)
         u, _ = tx.update(g, tx.init(g))
-        np.testing.assert_allclose(-u, factor * optim.newton_schulz(g * 1.95, dtype=jnp.float32), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(-u, factor * optim.newton_schulz(g * 1.95, dtype=jnp.float32), rtol=1e-5, atol=1e-6)
 
 
 def test_muon_rejects_vectors():
@@ -189,8 +196,7 @@ def test_momentum_warmup_schedule():
     m = optim.momentum_schedule(cfg)
     for step, want in ((0, 0.85), (250, 0.90), (500, 0.95), (5000, 0.95)):
         assert float(m(step)) == pytest.approx(want, abs=1e-7)
-    assert float(optim.momentum_schedule(dataclasses.replace(cfg, momentum_warmup_steps=0))(0)) == \
-        pytest.approx(0.95)
+    assert float(optim.momentum_schedule(dataclasses.replace(cfg, momentum_warmup_steps=0))(0)) == pytest.approx(0.95)
 
 
 def test_warmdown_cosine_constant_multipliers():
@@ -207,16 +213,16 @@ def test_warmdown_cosine_constant_multipliers():
 
 
 def test_step_scale_rescales_every_step_count():
-    cfg = optim.OptimConfig(num_iterations=1000, warmdown_frac=0.1, momentum_start=0.85,
-                            momentum_warmup_steps=500)
+    cfg = optim.OptimConfig(num_iterations=1000, warmdown_frac=0.1, momentum_start=0.85, momentum_warmup_steps=500)
     w = optim.lr_multiplier(cfg, step_scale=8 / 32)  # N = 250, W_d = 25
     assert float(w(225)) == 1.0 and float(w(240)) == pytest.approx(0.4) and float(w(250)) == 0.0
     m = optim.momentum_schedule(cfg, step_scale=8 / 32)  # W_m = 125
     assert float(m(25)) == pytest.approx(0.87) and float(m(125)) == pytest.approx(0.95)
     assert optim.scaled_steps(500, 8 / 32) == 125 and optim.scaled_steps(4000, 8 / 1) == 32000
 
-    adamw = optim.OptimConfig(kind="adamw", lr=0.1, schedule="warmdown", num_iterations=8, warmdown_frac=1.0,
-                              grad_clip=None)
+    adamw = optim.OptimConfig(
+        kind="adamw", lr=0.1, schedule="warmdown", num_iterations=8, warmdown_frac=1.0, grad_clip=None
+    )
     tx = optim.make_optimizer(adamw, step_scale=0.5)  # N = 4: lr = 0.1·(1, 3/4, 1/2, 1/4, 0)
     g = {"w": jnp.ones(3)}
     state = tx.init(g)
@@ -234,11 +240,15 @@ def test_step_scale_rescales_every_step_count():
 def test_param_labels_follow_naming_convention():
     z1, z2 = jnp.zeros(4), jnp.zeros((4, 4))
     params = {
-        "embed": {"embedding": z2}, "pos_embed": {"embedding": z2}, "value_embeds": [{"embedding": z2}],
-        "vte": {"embedding": z2}, "lm_head": {"kernel": z2},
-        "blocks": [{"attn": {"c_q": {"kernel": z2}}, "lamb": z1,
-                    "mlp": {"c_fc": {"kernel": jnp.zeros((3, 4, 4))}}}],
-        "skip_weights": z1, "x0_lambdas": jnp.zeros(()), "embedding_norm": {"scale": z1},
+        "embed": {"embedding": z2},
+        "pos_embed": {"embedding": z2},
+        "value_embeds": [{"embedding": z2}],
+        "vte": {"embedding": z2},
+        "lm_head": {"kernel": z2},
+        "blocks": [{"attn": {"c_q": {"kernel": z2}}, "lamb": z1, "mlp": {"c_fc": {"kernel": jnp.zeros((3, 4, 4))}}}],
+        "skip_weights": z1,
+        "x0_lambdas": jnp.zeros(()),
+        "embedding_norm": {"scale": z1},
     }
     labels = optim.param_labels(params)
     assert labels["embed"]["embedding"] == labels["pos_embed"]["embedding"] == "embed"
@@ -250,8 +260,12 @@ def test_param_labels_follow_naming_convention():
     assert labels["embedding_norm"]["scale"] == "scalar"
     groups = optim.describe_groups(params)
     assert groups["head"] == ["lm_head.kernel"] and "blocks.0.attn.c_q.kernel" in groups["matrix"]
-    assert sorted(groups["embed"]) == ["embed.embedding", "pos_embed.embedding", "value_embeds.0.embedding",
-                                       "vte.embedding"]
+    assert sorted(groups["embed"]) == [
+        "embed.embedding",
+        "pos_embed.embedding",
+        "value_embeds.0.embedding",
+        "vte.embedding",
+    ]
 
 
 class Attn(nnx.Module):
@@ -300,8 +314,11 @@ def test_param_labels_on_nnx_state():
     model = TinyLM(rngs=nnx.Rngs(0))
     for state in (nnx.state(model, nnx.Param), nnx.as_pure(nnx.state(model, nnx.Param))):
         assert optim.describe_groups(state) == {
-            "embed": ["embed.embedding"], "head": ["lm_head.kernel"],
-            "matrix": ["blocks.0.attn.c_q.kernel"], "scalar": ["blocks.0.lamb"]}
+            "embed": ["embed.embedding"],
+            "head": ["lm_head.kernel"],
+            "matrix": ["blocks.0.attn.c_q.kernel"],
+            "scalar": ["blocks.0.lamb"],
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,8 +374,12 @@ def test_lrs_override_and_uniform_multiplier():
     for u, u0 in zip(jax.tree.leaves(doubled), jax.tree.leaves(base)):
         np.testing.assert_allclose(u, 2 * np.asarray(u0), rtol=1e-6)
 
-    assert optim.group_learning_rates(MUON_CONFIG, 0.5) == {"embed": 0.025, "head": 0.005, "matrix": 0.01,
-                                                            "scalar": 0.005}
+    assert optim.group_learning_rates(MUON_CONFIG, 0.5) == {
+        "embed": 0.025,
+        "head": 0.005,
+        "matrix": 0.01,
+        "scalar": 0.005,
+    }
     assert optim.group_learning_rates(optim.OptimConfig(kind="adamw", lr=1e-3), {"lr": 3e-3}) == {"lr": 3e-3}
     with pytest.raises(ValueError, match="unknown LR groups"):
         optim.make_optimizer(MUON_CONFIG, {"lr": 0.1})

@@ -48,8 +48,10 @@ def test_plot_loss_curves_and_progress_and_gain_plane():
     rows = [dict(fraction=f, window=w, rho=r) for f, r in ((0.1, 0.5), (0.2, float("nan"))) for w in ([2, 8], [8, 17])]
     ax = _axes(plots.plot_spearman_vs_progress(rows), n_legend=2)
     assert ax.get_ylim() == (-1.05, 1.05)
-    trans = [dict(a="rope", b="muon", g_tok=0.4, g_thr=-0.1, label="learning"),
-             dict(name="muon->untied", g_tok=0.1, g_thr=0.2, label="throughput")]
+    trans = [
+        dict(a="rope", b="muon", g_tok=0.4, g_thr=-0.1, label="learning"),
+        dict(name="muon->untied", g_tok=0.1, g_thr=0.2, label="throughput"),
+    ]
     ax = _axes(plots.plot_gain_plane(trans), n_legend=2)
     assert {t.get_text() for t in ax.texts} == {"rope->muon", "muon->untied"}
 

@@ -8,17 +8,44 @@ import pytest
 from spectral_jax import spectra
 from spectral_jax.batch_sweep import SweepConfig, run_batch_sweep
 from spectral_jax.models import make_config
-from spectral_jax.presets import (ModelDims, Preset, ProbeConfig, ProbeOverrides, get_preset, preset_names,
-                                  register_preset, unregister_preset)
+from spectral_jax.presets import (
+    ModelDims,
+    Preset,
+    ProbeConfig,
+    ProbeOverrides,
+    get_preset,
+    preset_names,
+    register_preset,
+    unregister_preset,
+)
 from spectral_jax.train_config import TrainOverrides
 
 SMALL = Preset(
     "small_test",
-    ModelDims(4, 2, 32, prefix_seq_len=64, trunk_seq_len=128, attn_block_size=16, window_min=8, window_max=64,
-              window_quantum=8, fixed_window=64, compute_dtype="float32", fp8_grad_scale=float(2**16),
-              vocab_size=8192, eot_id=0),
-    get_preset("tiny").train.replace(target_loss=8.5, max_tokens=2_048, eval_every_tokens=512, val_tokens=512,
-                                     checkpoint_every_tokens=1 << 30, probe_every_evals=1),
+    ModelDims(
+        4,
+        2,
+        32,
+        prefix_seq_len=64,
+        trunk_seq_len=128,
+        attn_block_size=16,
+        window_min=8,
+        window_max=64,
+        window_quantum=8,
+        fixed_window=64,
+        compute_dtype="float32",
+        fp8_grad_scale=float(2**16),
+        vocab_size=8192,
+        eot_id=0,
+    ),
+    get_preset("tiny").train.replace(
+        target_loss=8.5,
+        max_tokens=2_048,
+        eval_every_tokens=512,
+        val_tokens=512,
+        checkpoint_every_tokens=1 << 30,
+        probe_every_evals=1,
+    ),
     ProbeConfig(pool_sequences=8, grad_samples=8, chunk=8),
     local_windows=((2, 8), (8, 17)),
     batch_tiers=(2, 4),

@@ -77,15 +77,24 @@ def trunk():
     model = _perturbed(cfg)
     pool = _pool(cfg)
     x, y = probes.split_windows(pool)
-    paths = {"L0.attn_out": ("blocks", 0, "attn", "c_proj", "kernel"),
-             "L1.attn_out": ("blocks", 1, "attn", "c_proj", "kernel"),
-             "L1.attn_v": ("blocks", 1, "attn", "c_v", "kernel")}
+    paths = {
+        "L0.attn_out": ("blocks", 0, "attn", "c_proj", "kernel"),
+        "L1.attn_out": ("blocks", 1, "attn", "c_proj", "kernel"),
+        "L1.attn_v": ("blocks", 1, "attn", "c_v", "kernel"),
+    }
     ref, block_outs = _loop_grads(model, x, y, set(paths.values()), window=jnp.int32(WINDOW))
     G_vmap = np.asarray(probes.per_sample_grads(model, x, y, "final_attn_out", window=WINDOW, method="vmap"))
-    cov_eigs = {l: np.linalg.eigvalsh(np.cov(o.reshape(-1, 64), rowvar=False))[::-1]
-                for l, o in enumerate(block_outs)}
-    return dict(cfg=cfg, model=model, pool=pool, x=x, y=y, G_vmap=G_vmap, cov_eigs=cov_eigs,
-                ref={k: ref[p].reshape(N, -1) for k, p in paths.items()})
+    cov_eigs = {l: np.linalg.eigvalsh(np.cov(o.reshape(-1, 64), rowvar=False))[::-1] for l, o in enumerate(block_outs)}
+    return dict(
+        cfg=cfg,
+        model=model,
+        pool=pool,
+        x=x,
+        y=y,
+        G_vmap=G_vmap,
+        cov_eigs=cov_eigs,
+        ref={k: ref[p].reshape(N, -1) for k, p in paths.items()},
+    )
 
 
 def test_split_windows():
@@ -153,7 +162,7 @@ def test_gram_keeps_small_singular_values():
 
 def test_activation_spectrum_matches_numpy_covariance(trunk):
     m, x, expected = trunk["model"], trunk["x"], trunk["cov_eigs"]
-    both = probes.activation_spectrum(m, (x[i:i + 4] for i in range(0, N, 4)), layer=(0, -1), window=WINDOW)
+    both = probes.activation_spectrum(m, (x[i : i + 4] for i in range(0, N, 4)), layer=(0, -1), window=WINDOW)
     assert sorted(both) == [0, 1]
     for l in (0, 1):
         assert both[l].shape == (64,) and np.all(np.diff(both[l]) <= 0)
@@ -164,22 +173,31 @@ def test_activation_spectrum_matches_numpy_covariance(trunk):
 
 def test_run_probes_matches_separate_probes(trunk):
     m, pool, expected = trunk["model"], trunk["pool"], trunk["cov_eigs"]
-    res = probes.run_probes(m, pool, layers=(0, -1), matrices=("final_attn_out", "L0.attn_out", "attn_v"),
-                            grad_samples=6, chunk=4, window=WINDOW)
+    res = probes.run_probes(
+        m,
+        pool,
+        layers=(0, -1),
+        matrices=("final_attn_out", "L0.attn_out", "attn_v"),
+        grad_samples=6,
+        chunk=4,
+        window=WINDOW,
+    )
     assert res.method == "vmap"  # block 0 is not a probe layer: vmap with the activations as aux
     assert res.rows == N * T and res.grad_samples == 6
     assert set(res.gradient) == {"L1.attn_out", "L0.attn_out", "L1.attn_v"} and set(res.activation) == {0, 1}
     for l in (0, 1):
         np.testing.assert_allclose(res.activation[l][:32], expected[l][:32], rtol=1e-4)
     for key, ref in trunk["ref"].items():
-        np.testing.assert_allclose(res.gradient[key], np.linalg.svd(ref[:6].astype(np.float64), compute_uv=False),
-                                   rtol=1e-4)
+        np.testing.assert_allclose(
+            res.gradient[key], np.linalg.svd(ref[:6].astype(np.float64), compute_uv=False), rtol=1e-4
+        )
     for l in (0, 1):
         w = np.asarray(m.blocks[l].attn.c_proj.kernel[...], np.float64)
         np.testing.assert_allclose(res.weight[f"L{l}.attn_out"], np.linalg.svd(w, compute_uv=False), rtol=1e-10)
 
-    fused = probes.run_probes(m, pool, layers=(0, -1), matrices=("final_attn_out", "attn_v"), grad_samples=6,
-                              chunk=4, window=WINDOW)
+    fused = probes.run_probes(
+        m, pool, layers=(0, -1), matrices=("final_attn_out", "attn_v"), grad_samples=6, chunk=4, window=WINDOW
+    )
     assert fused.method == "capture"  # one forward + one backward per chunk for both matrices and layers
     for key in ("L1.attn_out", "L1.attn_v"):
         np.testing.assert_allclose(fused.gradient[key], res.gradient[key], rtol=1e-5)
@@ -189,15 +207,26 @@ def test_run_probes_matches_separate_probes(trunk):
     records = probes.summarize_probe(res, tail=(8, 17))
     assert [r["kind"] for r in records] == ["activation"] * 2 + ["gradient"] * 3 + ["weight"] * 3
     for r in records:
-        assert {"kind", "layer", "matrix", "n", "alpha_tail", "alpha_tail_r2", "rankme", "stable_rank",
-                "participation_ratio", "head_mass10"} <= set(r)
+        assert {
+            "kind",
+            "layer",
+            "matrix",
+            "n",
+            "alpha_tail",
+            "alpha_tail_r2",
+            "rankme",
+            "stable_rank",
+            "participation_ratio",
+            "head_mass10",
+        } <= set(r)
         assert r["n"] == (6 if r["kind"] == "gradient" else 64)
         if r["kind"] == "gradient":  # 6 values: the [8, 17] tail and the [1, 10] head do not fit
             assert r["alpha_tail"] is None and "alpha_head" not in r
         else:
             assert np.isfinite(r["alpha_tail"]) and np.isfinite(r["alpha_head"]) and 0 < r["alpha_tail_r2"] <= 1
-            values = (res.activation[r["layer"]] if r["kind"] == "activation"
-                      else res.weight[f"L{r['layer']}.{r['matrix']}"])
+            values = (
+                res.activation[r["layer"]] if r["kind"] == "activation" else res.weight[f"L{r['layer']}.{r['matrix']}"]
+            )
             assert r["alpha_tail"] == pytest.approx(spectra.alpha(values, (8, 17)).alpha)
         assert np.isfinite(r["rankme"]) and (r["matrix"] is None) == (r["kind"] == "activation")
 
@@ -215,8 +244,9 @@ def test_fused_qkv_slices_match_loop():
     for name, cols in (("attn_q", slice(0, 64)), ("attn_v", slice(128, 192))):
         G = ref[:, :, cols].reshape(6, -1).astype(np.float64)
         np.testing.assert_allclose(res.gradient[f"L1.{name}"], np.linalg.svd(G, compute_uv=False), rtol=1e-4)
-        np.testing.assert_allclose(res.weight[f"L1.{name}"], np.linalg.svd(kernel[:, cols], compute_uv=False),
-                                   rtol=1e-10)
+        np.testing.assert_allclose(
+            res.weight[f"L1.{name}"], np.linalg.svd(kernel[:, cols], compute_uv=False), rtol=1e-10
+        )
     assert probes.resolve_matrix(cfg, "attn_q").columns == (0, 64)
 
 

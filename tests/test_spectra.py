@@ -32,7 +32,7 @@ def test_alpha_matches_scipy_linregress():
     s = np.sort(v)[::-1] / v.sum()
     ref = scipy.stats.linregress(np.log(np.arange(30, 151)), np.log(s[29:150]))
     assert fit.alpha == pytest.approx(-ref.slope, rel=1e-12)
-    assert fit.r2 == pytest.approx(ref.rvalue ** 2, rel=1e-10)
+    assert fit.r2 == pytest.approx(ref.rvalue**2, rel=1e-10)
     assert fit.intercept == pytest.approx(ref.intercept, rel=1e-10)
 
 
@@ -44,8 +44,10 @@ def test_alpha_bootstrap_interval_contains_estimate():
     assert lo < fit.alpha < hi and hi - lo < 0.5
 
 
-@pytest.mark.parametrize("window, match", [((100, 900), "past the spectrum's length 768"),
-                                           ((0, 10), "1 <= lo < hi"), ((20, 20), "1 <= lo < hi")])
+@pytest.mark.parametrize(
+    "window, match",
+    [((100, 900), "past the spectrum's length 768"), ((0, 10), "1 <= lo < hi"), ((20, 20), "1 <= lo < hi")],
+)
 def test_alpha_bad_window_names_window_and_length(window, match):
     with pytest.raises(ValueError, match=match):
         spectra.alpha(power_law(), window)

@@ -13,15 +13,34 @@ from spectral_jax.toy.probes import ToyProbeConfig
 from spectral_jax.toy.train import ToyRun
 
 TINY = ToyExperimentConfig(
-    batches=(4, 8), seeds=(0, 1), target=6.0, max_steps=8, eval_every=4, val_sequences=64, reference_batch=8,
-    lr_base=3e-3, lr_multipliers=(1.0, 2.0), lr_centers=("sqrt",), rung_fractions=(0.5, 1.0),
-    checkpoint_fractions=(0.5, 1.0), progress_fractions=(0.5, 1.0),
+    batches=(4, 8),
+    seeds=(0, 1),
+    target=6.0,
+    max_steps=8,
+    eval_every=4,
+    val_sequences=64,
+    reference_batch=8,
+    lr_base=3e-3,
+    lr_multipliers=(1.0, 2.0),
+    lr_centers=("sqrt",),
+    rung_fractions=(0.5, 1.0),
+    checkpoint_fractions=(0.5, 1.0),
+    progress_fractions=(0.5, 1.0),
     task=task.TaskConfig(n_train=512, n_val=64, n_test=8),
-    probe=ToyProbeConfig(n_samples=64, n_probe=64, sweep_bands=((13, 0), (31, 400)), n_sweep=64, grad_samples=4,
-                         chunk=64))
+    probe=ToyProbeConfig(
+        n_samples=64, n_probe=64, sweep_bands=((13, 0), (31, 400)), n_sweep=64, grad_samples=4, chunk=64
+    ),
+)
 
-FIGURES = ("loss_curves", "fig4a_spearman_vs_progress", "fig4b_h_s_curves", "fig4c_fourier_profile",
-           "fig11a_matched_loss_spectra", "fig11b_delta_h_peak", "fig11c_band_sweep")
+FIGURES = (
+    "loss_curves",
+    "fig4a_spearman_vs_progress",
+    "fig4b_h_s_curves",
+    "fig4c_fourier_profile",
+    "fig11a_matched_loss_spectra",
+    "fig11b_delta_h_peak",
+    "fig11c_band_sweep",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +55,16 @@ def test_summary_runs_and_figures(experiment):
     out, summary, logs = experiment
     assert summary["n_runs"] == 4 * 2 * 2
     on_disk = json.loads((out / "summary.json").read_text())
-    for key in ("config", "runs", "reach", "fourier", "spearman_vs_progress", "band_sweep", "gradient_spectra",
-                "figures"):
+    for key in (
+        "config",
+        "runs",
+        "reach",
+        "fourier",
+        "spearman_vs_progress",
+        "band_sweep",
+        "gradient_spectra",
+        "figures",
+    ):
         assert key in on_disk, key
     assert set(on_disk["reach"]) == {"baseline", "rope", "muon", "untied"}
     assert on_disk["fourier"]["transition_order"] == ["baseline->rope", "rope->muon", "muon->untied"]
@@ -68,9 +95,15 @@ def test_rerun_reuses_finished_runs(experiment):
 
 
 def test_probe_steps_cover_checkpoints_and_progress():
-    cfg = ToyExperimentConfig(batches=(8,), max_steps=40, eval_every=4, reference_batch=8,
-                              checkpoint_fractions=(0.5, 1.0), progress_fractions=(0.25, 0.75, 1.0),
-                              task=task.TaskConfig(n_train=64, n_val=16, n_test=4))
+    cfg = ToyExperimentConfig(
+        batches=(8,),
+        max_steps=40,
+        eval_every=4,
+        reference_batch=8,
+        checkpoint_fractions=(0.5, 1.0),
+        progress_fractions=(0.25, 0.75, 1.0),
+        task=task.TaskConfig(n_train=64, n_val=16, n_test=4),
+    )
     run = ToyRun(cfg.train_config("untied", 8, 1e-3, 0), task.make_task(cfg.task))
     run.advance(12)  # stopped early (a reached run would stop like this): snapshots at 0, 4, 8, 12
     assert probe_steps(cfg, run) == {0: "full", 4: "spectra", 8: "spectra", 12: "full"}
@@ -87,8 +120,12 @@ def test_config_rejects_bad_input():
 
 
 def test_cli_bad_stage_exits_2_with_one_line(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "experiments.toy_modarith", "--quick", "--stages=baseline,bogus",
-                          f"--out={tmp_path}"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "experiments.toy_modarith", "--quick", "--stages=baseline,bogus", f"--out={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("error: unknown toy stage 'bogus'")
 
@@ -96,8 +133,12 @@ def test_cli_bad_stage_exits_2_with_one_line(tmp_path):
 @pytest.mark.slow
 def test_quick_mode_under_five_minutes(tmp_path):
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "experiments.toy_modarith", "--quick", f"--out={tmp_path}"],
-                         capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-m", "experiments.toy_modarith", "--quick", f"--out={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert time.perf_counter() - t0 < 300
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -83,8 +83,7 @@ def test_gini_extremes():
 
 def test_task_frequency_set():
     np.testing.assert_array_equal(fourier.task_frequency_set(97), [1, 96])
-    np.testing.assert_array_equal(fourier.task_frequency_set(97, center=3, half_width=1),
-                                  [2, 3, 4, 93, 94, 95])
+    np.testing.assert_array_equal(fourier.task_frequency_set(97, center=3, half_width=1), [2, 3, 4, 93, 94, 95])
     np.testing.assert_array_equal(fourier.task_frequency_set(10, center=1, half_width=2), [1, 2, 3, 7, 8, 9])
     np.testing.assert_array_equal(fourier.task_frequency_set(10, center=5), [5])
 
@@ -129,7 +128,7 @@ def test_band_sweep_recovers_a_clock_representation_keyed_on_the_last_token():
     table = np.zeros((cfg.vocab_size, 3))
     for c0, o0 in bands:
         angle = 2 * np.pi * np.arange(c0) / c0
-        table[o0:o0 + c0] = np.stack([np.cos(angle), np.sin(angle), np.ones(c0)], axis=1)
+        table[o0 : o0 + c0] = np.stack([np.cos(angle), np.sin(angle), np.ones(c0)], axis=1)
     noise = np.random.default_rng(6)
 
     def hidden_fn(x_NxL):

@@ -54,8 +54,9 @@ def test_forward_is_finite_and_h_is_the_normalised_head_input():
     # tied head: logits = h @ E^T
     model = build_toy_model("baseline", seed=1)
     h, logits = toy_model.hidden_and_logits(model, x)
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(h) @ np.asarray(model.embed.embedding[...]).T,
-                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        np.asarray(logits), np.asarray(h) @ np.asarray(model.embed.embedding[...]).T, rtol=1e-4, atol=1e-3
+    )
 
 
 def test_init_is_deterministic_by_seed():

@@ -9,9 +9,14 @@ from flax import nnx
 from spectral_jax.models.gpt import cross_entropy
 from spectral_jax.toy import task
 from spectral_jax.toy.model import build_toy_model, hidden_and_logits
-from spectral_jax.toy.probes import (ToyProbeConfig, ToyProber, centred_eigenvalues, last_states,
-                                     per_sample_gradient_singular_values)
-from spectral_jax.toy.train import train_toy, ToyTrainConfig
+from spectral_jax.toy.probes import (
+    ToyProbeConfig,
+    ToyProber,
+    centred_eigenvalues,
+    last_states,
+    per_sample_gradient_singular_values,
+)
+from spectral_jax.toy.train import ToyTrainConfig, train_toy
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +27,7 @@ def splits():
 @pytest.fixture(scope="module")
 def trained(splits):
     """A RoPE model after a few steps (zero-initialised W_O has moved, so its gradients are generic)."""
-    run = train_toy(ToyTrainConfig(stage="rope", batch_size=8, lr=3e-3, max_steps=6, eval_every=3, target=0.0),
-                    splits)
+    run = train_toy(ToyTrainConfig(stage="rope", batch_size=8, lr=3e-3, max_steps=6, eval_every=3, target=0.0), splits)
     return run.model
 
 
@@ -60,20 +64,29 @@ def test_proxy_rows_and_chunked_last_states(trained, splits):
 
 def test_centred_eigenvalues_match_numpy_covariance():
     a = np.random.default_rng(0).standard_normal((300, 12)) @ np.diag(np.arange(1, 13.0)) + 5.0
-    np.testing.assert_allclose(centred_eigenvalues(a), np.linalg.eigvalsh(np.cov(a, rowvar=False))[::-1],
-                               rtol=1e-10)
+    np.testing.assert_allclose(centred_eigenvalues(a), np.linalg.eigvalsh(np.cov(a, rowvar=False))[::-1], rtol=1e-10)
     with pytest.raises(ValueError):
         centred_eigenvalues(a[:1])
 
 
 def test_prober_record_and_cache(splits):
-    cfg = ToyProbeConfig(n_samples=64, n_probe=128, sweep_bands=((13, 0), (31, 400)), n_sweep=64, grad_samples=4,
-                         chunk=64)
+    cfg = ToyProbeConfig(
+        n_samples=64, n_probe=128, sweep_bands=((13, 0), (31, 400)), n_sweep=64, grad_samples=4, chunk=64
+    )
     prober = ToyProber(task.TaskConfig(), splits, cfg)
     model = build_toy_model("untied", seed=0)
     rec = prober(model, level="full")
-    for key in ("alpha_10_40", "alpha_head", "alpha_tail", "rankme", "grad_rankme", "act_eigenvalues", "fourier",
-                "band_sweep", "psg_singular_values"):
+    for key in (
+        "alpha_10_40",
+        "alpha_head",
+        "alpha_tail",
+        "rankme",
+        "grad_rankme",
+        "act_eigenvalues",
+        "fourier",
+        "band_sweep",
+        "psg_singular_values",
+    ):
         assert key in rec, key
     assert len(rec["act_eigenvalues"]) == 128 and set(rec["band_sweep"]) == {"13:0", "31:400"}
     band = rec["fourier"]["97:200"]

@@ -9,11 +9,20 @@ import pytest
 from spectral_jax.toy import task
 
 SMALL = task.TaskConfig(n_train=3000, n_val=500, n_test=700, seed=1)
-MIXED = task.TaskConfig(n_train=2000, n_val=10, n_test=10, mix_min=1, mix_max=3,
-                        component_weight_pareto_alpha=2.0, noise="student_t", noise_std=1.5, noise_df=4.0)
+MIXED = task.TaskConfig(
+    n_train=2000,
+    n_val=10,
+    n_test=10,
+    mix_min=1,
+    mix_max=3,
+    component_weight_pareto_alpha=2.0,
+    noise="student_t",
+    noise_std=1.5,
+    noise_df=4.0,
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_train():
     return task.make_task(task.TaskConfig())["train"]
 
@@ -106,8 +115,13 @@ def test_mixture_latents_and_weights():
     used = np.arange(3)[None, :] < lat.n_components_N[:, None]
     assert np.all(lat.c_NxM[~used] == -1) and np.all(lat.w_NxM[~used] == 0.0)
     assert np.all(lat.w_NxM[used] >= 1.0)
-    t = task.cyclic_tokens(np.where(used, lat.c_NxM, 1), np.where(used, lat.o_NxM, 0),
-                           np.where(used, lat.d_NxM, 0), np.where(used, lat.a_NxM, 0), MIXED.seq_len + 1)
+    t = task.cyclic_tokens(
+        np.where(used, lat.c_NxM, 1),
+        np.where(used, lat.o_NxM, 0),
+        np.where(used, lat.d_NxM, 0),
+        np.where(used, lat.a_NxM, 0),
+        MIXED.seq_len + 1,
+    )
     mix = np.einsum("nmk,nm->nk", t, lat.w_NxM) / lat.w_NxM.sum(axis=1, keepdims=True)
     np.testing.assert_array_equal(split.x_NxL, np.clip(np.rint(mix[:, :-1]), 0, MIXED.vocab_size - 1))
 

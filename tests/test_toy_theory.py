@@ -39,8 +39,9 @@ def test_linear_flow_simulation_matches_the_modewise_closed_form():
         act = np.linalg.eigvalsh(W_sim[i] @ sigma @ W_sim[i].T)
         np.testing.assert_allclose(act, np.sort(theory.activation_moments(k, w_closed[i])), atol=1e-9)
         grad = (W_sim[i] - theory.circulant(w_star)) @ sigma
-        np.testing.assert_allclose(np.linalg.eigvalsh(grad @ grad.T),
-                                   np.sort(theory.gradient_moments(k, w_closed[i], w_star)), atol=1e-9)
+        np.testing.assert_allclose(
+            np.linalg.eigvalsh(grad @ grad.T), np.sort(theory.gradient_moments(k, w_closed[i], w_star)), atol=1e-9
+        )
     assert np.abs(w_closed[-1] - w_star).max() < np.abs(w0 - w_star).max()
 
 

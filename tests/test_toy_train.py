@@ -73,8 +73,9 @@ def test_micro_batching_gives_the_same_update(splits):
     y = splits["train"].y_NxL[:8].reshape(1, 8, 64)
     copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731 (the step donates its inputs)
     p1, _, l1 = _train_step(run.graphdef, run.tx, copy(run.params), copy(run.opt_state), x, y)
-    p2, _, l2 = _train_step(run.graphdef, run.tx, copy(run.params), copy(run.opt_state), x.reshape(4, 2, 64),
-                            y.reshape(4, 2, 64))
+    p2, _, l2 = _train_step(
+        run.graphdef, run.tx, copy(run.params), copy(run.opt_state), x.reshape(4, 2, 64), y.reshape(4, 2, 64)
+    )
     assert abs(float(l1) - float(l2)) < 1e-6 * abs(float(l1))
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
@@ -108,8 +109,9 @@ def test_optimizer_groups_and_learning_rates(splits):
     # baseline / rope: one AdamW over everything, no decay
     base = ToyRun(cfg(stage="baseline"), splits)
     tx = toy_optimizer(cfg(stage="baseline"))
-    u = tx.update(jax.tree.map(jnp.ones_like, base.params), set_learning_rate(tx.init(base.params), 1e-3),
-                  base.params)[0]
+    u = tx.update(jax.tree.map(jnp.ones_like, base.params), set_learning_rate(tx.init(base.params), 1e-3), base.params)[
+        0
+    ]
     for leaf in jax.tree.leaves(u):
         np.testing.assert_allclose(np.asarray(leaf), -1e-3, rtol=1e-4)
     assert dataclasses.replace(cfg(), lr=3e-3).tokens_per_step == 8 * 64

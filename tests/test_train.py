@@ -3,13 +3,19 @@
 import json
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
-from spectral_jax.data import load_shard_dir, write_dataset
-from spectral_jax.models import make_config
 from spectral_jax.checkpoints import result_answers
+from spectral_jax.data import load_shard_dir, write_dataset
 from spectral_jax.halving import lr_multiplier_for_batch
+from spectral_jax.models import make_config
+from spectral_jax.models.gpt import GPT
+from spectral_jax.optim import group_learning_rates, make_optimizer, schedule_steps
 from spectral_jax.records import read_jsonl, truncate_jsonl
 from spectral_jax.train import TrainingDiverged, train
 from spectral_jax.train_config import TrainConfig
@@ -30,8 +36,11 @@ def dataset(tmp_path_factory):
     tokens = np.concatenate(docs).astype(np.uint16)
     cut = int(0.8 * len(tokens))
     root = tmp_path_factory.mktemp("data")
-    write_dataset(root, {"train": tokens[:cut], "val": tokens[cut:cut + 8000], "pool": tokens[cut + 8000:]},
-                  {"eot_id": 0, "vocab_size": 256})
+    write_dataset(
+        root,
+        {"train": tokens[:cut], "val": tokens[cut : cut + 8000], "pool": tokens[cut + 8000 :]},
+        {"eot_id": 0, "vocab_size": 256},
+    )
     return load_shard_dir(root)
 
 
@@ -40,9 +49,17 @@ def _config(family="unet", **kw):
 
 
 def _tc(**kw):
-    base = dict(batch_size=4, target_loss=0.0, max_tokens=64 * 4 * 12, eval_every_tokens=64 * 4 * 3,
-                val_tokens=64 * 8, eval_batch=4, checkpoint_every_tokens=64 * 4 * 3, schedule_scale=0.05,
-                log_every_seconds=1e9)
+    base = dict(
+        batch_size=4,
+        target_loss=0.0,
+        max_tokens=64 * 4 * 12,
+        eval_every_tokens=64 * 4 * 3,
+        val_tokens=64 * 8,
+        eval_batch=4,
+        checkpoint_every_tokens=64 * 4 * 3,
+        schedule_scale=0.05,
+        log_every_seconds=1e9,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -118,8 +135,9 @@ def test_continuing_to_a_larger_budget_equals_a_straight_run(dataset, tmp_path):
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [0, 3, 6, 7]
     cont = train(_config(), _tc(), dataset, tmp_path / "run", log=logs.append)
     assert any("resumed from checkpoint at step 7" in m for m in logs), logs
-    assert _clean(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == \
-        _clean(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+    assert _clean(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == _clean(
+        read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    )
     for key in ("status", "steps", "tokens", "final_val_loss"):
         assert cont[key] == straight[key], key
     # the finished larger budget is reused as is; the smaller one is not retrained from the larger either
@@ -173,7 +191,7 @@ def test_lr_scaling_rules():
     assert lr_multiplier_for_batch(2, 8, "none") == 1.0
     with pytest.raises(ValueError, match="unknown LR scaling rule"):
         lr_multiplier_for_batch(2, 8, "cubic")
-    assert math.isclose(lr_multiplier_for_batch(1, 8), 8 ** -0.5)
+    assert math.isclose(lr_multiplier_for_batch(1, 8), 8**-0.5)
 
 
 def test_truncate_jsonl_keeps_rows_before_the_checkpoint(tmp_path):
@@ -188,13 +206,6 @@ def test_traced_peak_lrs_update_exactly_as_constant_lrs(family):
     """train() compiles one update for all LR candidates and batch tiers (peaks and schedule step counts are
     arguments): it must be bitwise the update with them as constants, through the schedule's warmdown and the
     momentum warmup, at two step scales sharing the compiled program."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from spectral_jax.models.gpt import GPT
-    from spectral_jax.optim import group_learning_rates, make_optimizer, schedule_steps
 
     config = _config(family)
     graphdef, params = nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param)
@@ -233,13 +244,6 @@ def test_train_step_on_flat_leaves_equals_the_pytree_step():
     """TrainStep dispatches its programs with flat leaf lists: two accumulated micro-batches must give the
     update that value_and_grad over the nnx.State and optax's update give (a leaf order mix-up would not), and a
     repeated call reuses the compiled programs."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from spectral_jax.models.gpt import GPT
-    from spectral_jax.optim import group_learning_rates
 
     config = _config("unet")  # Muon and Adam groups, scalars
     lrs = group_learning_rates(config, 1.0)
@@ -248,8 +252,9 @@ def test_train_step_on_flat_leaves_equals_the_pytree_step():
     batches = [np.random.default_rng(k).integers(1, 256, (2, 65)) for k in range(2)]
 
     p_ref, s_ref = jax.tree.map(jnp.copy, params), step.tx.init(params)
-    grad = lambda p, b: jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(
-        jnp.asarray(b[:, :-1]), jnp.asarray(b[:, 1:]), window=64))(p)
+    grad = lambda p, b: jax.value_and_grad(
+        lambda p: nnx.merge(graphdef, p).loss(jnp.asarray(b[:, :-1]), jnp.asarray(b[:, 1:]), window=64)
+    )(p)
     (l0, g0), (l1, g1) = grad(p_ref, batches[0]), grad(p_ref, batches[1])
     updates, s_ref = step.tx.update(jax.tree.map(lambda a, b: (a + b) / 2, g0, g1), s_ref, p_ref)
     p_ref = optax.apply_updates(p_ref, updates)

@@ -43,8 +43,12 @@ ABLATIONS = ("adam_vs_muon", "seed_control", "layerwise", "probe_matrices", "dat
 def run_all(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dict:
     """Every ablation; the probe sweep is trained once, and data_split measures its tier `batch` (if swept)."""
     out = {}
-    for name, fn in (("layerwise", layerwise), ("probe_matrices", probe_matrices), ("seed_control", seed_control),
-                     ("adam_vs_muon", adam_vs_muon)):
+    for name, fn in (
+        ("layerwise", layerwise),
+        ("probe_matrices", probe_matrices),
+        ("seed_control", seed_control),
+        ("adam_vs_muon", adam_vs_muon),
+    ):
         log(f"== ablation {name}")
         out[name] = fn(cfg, log)
     tier = cfg.path("probe_sweep", f"tier_B{cfg.batch}")
@@ -54,9 +58,26 @@ def run_all(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dic
     return out
 
 
-RUNNERS: Mapping[str, Callable[..., dict]] = dict(adam_vs_muon=adam_vs_muon, seed_control=seed_control,
-                                                  layerwise=layerwise, probe_matrices=probe_matrices,
-                                                  data_split=data_split_js, all=run_all)
+RUNNERS: Mapping[str, Callable[..., dict]] = dict(
+    adam_vs_muon=adam_vs_muon,
+    seed_control=seed_control,
+    layerwise=layerwise,
+    probe_matrices=probe_matrices,
+    data_split=data_split_js,
+    all=run_all,
+)
 
-__all__ = ["ABLATIONS", "AblationConfig", "PROBE_MATRICES", "RUNNERS", "adam_vs_muon", "data_split_js",
-           "layerwise", "parse_source", "probe_matrices", "probe_sweep", "run_all", "seed_control"]
+__all__ = [
+    "ABLATIONS",
+    "AblationConfig",
+    "PROBE_MATRICES",
+    "RUNNERS",
+    "adam_vs_muon",
+    "data_split_js",
+    "layerwise",
+    "parse_source",
+    "probe_matrices",
+    "probe_sweep",
+    "run_all",
+    "seed_control",
+]

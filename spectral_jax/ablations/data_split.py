@@ -23,7 +23,7 @@ SPLITS = ("pool", "val", "train")
 
 
 def parse_source(spec: str) -> tuple[str, str]:
-    """"<--data spec>[:<split>]" -> (data spec, split); split one of pool (default), val, train."""
+    """ "<--data spec>[:<split>]" -> (data spec, split); split one of pool (default), val, train."""
     head, sep, tail = spec.rpartition(":")
     return (head, tail) if sep and tail in SPLITS else (spec, "pool")
 
@@ -39,16 +39,22 @@ def _mapped(dataset, like, vmap):
     """`dataset` read through the model's vocabulary map (built on its training data `like`)."""
     for key in ("tokenizer", "vocab_sha256"):
         if dataset.metadata.get(key) != like.metadata.get(key):
-            raise ValueError(f"data source tokenised with {key}={dataset.metadata.get(key)!r} but the model's "
-                             f"training data uses {like.metadata.get(key)!r}; tokenise both with the same vocabulary")
+            raise ValueError(
+                f"data source tokenised with {key}={dataset.metadata.get(key)!r} but the model's "
+                f"training data uses {like.metadata.get(key)!r}; tokenise both with the same vocabulary"
+            )
     if source_eot(dataset) != source_eot(like):
-        raise ValueError(f"data source EOT id {source_eot(dataset)} differs from the training data's "
-                         f"{source_eot(like)}")
+        raise ValueError(
+            f"data source EOT id {source_eot(dataset)} differs from the training data's {source_eot(like)}"
+        )
     if vmap is None:
         return dataset
     streams = {k: getattr(dataset, k) for k in ("train", "val", "pool")}
-    return TokenDataset(**{k: v.mapped(vmap.lut) if v is not None else None for k, v in streams.items()},
-                        metadata=dataset.metadata, root=dataset.root)
+    return TokenDataset(
+        **{k: v.mapped(vmap.lut) if v is not None else None for k, v in streams.items()},
+        metadata=dataset.metadata,
+        root=dataset.root,
+    )
 
 
 def data_split_js(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dict:
@@ -83,33 +89,68 @@ def data_split_js(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) 
         pool = _sample(loaded[data], split, config.seq_len, n, val_tokens)
         x = probes.split_windows(pool)[0]
         samples[tag + "1"], samples[tag + "2"] = x[:n], x[n:]
-    log(f"data_split: {n} sequences x {config.seq_len} tokens per sample, A = {cfg.data_a}, B = {cfg.data_b}, "
-        f"model {model_info['kind']}")
-    spec = {k: probes.activation_spectrum(model, [x[i:i + chunk] for i in range(0, n, chunk)], layers,
-                                          window=window) for k, x in samples.items()}
+    log(
+        f"data_split: {n} sequences x {config.seq_len} tokens per sample, A = {cfg.data_a}, B = {cfg.data_b}, "
+        f"model {model_info['kind']}"
+    )
+    spec = {
+        k: probes.activation_spectrum(model, [x[i : i + chunk] for i in range(0, n, chunk)], layers, window=window)
+        for k, x in samples.items()
+    }
     rows = []
     for layer in layers:
         s = {k: v[layer] for k, v in spec.items()}
         js_ab = spectra.js_divergence(s["A1"], s["B1"])
         floor_a, floor_b = spectra.js_divergence(s["A1"], s["A2"]), spectra.js_divergence(s["B1"], s["B2"])
-        rows.append(dict(layer=layer, js_a_vs_b=js_ab, js_floor_a=floor_a, js_floor_b=floor_b,
-                         ratio_to_floor=ratio(js_ab, max(floor_a, floor_b)),
-                         alpha_tail={k: _alpha(v, cfg.preset) for k, v in s.items()}))
+        rows.append(
+            dict(
+                layer=layer,
+                js_a_vs_b=js_ab,
+                js_floor_a=floor_a,
+                js_floor_b=floor_b,
+                ratio_to_floor=ratio(js_ab, max(floor_a, floor_b)),
+                alpha_tail={k: _alpha(v, cfg.preset) for k, v in s.items()},
+            )
+        )
     last = rows[-1]
     d = cfg.path(name)
     s_last = {k: v[layers[-1]] for k, v in spec.items()}
-    figs = [plots.save_figure(plots.plot_spectra(
-        {f"A = {cfg.data_a} (half 1)": s_last["A1"], "A (half 2)": s_last["A2"],
-         f"B = {cfg.data_b} (half 1)": s_last["B1"]},
-        title=f"activation spectra on two data sources, block {layers[-1]} ({model_info['kind']} model)\n"
-              f"JS(A, B) = {last['js_a_vs_b']:.3g}; floor JS(A1, A2) = {last['js_floor_a']:.3g}",
-        ylabel="normalised eigenvalue", window=spectra.tail_window(cfg.preset)), d / "spectra_a_vs_b.png")]
-    summary = dict(data_a=cfg.data_a, data_b=cfg.data_b, model=model_info, sequences_per_sample=n,
-                   seq_len=config.seq_len, window=int(window), layers=rows, js_a_vs_b=last["js_a_vs_b"],
-                   js_floor_a=last["js_floor_a"], js_floor_b=last["js_floor_b"],
-                   ratio_to_floor=last["ratio_to_floor"])
-    return write_ablation(cfg, name, summary, figs, dict(js_a_vs_b=last["js_a_vs_b"], js_floor_a=last["js_floor_a"],
-                                                 js_floor_b=last["js_floor_b"]))
+    figs = [
+        plots.save_figure(
+            plots.plot_spectra(
+                {
+                    f"A = {cfg.data_a} (half 1)": s_last["A1"],
+                    "A (half 2)": s_last["A2"],
+                    f"B = {cfg.data_b} (half 1)": s_last["B1"],
+                },
+                title=f"activation spectra on two data sources, block {layers[-1]} ({model_info['kind']} model)\n"
+                f"JS(A, B) = {last['js_a_vs_b']:.3g}; floor JS(A1, A2) = {last['js_floor_a']:.3g}",
+                ylabel="normalised eigenvalue",
+                window=spectra.tail_window(cfg.preset),
+            ),
+            d / "spectra_a_vs_b.png",
+        )
+    ]
+    summary = dict(
+        data_a=cfg.data_a,
+        data_b=cfg.data_b,
+        model=model_info,
+        sequences_per_sample=n,
+        seq_len=config.seq_len,
+        window=int(window),
+        layers=rows,
+        js_a_vs_b=last["js_a_vs_b"],
+        js_floor_a=last["js_floor_a"],
+        js_floor_b=last["js_floor_b"],
+        ratio_to_floor=last["ratio_to_floor"],
+    )
+    return write_ablation(
+        cfg,
+        name,
+        summary,
+        figs,
+        dict(js_a_vs_b=last["js_a_vs_b"], js_floor_a=last["js_floor_a"], js_floor_b=last["js_floor_b"]),
+    )
 
 
 def _alpha(values, preset: str) -> float | None:

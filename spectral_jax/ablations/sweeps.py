@@ -9,9 +9,21 @@ from collections.abc import Callable
 import numpy as np
 
 from spectral_jax import efficiency, plots, spectra
-from spectral_jax.ablations.common import (ADAM_FAMILY, MATRIX_LABELS, MUON_FAMILY, PROBE_MATRICES, AblationConfig,
-                                           finite, probe_sweep, ratio, run_sweep, sample_std, tier_runs,
-                                           value_range, write_ablation)
+from spectral_jax.ablations.common import (
+    ADAM_FAMILY,
+    MATRIX_LABELS,
+    MUON_FAMILY,
+    PROBE_MATRICES,
+    AblationConfig,
+    finite,
+    probe_sweep,
+    ratio,
+    run_sweep,
+    sample_std,
+    tier_runs,
+    value_range,
+    write_ablation,
+)
 from spectral_jax.batch_sweep import load_spectrum, load_sweep
 from spectral_jax.records import log_stderr
 
@@ -26,32 +38,90 @@ def adam_vs_muon(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
     rows = {f: sums[f]["tiers"] for f in fams}
     across = efficiency.spearman_across(rows)
     tokens = {f: {r["batch"]: r["tokens_to_target"] for r in rows[f]} for f in fams}
-    ratio = [dict(batch=b, tokens_muon=tokens[MUON_FAMILY].get(b), tokens_adam=tokens[ADAM_FAMILY].get(b),
-                  ratio_adam_over_muon=ratio(tokens[ADAM_FAMILY].get(b), tokens[MUON_FAMILY].get(b)))
-              for b in sorted(cfg.tiers)]
-    families = {f: dict(tiers=[{k: r[k] for k in ("batch", "status", "tokens_to_target", "eps_tok",
-                                                   "early_alpha_tail", "early_alpha_tail_normalized",
-                                                   "early_tokens", "throughput_tokens_per_s")} for r in rows[f]],
-                        spearman_within=sums[f]["spearman_within"], p_value=sums[f]["p_value"],
-                        n_reached=sums[f]["n_reached"], sweep=f"{f}/summary.json") for f in fams}
+    ratio = [
+        dict(
+            batch=b,
+            tokens_muon=tokens[MUON_FAMILY].get(b),
+            tokens_adam=tokens[ADAM_FAMILY].get(b),
+            ratio_adam_over_muon=ratio(tokens[ADAM_FAMILY].get(b), tokens[MUON_FAMILY].get(b)),
+        )
+        for b in sorted(cfg.tiers)
+    ]
+    families = {
+        f: dict(
+            tiers=[
+                {
+                    k: r[k]
+                    for k in (
+                        "batch",
+                        "status",
+                        "tokens_to_target",
+                        "eps_tok",
+                        "early_alpha_tail",
+                        "early_alpha_tail_normalized",
+                        "early_tokens",
+                        "throughput_tokens_per_s",
+                    )
+                }
+                for r in rows[f]
+            ],
+            spearman_within=sums[f]["spearman_within"],
+            p_value=sums[f]["p_value"],
+            n_reached=sums[f]["n_reached"],
+            sweep=f"{f}/summary.json",
+        )
+        for f in fams
+    }
     d = cfg.path(name)
-    figs = [plots.save_figure(plots.plot_tokens_vs_batch(
-        {f: list(tokens[f].items()) for f in fams},
-        title=f"Muon ({MUON_FAMILY}) vs Adam ({ADAM_FAMILY}) matrix updates, {cfg.preset}: tokens to target "
-              f"{sums[MUON_FAMILY]['target_loss']}"), d / "tokens_vs_batch.png")]
-    points = [dict(family=f, batch=r["batch"], alpha=r["early_alpha_tail"], eps_tok=r["eps_tok"])
-              for f in fams for r in rows[f] if finite(r["early_alpha_tail"]) and finite(r["eps_tok"])]
+    figs = [
+        plots.save_figure(
+            plots.plot_tokens_vs_batch(
+                {f: list(tokens[f].items()) for f in fams},
+                title=f"Muon ({MUON_FAMILY}) vs Adam ({ADAM_FAMILY}) matrix updates, {cfg.preset}: tokens to target "
+                f"{sums[MUON_FAMILY]['target_loss']}",
+            ),
+            d / "tokens_vs_batch.png",
+        )
+    ]
+    points = [
+        dict(family=f, batch=r["batch"], alpha=r["early_alpha_tail"], eps_tok=r["eps_tok"])
+        for f in fams
+        for r in rows[f]
+        if finite(r["early_alpha_tail"]) and finite(r["eps_tok"])
+    ]
     if points:
-        figs.append(plots.save_figure(plots.plot_alpha_vs_eps(
-            points, rho=across["rho"], p_value=across["p_value"],
-            title=f"early alpha_tail vs eps_tok, {MUON_FAMILY} vs {ADAM_FAMILY} ({cfg.preset})\nrho = across "
-                  f"families on min-max-normalised alpha"), d / "early_alpha_vs_eps_tok.png"))
-    summary = dict(families=families, spearman_across=across, token_ratio=ratio, tiers=list(cfg.tiers),
-                   target_loss=sums[MUON_FAMILY]["target_loss"], early_fraction=cfg.early_fraction)
+        figs.append(
+            plots.save_figure(
+                plots.plot_alpha_vs_eps(
+                    points,
+                    rho=across["rho"],
+                    p_value=across["p_value"],
+                    title=f"early alpha_tail vs eps_tok, {MUON_FAMILY} vs {ADAM_FAMILY} ({cfg.preset})\nrho = across "
+                    f"families on min-max-normalised alpha",
+                ),
+                d / "early_alpha_vs_eps_tok.png",
+            )
+        )
+    summary = dict(
+        families=families,
+        spearman_across=across,
+        token_ratio=ratio,
+        tiers=list(cfg.tiers),
+        target_loss=sums[MUON_FAMILY]["target_loss"],
+        early_fraction=cfg.early_fraction,
+    )
     ratios = [r["ratio_adam_over_muon"] for r in ratio if finite(r["ratio_adam_over_muon"])]
-    return write_ablation(cfg, name, summary, figs, dict(
-        spearman_within={f: families[f]["spearman_within"] for f in fams}, spearman_across=across["rho"],
-        median_token_ratio_adam_over_muon=float(np.median(ratios)) if ratios else None))
+    return write_ablation(
+        cfg,
+        name,
+        summary,
+        figs,
+        dict(
+            spearman_within={f: families[f]["spearman_within"] for f in fams},
+            spearman_across=across["rho"],
+            median_token_ratio_adam_over_muon=float(np.median(ratios)) if ratios else None,
+        ),
+    )
 
 
 # ---- seed control (Fig. 9) -----------------------------------------------------------------------------------
@@ -72,24 +142,39 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
         extra = dict(seed=s, data_seed=s) if cfg.vary_data_seed else dict(seed=s)
         out = cfg.path(name, f"seed_{s}")
         # the probe sweep's probes: identical measurement, and its compiled probe programs are reused
-        run_sweep(cfg, cfg.family, out, (cfg.batch,), layers=sweep["config"]["layers"], matrices=PROBE_MATRICES,
-               log=log, **extra)
+        run_sweep(
+            cfg,
+            cfg.family,
+            out,
+            (cfg.batch,),
+            layers=sweep["config"]["layers"],
+            matrices=PROBE_MATRICES,
+            log=log,
+            **extra,
+        )
         seed_tiers[s] = load_sweep(out)[1][cfg.batch]
 
     def early(tier):
-        run = {0: dict(tokens_to_target=tier.result.tokens_to_target,
-                       records=tier.records("activation", last))}
+        run = {0: dict(tokens_to_target=tier.result.tokens_to_target, records=tier.records("activation", last))}
         return efficiency.early_prediction(run, fraction=cfg.early_fraction, layer=last)["tiers"][0]
 
     per_seed = []
     for s, t in seed_tiers.items():
         e = early(t)
-        per_seed.append(dict(seed=s, data_seed=s if cfg.vary_data_seed else t.run["train"]["data_seed"],
-                             tokens_to_target=t.result.tokens_to_target, status=t.result.status,
-                             early_alpha_tail=e["early_alpha_tail"], early_tokens=e["early_tokens"],
-                             dir=str(t.dir)))
-    tier_early = efficiency.early_prediction(tier_runs(tiers, "activation", last), fraction=cfg.early_fraction,
-                                             layer=last)
+        per_seed.append(
+            dict(
+                seed=s,
+                data_seed=s if cfg.vary_data_seed else t.run["train"]["data_seed"],
+                tokens_to_target=t.result.tokens_to_target,
+                status=t.result.status,
+                early_alpha_tail=e["early_alpha_tail"],
+                early_tokens=e["early_tokens"],
+                dir=str(t.dir),
+            )
+        )
+    tier_early = efficiency.early_prediction(
+        tier_runs(tiers, "activation", last), fraction=cfg.early_fraction, layer=last
+    )
     tier_alpha = {r["batch"]: r["early_alpha_tail"] for r in tier_early["tiers"]}
     seed_vals = [r["early_alpha_tail"] for r in per_seed]
     tier_vals = list(tier_alpha.values())
@@ -107,39 +192,83 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
         log(js_note)
     for target in targets:
         spec = {k: load_spectrum(labelled[k], efficiency.matched_loss_rows(recs[k], [target])[0]) for k in recs}
-        seed_js = [spectra.js_divergence(spec[("seed", a)], spec[("seed", b)])
-                   for a, b in itertools.combinations(seed_tiers, 2)]
-        tier_js = [spectra.js_divergence(spec[("tier", a)], spec[("tier", b)])
-                   for a, b in itertools.combinations(tiers, 2)]
-        js_rows.append(dict(target_loss=target, seed_js=seed_js, tier_js=tier_js,
-                            mean_seed_js=float(np.mean(seed_js)) if seed_js else None,
-                            mean_tier_js=float(np.mean(tier_js)) if tier_js else None,
-                            ratio=ratio(np.mean(seed_js) if seed_js else None,
-                                         np.mean(tier_js) if tier_js else None)))
+        seed_js = [
+            spectra.js_divergence(spec[("seed", a)], spec[("seed", b)])
+            for a, b in itertools.combinations(seed_tiers, 2)
+        ]
+        tier_js = [
+            spectra.js_divergence(spec[("tier", a)], spec[("tier", b)]) for a, b in itertools.combinations(tiers, 2)
+        ]
+        js_rows.append(
+            dict(
+                target_loss=target,
+                seed_js=seed_js,
+                tier_js=tier_js,
+                mean_seed_js=float(np.mean(seed_js)) if seed_js else None,
+                mean_tier_js=float(np.mean(tier_js)) if tier_js else None,
+                ratio=ratio(np.mean(seed_js) if seed_js else None, np.mean(tier_js) if tier_js else None),
+            )
+        )
     mean_seed_js = float(np.mean([v for r in js_rows for v in r["seed_js"]])) if js_rows else None
     mean_tier_js = float(np.mean([v for r in js_rows for v in r["tier_js"]])) if js_rows else None
-    stats = dict(seed_std=sample_std(seed_vals), seed_range=value_range(seed_vals), tier_std=sample_std(tier_vals),
-                 tier_range=value_range(tier_vals))
-    stats.update(std_ratio_seed_over_tier=ratio(stats["seed_std"], stats["tier_std"]),
-                 range_ratio_seed_over_tier=ratio(stats["seed_range"], stats["tier_range"]),
-                 seed_tokens_to_target_cv=ratio(sample_std(seed_tok), np.mean([t for t in seed_tok if t]))
-                 if any(seed_tok) else None)
+    stats = dict(
+        seed_std=sample_std(seed_vals),
+        seed_range=value_range(seed_vals),
+        tier_std=sample_std(tier_vals),
+        tier_range=value_range(tier_vals),
+    )
+    stats.update(
+        std_ratio_seed_over_tier=ratio(stats["seed_std"], stats["tier_std"]),
+        range_ratio_seed_over_tier=ratio(stats["seed_range"], stats["tier_range"]),
+        seed_tokens_to_target_cv=ratio(sample_std(seed_tok), np.mean([t for t in seed_tok if t]))
+        if any(seed_tok)
+        else None,
+    )
     d = cfg.path(name)
-    figs = [plots.save_figure(plots.plot_seed_control(
-        tier_alpha, {r["seed"]: r["early_alpha_tail"] for r in per_seed}, cfg.batch, js_rows,
-        title=f"seed control, {cfg.family} ({cfg.preset}): seeds {list(seed_tiers)} at B={cfg.batch} vs tiers "
-              f"{sorted(tiers)}"), d / "seed_control.png")]
-    summary = dict(family=cfg.family, batch=cfg.batch, seeds=list(seed_tiers), vary_data_seed=cfg.vary_data_seed,
-                   layer=last, early_fraction=cfg.early_fraction, per_seed=per_seed,
-                   tiers=[{k: r[k] for k in ("batch", "tokens_to_target", "eps_tok", "early_alpha_tail",
-                                               "early_tokens")} for r in tier_early["tiers"]],
-                   early_alpha_tail=stats, matched_loss_js=js_rows, matched_loss_targets=targets,
-                   mean_seed_js=mean_seed_js, mean_tier_js=mean_tier_js,
-                   js_ratio_seed_over_tier=ratio(mean_seed_js, mean_tier_js), note=js_note,
-                   sweep=str(sweep_dir))
-    return write_ablation(cfg, name, summary, figs, dict(
-        std_ratio_seed_over_tier=stats["std_ratio_seed_over_tier"],
-        js_ratio_seed_over_tier=summary["js_ratio_seed_over_tier"]))
+    figs = [
+        plots.save_figure(
+            plots.plot_seed_control(
+                tier_alpha,
+                {r["seed"]: r["early_alpha_tail"] for r in per_seed},
+                cfg.batch,
+                js_rows,
+                title=f"seed control, {cfg.family} ({cfg.preset}): seeds {list(seed_tiers)} at B={cfg.batch} vs tiers "
+                f"{sorted(tiers)}",
+            ),
+            d / "seed_control.png",
+        )
+    ]
+    summary = dict(
+        family=cfg.family,
+        batch=cfg.batch,
+        seeds=list(seed_tiers),
+        vary_data_seed=cfg.vary_data_seed,
+        layer=last,
+        early_fraction=cfg.early_fraction,
+        per_seed=per_seed,
+        tiers=[
+            {k: r[k] for k in ("batch", "tokens_to_target", "eps_tok", "early_alpha_tail", "early_tokens")}
+            for r in tier_early["tiers"]
+        ],
+        early_alpha_tail=stats,
+        matched_loss_js=js_rows,
+        matched_loss_targets=targets,
+        mean_seed_js=mean_seed_js,
+        mean_tier_js=mean_tier_js,
+        js_ratio_seed_over_tier=ratio(mean_seed_js, mean_tier_js),
+        note=js_note,
+        sweep=str(sweep_dir),
+    )
+    return write_ablation(
+        cfg,
+        name,
+        summary,
+        figs,
+        dict(
+            std_ratio_seed_over_tier=stats["std_ratio_seed_over_tier"],
+            js_ratio_seed_over_tier=summary["js_ratio_seed_over_tier"],
+        ),
+    )
 
 
 # ---- layerwise early prediction (Fig. 10) --------------------------------------------------------------------
@@ -151,18 +280,35 @@ def layerwise(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> d
     rows = []
     for layer in range(sweep["model"]["n_layer"]):
         e = efficiency.early_prediction(tier_runs(tiers, "activation", layer), fraction=cfg.early_fraction, layer=layer)
-        rows.append(dict(layer=layer, rho=e["spearman_within"], p_value=e["p_value"], n=e["n"],
-                         early_alpha_tail={r["batch"]: r["early_alpha_tail"] for r in e["tiers"]},
-                         eps_tok={r["batch"]: r["eps_tok"] for r in e["tiers"]}))
-    fig = plots.plot_rho_by_layer(rows, title=f"layerwise early prediction, {cfg.family} ({cfg.preset}), tiers "
-                                        f"{sorted(tiers)}, early = {cfg.early_fraction:.0%} of T(B)")
+        rows.append(
+            dict(
+                layer=layer,
+                rho=e["spearman_within"],
+                p_value=e["p_value"],
+                n=e["n"],
+                early_alpha_tail={r["batch"]: r["early_alpha_tail"] for r in e["tiers"]},
+                eps_tok={r["batch"]: r["eps_tok"] for r in e["tiers"]},
+            )
+        )
+    fig = plots.plot_rho_by_layer(
+        rows,
+        title=f"layerwise early prediction, {cfg.family} ({cfg.preset}), tiers "
+        f"{sorted(tiers)}, early = {cfg.early_fraction:.0%} of T(B)",
+    )
     figs = [plots.save_figure(fig, cfg.path(name, "rho_by_layer.png"))]
     finite = [r for r in rows if finite(r["rho"])]
     best = max(finite, key=lambda r: abs(r["rho"])) if finite else None
-    summary = dict(family=cfg.family, tiers=sorted(tiers), early_fraction=cfg.early_fraction,
-                   tail_window=sweep["tail_window"], layers=rows, sweep=str(sweep_dir))
-    return write_ablation(cfg, name, summary, figs, dict(
-        rho_by_layer=[r["rho"] for r in rows], strongest_layer=best and best["layer"]))
+    summary = dict(
+        family=cfg.family,
+        tiers=sorted(tiers),
+        early_fraction=cfg.early_fraction,
+        tail_window=sweep["tail_window"],
+        layers=rows,
+        sweep=str(sweep_dir),
+    )
+    return write_ablation(
+        cfg, name, summary, figs, dict(rho_by_layer=[r["rho"] for r in rows], strongest_layer=best and best["layer"])
+    )
 
 
 # ---- probe-matrix dependence (Fig. 6) ------------------------------------------------------------------------
@@ -188,32 +334,65 @@ def probe_matrices(cfg: AblationConfig, log: Callable[[str], None] = log_stderr)
         runs_m = tier_runs(tiers, "gradient", last, m)
         entry = dict(matrix=m, label=MATRIX_LABELS[m], layer=last)
         for key in ("alpha_tail", "rankme"):
-            e = efficiency.early_prediction(runs_m, fraction=cfg.early_fraction, key=key, kind="gradient",
-                                            layer=last, matrix=m)
-            entry[key] = dict(rho=e["spearman_within"], p_value=e["p_value"], n=e["n"],
-                              early={r["batch"]: r["early_alpha_tail"] for r in e["tiers"]})
+            e = efficiency.early_prediction(
+                runs_m, fraction=cfg.early_fraction, key=key, kind="gradient", layer=last, matrix=m
+            )
+            entry[key] = dict(
+                rho=e["spearman_within"],
+                p_value=e["p_value"],
+                n=e["n"],
+                early={r["batch"]: r["early_alpha_tail"] for r in e["tiers"]},
+            )
         spectra_m, rows_m = {}, []
         for b, rec in matched.items():
             g = [r for r in runs_m[b]["records"] if r["step"] == rec["step"]]
             if g:
                 spectra_m[f"B={b}"] = load_spectrum(tiers[b], g[0])
-                rows_m.append(dict(batch=b, step=rec["step"], val_loss=rec["val_loss"],
-                                   alpha_tail=g[0]["alpha_tail"], rankme=g[0]["rankme"]))
+                rows_m.append(
+                    dict(
+                        batch=b,
+                        step=rec["step"],
+                        val_loss=rec["val_loss"],
+                        alpha_tail=g[0]["alpha_tail"],
+                        rankme=g[0]["rankme"],
+                    )
+                )
         entry["matched_loss"] = rows_m
         per_matrix.append(entry)
         if spectra_m:
-            figs.append(plots.save_figure(plots.plot_spectra(
-                spectra_m, title=f"{cfg.family} ({cfg.preset}): per-sample gradient spectra of {MATRIX_LABELS[m]} "
-                                 f"(block {last})\nat matched val loss {mid:.3f}, M = {sweep['probe']['grad_samples']}",
-                ylabel="normalised singular value", window=tail), d / f"gradient_spectra_{m}.png"))
-    summary = dict(family=cfg.family, tiers=sorted(tiers), early_fraction=cfg.early_fraction, tail_window=tail,
-                   grad_samples=sweep["probe"]["grad_samples"], matched_loss_target=mid, matrices=per_matrix,
-                   sweep=str(sweep_dir),
-                   note=None if sweep["probe"]["grad_samples"] >= tail[1] else
-                   f"grad_samples {sweep['probe']['grad_samples']} < {tail[1]}: the gradient spectrum is shorter than "
-                   f"the tail window {list(tail)}, so gradient alpha_tail is undefined (RankMe is not)")
-    return write_ablation(cfg, name, summary, figs, {
-        f"rho_{k}": {e["matrix"]: e[k]["rho"] for e in per_matrix} for k in ("alpha_tail", "rankme")})
+            figs.append(
+                plots.save_figure(
+                    plots.plot_spectra(
+                        spectra_m,
+                        title=f"{cfg.family} ({cfg.preset}): per-sample gradient spectra of {MATRIX_LABELS[m]} "
+                        f"(block {last})\nat matched val loss {mid:.3f}, M = {sweep['probe']['grad_samples']}",
+                        ylabel="normalised singular value",
+                        window=tail,
+                    ),
+                    d / f"gradient_spectra_{m}.png",
+                )
+            )
+    summary = dict(
+        family=cfg.family,
+        tiers=sorted(tiers),
+        early_fraction=cfg.early_fraction,
+        tail_window=tail,
+        grad_samples=sweep["probe"]["grad_samples"],
+        matched_loss_target=mid,
+        matrices=per_matrix,
+        sweep=str(sweep_dir),
+        note=None
+        if sweep["probe"]["grad_samples"] >= tail[1]
+        else f"grad_samples {sweep['probe']['grad_samples']} < {tail[1]}: the gradient spectrum is shorter than "
+        f"the tail window {list(tail)}, so gradient alpha_tail is undefined (RankMe is not)",
+    )
+    return write_ablation(
+        cfg,
+        name,
+        summary,
+        figs,
+        {f"rho_{k}": {e["matrix"]: e[k]["rho"] for e in per_matrix} for k in ("alpha_tail", "rankme")},
+    )
 
 
 __all__ = ["adam_vs_muon", "seed_control", "layerwise", "probe_matrices"]

@@ -17,7 +17,21 @@ from spectral_jax.data.shards import (
 from spectral_jax.data.tokenize import EOT_ID, Tokenizer, find_vocab_file
 
 __all__ = [
-    "EOT_ID", "MAGIC", "SequenceSource", "ShardError", "TokenDataset", "TokenStream", "Tokenizer",
-    "atomic_write_bytes", "embedded_corpus", "find_shards", "find_vocab_file", "load_data", "load_shard_dir",
-    "read_shard", "text_corpus", "write_dataset", "write_shard",
+    "EOT_ID",
+    "MAGIC",
+    "SequenceSource",
+    "ShardError",
+    "TokenDataset",
+    "TokenStream",
+    "Tokenizer",
+    "atomic_write_bytes",
+    "embedded_corpus",
+    "find_shards",
+    "find_vocab_file",
+    "load_data",
+    "load_shard_dir",
+    "read_shard",
+    "text_corpus",
+    "write_dataset",
+    "write_shard",
 ]

@@ -38,9 +38,11 @@ def cache_root() -> pathlib.Path:
 def stdlib_files() -> tuple[pathlib.Path, list[pathlib.Path]]:
     """(root, sorted .py files) of the running interpreter's standard library."""
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if "site-packages" not in p.parts and "dist-packages" not in p.parts
-                   and "__pycache__" not in p.parts)
+    files = sorted(
+        p
+        for p in root.rglob("*.py")
+        if "site-packages" not in p.parts and "dist-packages" not in p.parts and "__pycache__" not in p.parts
+    )
     return root, files
 
 
@@ -57,8 +59,9 @@ def _listing_key(root: pathlib.Path, files: list[pathlib.Path], extra: str) -> s
     return h.hexdigest()[:16]
 
 
-def build_text_corpus(root: pathlib.Path, files: list[pathlib.Path], out_dir: pathlib.Path,
-                      tokenizer: Tokenizer, source: str) -> pathlib.Path:
+def build_text_corpus(
+    root: pathlib.Path, files: list[pathlib.Path], out_dir: pathlib.Path, tokenizer: Tokenizer, source: str
+) -> pathlib.Path:
     """Tokenise `files` into train/val/pool shards under out_dir (built in a temp dir, then renamed)."""
     t0 = time.time()
     by_split: dict[str, list[str]] = {"train": [], "val": [], "pool": []}
@@ -66,12 +69,20 @@ def build_text_corpus(root: pathlib.Path, files: list[pathlib.Path], out_dir: pa
         by_split[split_of(str(p.relative_to(root)))].append(p.read_bytes().decode("utf-8", errors="replace"))
     empty = [s for s, docs in by_split.items() if not docs]
     if empty:
-        raise ValueError(f"{len(files)} text files under {root} leave split(s) {empty} empty; "
-                         "provide more files (files are assigned to splits by a hash of their path)")
+        raise ValueError(
+            f"{len(files)} text files under {root} leave split(s) {empty} empty; "
+            "provide more files (files are assigned to splits by a hash of their path)"
+        )
     splits = {s: tokenizer.encode_documents(docs) for s, docs in by_split.items()}
-    meta = dict(tokenizer.metadata(), source=source, root=str(root), num_files=len(files),
-                files_per_split={s: len(d) for s, d in by_split.items()},
-                python=sys.version.split()[0], build_seconds=round(time.time() - t0, 2))
+    meta = dict(
+        tokenizer.metadata(),
+        source=source,
+        root=str(root),
+        num_files=len(files),
+        files_per_split={s: len(d) for s, d in by_split.items()},
+        python=sys.version.split()[0],
+        build_seconds=round(time.time() - t0, 2),
+    )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
@@ -83,8 +94,13 @@ def build_text_corpus(root: pathlib.Path, files: list[pathlib.Path], out_dir: pa
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("built %s corpus: %s tokens in %.1fs -> %s", source,
-             {s: len(t) for s, t in splits.items()}, time.time() - t0, out_dir)
+    log.info(
+        "built %s corpus: %s tokens in %.1fs -> %s",
+        source,
+        {s: len(t) for s, t in splits.items()},
+        time.time() - t0,
+        out_dir,
+    )
     return out_dir
 
 
@@ -115,9 +131,12 @@ def text_corpus(spec: str, vocab_file: str | None = None) -> TokenDataset:
         files = sorted(pathlib.Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
         root = pathlib.Path(os.path.commonpath([str(p.parent) for p in files])) if files else path.parent
     if not files:
-        raise FileNotFoundError(f"--data={spec}: no shards (*.bin) and no text files ({', '.join(TEXT_SUFFIXES)}) found")
-    return _cached_text_dataset(root.resolve(), [p.resolve() for p in files], f"text-{root.name or 'files'}",
-                                vocab_file)
+        raise FileNotFoundError(
+            f"--data={spec}: no shards (*.bin) and no text files ({', '.join(TEXT_SUFFIXES)}) found"
+        )
+    return _cached_text_dataset(
+        root.resolve(), [p.resolve() for p in files], f"text-{root.name or 'files'}", vocab_file
+    )
 
 
 def load_data(spec: str = "embedded", vocab_file: str | None = None) -> TokenDataset:
@@ -132,5 +151,4 @@ def load_data(spec: str = "embedded", vocab_file: str | None = None) -> TokenDat
     return text_corpus(spec, vocab_file)
 
 
-__all__ = ["load_data", "embedded_corpus", "text_corpus", "build_text_corpus", "cache_root", "split_of",
-           "stdlib_files"]
+__all__ = ["load_data", "embedded_corpus", "text_corpus", "build_text_corpus", "cache_root", "split_of", "stdlib_files"]

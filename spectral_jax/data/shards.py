@@ -44,7 +44,7 @@ def write_shard(path: str | os.PathLike, tokens) -> pathlib.Path:
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2 ** 16):
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
         raise ValueError(f"token ids must lie in [0, 65535] for a uint16 shard, got [{tokens.min()}, {tokens.max()}]")
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:3] = (MAGIC, VERSION, tokens.size)
@@ -59,12 +59,16 @@ def read_shard(path: str | os.PathLike) -> np.ndarray:
         raise ShardError(f"shard {path} does not exist")
     size = path.stat().st_size
     if size < HEADER_BYTES:
-        raise ShardError(f"shard {path} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte "
-                         "header; re-download or regenerate it")
+        raise ShardError(
+            f"shard {path} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte "
+            "header; re-download or regenerate it"
+        )
     header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
     if header[0] != MAGIC:
-        raise ShardError(f"shard {path} has magic {header[0]}, expected {MAGIC}: not a modded-nanogpt/llm.c "
-                         "token shard (or corrupt); regenerate it with spectral_jax.data.write_shard")
+        raise ShardError(
+            f"shard {path} has magic {header[0]}, expected {MAGIC}: not a modded-nanogpt/llm.c "
+            "token shard (or corrupt); regenerate it with spectral_jax.data.write_shard"
+        )
     if header[1] != VERSION:
         raise ShardError(f"shard {path} has version {header[1]}; only version {VERSION} is supported")
     ntok = int(header[2])
@@ -74,8 +78,10 @@ def read_shard(path: str | os.PathLike) -> np.ndarray:
     elif payload == 4 * ntok and ntok > 0:
         dtype = np.uint32
     else:
-        raise ShardError(f"shard {path}: header says {ntok} tokens but the file holds {payload} payload bytes "
-                         f"(expected {2 * ntok}); the file is truncated or corrupt — regenerate it")
+        raise ShardError(
+            f"shard {path}: header says {ntok} tokens but the file holds {payload} payload bytes "
+            f"(expected {2 * ntok}); the file is truncated or corrupt — regenerate it"
+        )
     if ntok == 0:
         return np.zeros((0,), np.uint16)
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(ntok,))
@@ -90,12 +96,12 @@ class TokenStream:
         self.lut = lut  # optional token-id map applied on read (see spectral_jax.data.vocab)
         self._starts = np.cumsum([0] + [len(s) for s in self.shards])
 
-    def mapped(self, lut: np.ndarray) -> "TokenStream":
+    def mapped(self, lut: np.ndarray) -> TokenStream:
         """The same tokens read through the id map `lut` (lut[old_id] = new_id)."""
         return TokenStream(self.shards, self.names, np.asarray(lut, np.int32))
 
     @classmethod
-    def from_files(cls, paths) -> "TokenStream":
+    def from_files(cls, paths) -> TokenStream:
         paths = [pathlib.Path(p) for p in paths]
         return cls([read_shard(p) for p in paths], [p.name for p in paths])
 
@@ -112,7 +118,7 @@ class TokenStream:
         while pos < stop:
             shard, base = self.shards[k], int(self._starts[k])
             take = min(stop, base + len(shard)) - pos
-            out[pos - start:pos - start + take] = shard[pos - base:pos - base + take]
+            out[pos - start : pos - start + take] = shard[pos - base : pos - base + take]
             pos += take
             k += 1
         return self.lut[out] if self.lut is not None else out
@@ -121,8 +127,15 @@ class TokenStream:
 class SequenceSource:
     """grain random-access source: item i = tokens[start + i*stride : start + i*stride + T + 1] (int32)."""
 
-    def __init__(self, stream: TokenStream, seq_len: int, *, stride: int | None = None, start: int = 0,
-                 num_sequences: int | None = None):
+    def __init__(
+        self,
+        stream: TokenStream,
+        seq_len: int,
+        *,
+        stride: int | None = None,
+        start: int = 0,
+        num_sequences: int | None = None,
+    ):
         if seq_len < 1:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
         self.stream, self.seq_len = stream, seq_len
@@ -132,9 +145,11 @@ class SequenceSource:
         if num_sequences is None:
             num_sequences = available
         if num_sequences > available or num_sequences < 1:
-            raise ValueError(f"need {num_sequences} sequences of {seq_len + 1} tokens (stride {self.stride}) from "
-                             f"token {start}, but the stream has {len(stream)} tokens ({max(available, 0)} "
-                             "sequences); use more data, a shorter seq_len or fewer sequences")
+            raise ValueError(
+                f"need {num_sequences} sequences of {seq_len + 1} tokens (stride {self.stride}) from "
+                f"token {start}, but the stream has {len(stream)} tokens ({max(available, 0)} "
+                "sequences); use more data, a shorter seq_len or fewer sequences"
+            )
         self._len = num_sequences
 
     def __len__(self) -> int:
@@ -200,22 +215,26 @@ def load_shard_dir(directory: str | os.PathLike) -> TokenDataset:
     if not directory.is_dir():
         raise ShardError(f"data directory {directory} does not exist")
     if not any(directory.glob("*.bin")):
-        raise ShardError(f"data directory {directory} holds no .bin shards; point --data at a directory of "
-                         "modded-nanogpt shards (fineweb_train_*.bin, fineweb_val_*.bin) or at text files")
+        raise ShardError(
+            f"data directory {directory} holds no .bin shards; point --data at a directory of "
+            "modded-nanogpt shards (fineweb_train_*.bin, fineweb_val_*.bin) or at text files"
+        )
     streams = {}
     for split in SPLITS:
         files = find_shards(directory, split)
         if not files and split != "pool":
-            raise ShardError(f"data directory {directory} has no '{split}' shards (expected names like "
-                             f"fineweb_{split}_000000.bin)")
+            raise ShardError(
+                f"data directory {directory} has no '{split}' shards (expected names like fineweb_{split}_000000.bin)"
+            )
         streams[split] = TokenStream.from_files(files) if files else None
     meta_path = directory / "dataset.json"
     metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     return TokenDataset(streams["train"], streams["val"], streams["pool"], metadata, directory)
 
 
-def write_dataset(directory: str | os.PathLike, splits: dict[str, np.ndarray], metadata: dict,
-                  shard_tokens: int = 100_000_000) -> pathlib.Path:
+def write_dataset(
+    directory: str | os.PathLike, splits: dict[str, np.ndarray], metadata: dict, shard_tokens: int = 100_000_000
+) -> pathlib.Path:
     """Write split token arrays as shards `{split}_{k:06d}.bin` plus dataset.json (written last, atomically,
     so a directory with dataset.json is complete)."""
     directory = pathlib.Path(directory)
@@ -223,7 +242,7 @@ def write_dataset(directory: str | os.PathLike, splits: dict[str, np.ndarray], m
     for split, tokens in splits.items():
         counts[split] = int(len(tokens))
         for k, a in enumerate(range(0, max(len(tokens), 1), shard_tokens)):
-            write_shard(directory / f"{split}_{k:06d}.bin", tokens[a:a + shard_tokens])
+            write_shard(directory / f"{split}_{k:06d}.bin", tokens[a : a + shard_tokens])
     meta = dict(metadata, tokens=counts)
     atomic_write_bytes(directory / "dataset.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     return directory

@@ -34,8 +34,11 @@ log = logging.getLogger(__name__)
 
 def _tiktoken_cache_candidates() -> list[pathlib.Path]:
     key = hashlib.sha1(_R50K_URL.encode()).hexdigest()
-    dirs = [os.environ.get("TIKTOKEN_CACHE_DIR"), os.environ.get("DATA_GYM_CACHE_DIR"),
-            os.path.join(tempfile.gettempdir(), "data-gym-cache")]
+    dirs = [
+        os.environ.get("TIKTOKEN_CACHE_DIR"),
+        os.environ.get("DATA_GYM_CACHE_DIR"),
+        os.path.join(tempfile.gettempdir(), "data-gym-cache"),
+    ]
     return [pathlib.Path(d) / key for d in dirs if d]
 
 
@@ -52,8 +55,10 @@ def find_vocab_file(vocab_file: str | os.PathLike | None = None) -> pathlib.Path
         if not path.is_file():
             raise FileNotFoundError(f"SPECTRAL_JAX_VOCAB={env} does not exist; unset it or point it at a file")
         return path
-    candidates = _tiktoken_cache_candidates() + [_REPO_ROOT.parent / "shared" / "data" / "gpt2.tiktoken",
-                                                 _REPO_ROOT / "shared" / "data" / "gpt2.tiktoken"]
+    candidates = _tiktoken_cache_candidates() + [
+        _REPO_ROOT.parent / "shared" / "data" / "gpt2.tiktoken",
+        _REPO_ROOT / "shared" / "data" / "gpt2.tiktoken",
+    ]
     return next((p for p in candidates if p.is_file()), None)
 
 
@@ -69,20 +74,28 @@ class Tokenizer:
             if not allow_fallback:
                 raise FileNotFoundError(
                     "no GPT-2 vocabulary found (searched SPECTRAL_JAX_VOCAB, tiktoken's cache, "
-                    "shared/data/gpt2.tiktoken); pass vocab_file=... or set SPECTRAL_JAX_VOCAB")
-            msg = ("NO GPT-2 VOCABULARY FOUND: falling back to byte-level tokens (ids 0..255). Results are "
-                   "not comparable with GPT-2 BPE runs. Set SPECTRAL_JAX_VOCAB to a tiktoken gpt2 file to fix.")
+                    "shared/data/gpt2.tiktoken); pass vocab_file=... or set SPECTRAL_JAX_VOCAB"
+                )
+            msg = (
+                "NO GPT-2 VOCABULARY FOUND: falling back to byte-level tokens (ids 0..255). Results are "
+                "not comparable with GPT-2 BPE runs. Set SPECTRAL_JAX_VOCAB to a tiktoken gpt2 file to fix."
+            )
             log.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             self.name = "bytes"
             return
         self.vocab_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         if self.vocab_sha256 != GPT2_VOCAB_SHA256:
-            raise ValueError(f"vocabulary file {path} has sha256 {self.vocab_sha256[:12]}..., not GPT-2's "
-                             f"{GPT2_VOCAB_SHA256[:12]}...; it is not the r50k_base/gpt2 BPE")
-        self._enc = tiktoken.Encoding(name="r50k_base", pat_str=r50k_pat_str,
-                                      mergeable_ranks=load_tiktoken_bpe(str(path)),
-                                      special_tokens={"<|endoftext|>": EOT_ID})
+            raise ValueError(
+                f"vocabulary file {path} has sha256 {self.vocab_sha256[:12]}..., not GPT-2's "
+                f"{GPT2_VOCAB_SHA256[:12]}...; it is not the r50k_base/gpt2 BPE"
+            )
+        self._enc = tiktoken.Encoding(
+            name="r50k_base",
+            pat_str=r50k_pat_str,
+            mergeable_ranks=load_tiktoken_bpe(str(path)),
+            special_tokens={"<|endoftext|>": EOT_ID},
+        )
         self.name = "gpt2"
 
     def encode(self, text: str) -> list[int]:
@@ -108,5 +121,9 @@ class Tokenizer:
         return self._enc.decode(ids)
 
     def metadata(self) -> dict:
-        return {"tokenizer": self.name, "vocab_file": str(self.vocab_file) if self.vocab_file else None,
-                "vocab_sha256": self.vocab_sha256, "eot_id": EOT_ID}
+        return {
+            "tokenizer": self.name,
+            "vocab_file": str(self.vocab_file) if self.vocab_file else None,
+            "vocab_sha256": self.vocab_sha256,
+            "eot_id": EOT_ID,
+        }

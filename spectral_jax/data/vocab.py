@@ -29,16 +29,22 @@ class VocabMap:
     coverage: float  # fraction of counted train tokens that keep their own id (EOT included)
 
     def describe(self) -> dict:
-        return dict(vocab_size=self.vocab_size, eot_id=self.eot_id, unk_id=self.unk_id,
-                    coverage=round(self.coverage, 6), compact=self.unk_id is not None)
+        return dict(
+            vocab_size=self.vocab_size,
+            eot_id=self.eot_id,
+            unk_id=self.unk_id,
+            coverage=round(self.coverage, 6),
+            compact=self.unk_id is not None,
+        )
 
 
 def source_eot(dataset: TokenDataset) -> int:
     return int(dataset.metadata.get("eot_id", DEFAULT_SOURCE_EOT))
 
 
-def compact_vocab(dataset: TokenDataset, vocab_size: int, *, eot_id: int = 0,
-                  count_tokens: int = 100_000_000) -> VocabMap:
+def compact_vocab(
+    dataset: TokenDataset, vocab_size: int, *, eot_id: int = 0, count_tokens: int = 100_000_000
+) -> VocabMap:
     """Frequency-ranked map of the train split onto `vocab_size` ids, one of them UNK."""
     if vocab_size < 3:
         raise ValueError(f"a compact vocabulary needs at least 3 ids (EOT, UNK, one token), got {vocab_size}")
@@ -56,10 +62,10 @@ def compact_vocab(dataset: TokenDataset, vocab_size: int, *, eot_id: int = 0,
     order = np.argsort(-counts, kind="stable")
     unk_id = 1 if eot_id != 1 else 0
     free = [i for i in range(vocab_size) if i not in (eot_id, unk_id)]
-    kept = order[:len(free)]
+    kept = order[: len(free)]
     kept = kept[counts[kept] > 0]
     lut = np.full(size, unk_id, np.int32)
-    lut[kept] = np.asarray(free[:len(kept)], np.int32)
+    lut[kept] = np.asarray(free[: len(kept)], np.int32)
     lut[eot] = eot_id
     coverage = (counts[kept].sum() + eot_count) / n
     return VocabMap(lut, vocab_size, eot_id, unk_id, float(coverage))

@@ -27,6 +27,15 @@ def param_count(family: str, tier: str) -> int:
 
 
 __all__ = [
-    "FAMILIES", "Family", "GPT", "ModelConfig", "abstract_model", "base_config", "count_params",
-    "cross_entropy", "cross_entropy_per_sequence", "make_config", "param_count",
+    "FAMILIES",
+    "Family",
+    "GPT",
+    "ModelConfig",
+    "abstract_model",
+    "base_config",
+    "count_params",
+    "cross_entropy",
+    "cross_entropy_per_sequence",
+    "make_config",
+    "param_count",
 ]

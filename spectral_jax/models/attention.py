@@ -21,12 +21,12 @@ the same predicates (tests check each against the brute-force mask, values and g
              tiles the cores run concurrently, no padded band for the first chunks; with saved probabilities, a
              hand-written backward whose products are all plain matmuls); longer sequences, and every
              sequence on accelerators, a scan. The default ("auto") on CPU, and on accelerators for long
-             sequences (timings in BUILD_NOTES.md);
+             sequences (timings in docs/benchmarks.md);
   "dense"    the predicates as one T x T mask (jax.nn.dot_product_attention).
 "auto" = chunked on CPU; elsewhere dense when the band covers at least half of the sequence, else chunked. Not
 banded: its backward keeps every layer's (T, band) scores, probabilities, mask and banded k / v copies. At d12
 BetterWin (T = 65,536, band 1,920) the whole model's saved residuals come to 162 GB with banded attention, more
-than an H200 holds, and to 40 GB with chunked (`jax.eval_shape` of the loss's VJP, BUILD_NOTES.md).
+than an H200 holds, and to 40 GB with chunked (`jax.eval_shape` of the loss's VJP; a test bounds it).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ CHUNK_QUERIES = 64  # queries per step of the chunked kernel on CPU (64 beat 32 
 # stacked key / value bands stay under 2x the keys (d12: 3,840 / 2,048); chosen by that arithmetic, not yet timed.
 ACCELERATOR_CHUNK_QUERIES = 2048
 MAX_STATIC_CHUNKS = 64  # the chunked kernel unrolls up to this many chunks, scans beyond (compile time)
-# Saved probabilities per layer above which the chunked kernel rematerialises its tiles: storing them made the
-# tiny forward + backward 1.09 / 1.06x faster than recomputing (BUILD_NOTES.md); d12 lengths would need GBs.
+# Saved probabilities per layer above which the chunked kernel rematerialises its tiles: below it, storing them
+# is faster than recomputing; at d12 lengths they would need GBs.
 REMAT_BYTES = 1 << 26
 
 
@@ -105,31 +105,37 @@ def banded_attention(
     if impl == "auto":
         impl = "chunked" if jax.default_backend() == "cpu" or 2 * nb * bs < T else "dense"
     if impl == "chunked":
-        return _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, window=window, pad=pad, block_size=bs,
-                                  granularity=granularity, docs_BxT=docs_BxT, scale=scale)
+        return _chunked_attention(
+            q_BxTxHxK,
+            k_BxTxHxK,
+            v_BxTxHxK,
+            window=window,
+            pad=pad,
+            block_size=bs,
+            granularity=granularity,
+            docs_BxT=docs_BxT,
+            scale=scale,
+        )
     if impl == "dense":
         pos = jnp.arange(T)
         q_pos, k_pos = pos[:, None], pos[None, :]
         allowed = ((k_pos <= q_pos) & _window_allowed(q_pos, k_pos, window, granularity, bs))[None]
         if docs_BxT is not None:
             allowed = allowed & (docs_BxT[:, :, None] == docs_BxT[:, None, :])
-        return jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, scale=scale,
-                                            mask=allowed[:, None])
+        return jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, scale=scale, mask=allowed[:, None])
 
     def band(x_BxTx___, fill):
         """(B, T, ...) -> (B, nq, nb*bs, ...): for query block i, key blocks i-nb+1 .. i."""
         widths = [(0, 0), (pad, 0)] + [(0, 0)] * (x_BxTx___.ndim - 2)
         x = jnp.pad(x_BxTx___, widths, constant_values=fill)
         x = x.reshape(B, nq + nb - 1, bs, *x_BxTx___.shape[2:])
-        x = jnp.stack([x[:, j:j + nq] for j in range(nb)], axis=2)
+        x = jnp.stack([x[:, j : j + nq] for j in range(nb)], axis=2)
         return x.reshape(B, nq, nb * bs, *x_BxTx___.shape[2:])
 
     q_BxQxSxHxK = q_BxTxHxK.reshape(B, nq, bs, H, K)
     k_BxQxNxHxK = band(k_BxTxHxK, 0)
     v_BxQxNxHxK = band(v_BxTxHxK, 0)
-    s_BxHxQxSxN = jnp.einsum(
-        "bqshk,bqnhk->bhqsn", q_BxQxSxHxK, k_BxQxNxHxK, preferred_element_type=jnp.float32
-    ) * scale
+    s_BxHxQxSxN = jnp.einsum("bqshk,bqnhk->bhqsn", q_BxQxSxHxK, k_BxQxNxHxK, preferred_element_type=jnp.float32) * scale
 
     q_pos_QxS = jnp.arange(T).reshape(nq, bs)
     k_pos_QxN = (jnp.arange(nq)[:, None] - (nb - 1)) * bs + jnp.arange(nb * bs)[None, :]
@@ -156,8 +162,9 @@ def _chunk_size(seq_len: int, block_size: int, backend: str | None = None) -> in
     return c
 
 
-def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, block_size: int, granularity: str,
-                       docs_BxT, scale: float) -> jax.Array:
+def _chunked_attention(
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, block_size: int, granularity: str, docs_BxT, scale: float
+) -> jax.Array:
     """The "chunked" kernel: chunk c of C queries attends keys [c*C - pad, (c+1)*C); tiles rematerialised in the
     backward when their probabilities would exceed REMAT_BYTES.
 
@@ -189,13 +196,18 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
         pos = jnp.arange(T)
         spans = tuple((max(0, c * C - pad), (c + 1) * C) for c in range(nc))
         # the biases are inputs of the tiles, so a backward (or a rematerialised tile) does not recompute them
-        biases = tuple(bias(pos[c * C:hi], pos[lo:hi], *((None, None) if docs_BxT is None else
-                                                          (docs_BxT[:, c * C:hi], docs_BxT[:, lo:hi])))
-                       for c, (lo, hi) in enumerate(spans))
+        biases = tuple(
+            bias(
+                pos[c * C : hi],
+                pos[lo:hi],
+                *((None, None) if docs_BxT is None else (docs_BxT[:, c * C : hi], docs_BxT[:, lo:hi])),
+            )
+            for c, (lo, hi) in enumerate(spans)
+        )
         if saved_bytes <= REMAT_BYTES:
             return _static_chunks(q, k, v, biases, spans, C, scale).transpose(0, 2, 1, 3)
         k_chunks, v_chunks = _overlapping_slices(k, spans, T), _overlapping_slices(v, spans, T)
-        outs = [tile(q[:, :, c * C:hi], k_chunks[c], v_chunks[c], biases[c]) for c, (lo, hi) in enumerate(spans)]
+        outs = [tile(q[:, :, c * C : hi], k_chunks[c], v_chunks[c], biases[c]) for c, (lo, hi) in enumerate(spans)]
         return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
     S = C + pad
@@ -212,21 +224,23 @@ def _chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, window, pad: int, blo
     k_pos_NxS = jnp.arange(nc)[:, None] * C - pad + jnp.arange(S)[None, :]
     docs = (None, None) if docs_BxT is None else (docs_BxT.reshape(B, nc, C).swapaxes(0, 1), band(docs_BxT, -1, 1))
     step = remat(lambda q, k, v, *positions_docs: tile(q, k, v, bias(*positions_docs)))
-    _, o_NxBxHxCxK = jax.lax.scan(lambda _, xs: (None, step(*xs)), None,
-                                  (q_NxBxHxCxK, band(k, 0, 2), band(v, 0, 2), q_pos_NxC, k_pos_NxS, *docs))
+    _, o_NxBxHxCxK = jax.lax.scan(
+        lambda _, xs: (None, step(*xs)), None, (q_NxBxHxCxK, band(k, 0, 2), band(v, 0, 2), q_pos_NxC, k_pos_NxS, *docs)
+    )
     return o_NxBxHxCxK.transpose(1, 0, 3, 2, 4).reshape(B, T, H, K)
 
 
 def _tile(q_BxHxCxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xCxS, scale: float):
     """One chunk's attention -> (output, e = exp(s - rowmax), row sums of e). The softmax is written out over the
-    additive mask (vs jnp.where + jax.nn.softmax: one tiny-tier layer 1.13x, the whole forward + backward 1.04x)
-    and normalised after the value product: (e v) / sum(e) divides the C x K output, not the C x S tile, and its
-    backward's row reduction runs over K instead of S (the tiny forward + backward 1.03-1.05x; BUILD_NOTES.md)."""
-    s_BxHxCxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxCxK, k_BxHxSxK,
-                           preferred_element_type=jnp.float32) * scale + bias_Bx1xCxS
+    additive mask (cheaper than jnp.where + jax.nn.softmax) and normalised after the value product: (e v) / sum(e)
+    divides the C x K output, not the C x S tile, and its backward's row reduction runs over K instead of S."""
+    s_BxHxCxS = (
+        jnp.einsum("bhqk,bhsk->bhqs", q_BxHxCxK, k_BxHxSxK, preferred_element_type=jnp.float32) * scale + bias_Bx1xCxS
+    )
     e_BxHxCxS = jnp.exp(s_BxHxCxS - jax.lax.stop_gradient(jnp.max(s_BxHxCxS, axis=-1, keepdims=True)))
-    u_BxHxCxK = jnp.einsum("bhqs,bhsk->bhqk", e_BxHxCxS.astype(v_BxHxSxK.dtype), v_BxHxSxK,
-                           preferred_element_type=jnp.float32)
+    u_BxHxCxK = jnp.einsum(
+        "bhqs,bhsk->bhqk", e_BxHxCxS.astype(v_BxHxSxK.dtype), v_BxHxSxK, preferred_element_type=jnp.float32
+    )
     l_BxHxCx1 = jnp.sum(e_BxHxCxS, axis=-1, keepdims=True)
     return (u_BxHxCxK / l_BxHxCx1).astype(v_BxHxSxK.dtype), e_BxHxCxS, l_BxHxCx1
 
@@ -240,15 +254,19 @@ def _static_chunks(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, biases, spans, C: int, scale
     cannot hand to YNNPACK (it ran 128 single-threaded fallback dots per tiny forward + backward). Here they
     are formed transposed, dK^T = q^T dS and dV^T = (dO / l)^T e, from q^T and dO^T materialised once per
     layer, summed over the overlapping spans along the key axis and transposed back once: every product is a
-    plain YNNPACK matmul (tiny forward + backward 1.03x, BUILD_NOTES.md). Values are the tile's."""
+    plain YNNPACK matmul. Values are the tile's."""
     return _static_chunks_fwd(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, biases, spans, C, scale)[0]
 
 
 def _static_chunks_fwd(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, biases, spans, C, scale):
     k_chunks = tuple(jax.lax.slice_in_dim(k_BxHxTxK, lo, hi, axis=2) for lo, hi in spans)
     v_chunks = tuple(jax.lax.slice_in_dim(v_BxHxTxK, lo, hi, axis=2) for lo, hi in spans)
-    outs, es, sums = zip(*(_tile(q_BxHxTxK[:, :, c * C:hi], k_chunks[c], v_chunks[c], biases[c], scale)
-                           for c, (lo, hi) in enumerate(spans)))
+    outs, es, sums = zip(
+        *(
+            _tile(q_BxHxTxK[:, :, c * C : hi], k_chunks[c], v_chunks[c], biases[c], scale)
+            for c, (lo, hi) in enumerate(spans)
+        )
+    )
     o_BxHxTxK = jnp.concatenate(outs, axis=2)
     return o_BxHxTxK, (q_BxHxTxK, k_chunks, v_chunks, es, sums, o_BxHxTxK)
 
@@ -263,7 +281,7 @@ def _static_chunks_bwd(spans, C, scale, residuals, g_BxHxTxK):
     qT_BxHxKxT = jax.lax.optimization_barrier(jnp.swapaxes(q, 2, 3))
     gT_BxHxKxT = jax.lax.optimization_barrier(jnp.swapaxes(g_BxHxTxK, 2, 3))
     dq, dkT, dvT = [], [], []
-    for c, (lo, hi) in enumerate(spans):
+    for c, (_lo, hi) in enumerate(spans):
         e_BxHxCxS, l_BxHxCx1, rows = es[c], sums[c], slice(c * C, hi)
         dp_BxHxCxS = f32("bhqk,bhsk->bhqs", g_BxHxTxK[:, :, rows], v_chunks[c])
         ds_BxHxCxS = e_BxHxCxS * ((dp_BxHxCxS - g_dot_o_BxHxTx1[:, :, rows]) / l_BxHxCx1)
@@ -272,8 +290,12 @@ def _static_chunks_bwd(spans, C, scale, residuals, g_BxHxTxK):
         dvT.append(f32("bhkq,bhqs->bhks", gT_BxHxKxT[..., rows] / jnp.swapaxes(l_BxHxCx1, 2, 3), e_BxHxCxS))
     dk = jnp.swapaxes(_sum_overlapping(dkT, spans, T, axis=3), 2, 3)
     dv = jnp.swapaxes(_sum_overlapping(dvT, spans, T, axis=3), 2, 3)
-    return (jnp.concatenate(dq, axis=2).astype(q.dtype), dk.astype(k_chunks[0].dtype),
-            dv.astype(v_chunks[0].dtype), None)
+    return (
+        jnp.concatenate(dq, axis=2).astype(q.dtype),
+        dk.astype(k_chunks[0].dtype),
+        dv.astype(v_chunks[0].dtype),
+        None,
+    )
 
 
 _static_chunks.defvjp(_static_chunks_fwd, _static_chunks_bwd)
@@ -286,9 +308,12 @@ def _sum_overlapping(g_chunks, spans, T: int, axis: int) -> jax.Array:
     cuts = sorted({0, T} | {b for span in spans for b in span})
     segments = []
     for a, b in zip(cuts[:-1], cuts[1:]):
-        parts = [jax.lax.slice_in_dim(g, a - lo, b - lo, axis=axis) for g, (lo, hi) in zip(g_chunks, spans)
-                 if lo <= a and b <= hi]
-        shape = g0.shape[:axis] + (b - a,) + g0.shape[axis + 1:]
+        parts = [
+            jax.lax.slice_in_dim(g, a - lo, b - lo, axis=axis)
+            for g, (lo, hi) in zip(g_chunks, spans)
+            if lo <= a and b <= hi
+        ]
+        shape = g0.shape[:axis] + (b - a,) + g0.shape[axis + 1 :]
         segments.append(functools.reduce(jnp.add, parts) if parts else jnp.zeros(shape, g0.dtype))
     return jnp.concatenate(segments, axis=axis)
 
@@ -299,7 +324,7 @@ def _overlapping_slices(x_BxHxTxK: jax.Array, spans: tuple[tuple[int, int], ...]
 
     The backward sums the slices' cotangents segment by segment (between consecutive span boundaries) and
     concatenates once; autodiff's transpose pads every slice's cotangent to T and adds them, which XLA CPU ran as
-    one slow many-operand fusion per layer (the tiny forward + backward 1.04x faster this way, BUILD_NOTES.md)."""
+    one slow many-operand fusion per layer."""
     return tuple(jax.lax.slice_in_dim(x_BxHxTxK, lo, hi, axis=2) for lo, hi in spans)
 
 
@@ -315,12 +340,7 @@ _overlapping_slices.defvjp(_overlapping_slices_fwd, _overlapping_slices_bwd)
 
 
 def dense_attention(
-    q_BxTxHxK: jax.Array,
-    k_BxTxHxK: jax.Array,
-    v_BxTxHxK: jax.Array,
-    *,
-    scale: float,
-    docs_BxT: jax.Array | None = None,
+    q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array, *, scale: float, docs_BxT: jax.Array | None = None
 ) -> jax.Array:
     """Full causal attention (prefix families attend across documents unless docs are given)."""
     if docs_BxT is None:
@@ -357,8 +377,7 @@ def reference_mask(
 
 def masked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxTxT, *, scale: float) -> jax.Array:
     """Dense softmax attention under an explicit mask (reference for the banded kernel)."""
-    s_BxHxTxT = scale * jnp.einsum("bqhk,bthk->bhqt", q_BxTxHxK, k_BxTxHxK,
-                                   preferred_element_type=jnp.float32)
+    s_BxHxTxT = scale * jnp.einsum("bqhk,bthk->bhqt", q_BxTxHxK, k_BxTxHxK, preferred_element_type=jnp.float32)
     s_BxHxTxT = jnp.where(jnp.asarray(mask_BxTxT)[:, None], s_BxHxTxT, -jnp.inf)
     p_BxHxTxT = jax.nn.softmax(s_BxHxTxT, axis=-1).astype(v_BxTxHxK.dtype)
     return jnp.einsum("bhqt,bthk->bqhk", p_BxHxTxT, v_BxTxHxK)

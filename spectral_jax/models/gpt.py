@@ -43,9 +43,17 @@ from flax import nnx
 
 from spectral_jax.models import attention
 from spectral_jax.models.config import ModelConfig
-from spectral_jax.models.head import default_chunk, fused_mean_nll, fused_token_nll, head_logits, mean_nll
 from spectral_jax.models.head import (  # noqa: F401  (re-exported: these lived here before head.py)
-    cross_entropy, cross_entropy_per_sequence, fp8_matmul, logit_head)
+    cross_entropy,
+    cross_entropy_per_sequence,
+    default_chunk,
+    fp8_matmul,
+    fused_mean_nll,
+    fused_token_nll,
+    head_logits,
+    logit_head,
+    mean_nll,
+)
 from spectral_jax.models.matmul import matmul
 
 
@@ -58,9 +66,9 @@ def rms_norm(x: jax.Array) -> jax.Array:
 
 
 # Rotary tables of at most this many (position, frequency) entries are computed with NumPy while the model is
-# traced and enter the program as constants. Computed in the graph, XLA CPU fused the cos/sin into every element
-# of each rotary fusion (the tiny forward + backward 1.05x faster on one core this way, BUILD_NOTES.md); longer
-# tables (d12: 65,536 x 64) stay in the graph rather than embed tens of MB of constants in every program.
+# traced and enter the program as constants: computed in the graph, XLA CPU fused the cos/sin into every element
+# of each rotary fusion; longer tables (d12: 65,536 x 64) stay in the graph rather than embed tens of MB of
+# constants in every program.
 ROTARY_CONSTANT_ENTRIES = 1 << 20
 
 
@@ -147,8 +155,15 @@ def _aux_embed_init(config: ModelConfig):
 
 
 def _linear(d_in, d_out, config, init, rngs):
-    return nnx.Linear(d_in, d_out, use_bias=False, kernel_init=init, dtype=jnp.dtype(config.compute_dtype),
-                      param_dtype=jnp.float32, rngs=rngs)
+    return nnx.Linear(
+        d_in,
+        d_out,
+        use_bias=False,
+        kernel_init=init,
+        dtype=jnp.dtype(config.compute_dtype),
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
 
 
 def _joint_linear(x, linears) -> list[jax.Array]:
@@ -163,8 +178,8 @@ def _joint_linear(x, linears) -> list[jax.Array]:
 
 
 def _apply(linear: nnx.Linear, x: jax.Array) -> jax.Array:
-    """A bias-free nnx.Linear through `matmul.matmul` (nnx.Linear's dtype promotion and values; a backward XLA CPU
-    runs 1.1x faster for the whole tiny model, BUILD_NOTES.md)."""
+    """A bias-free nnx.Linear through `matmul.matmul` (nnx.Linear's dtype promotion and values, with a backward
+    whose products XLA CPU runs as plain matmuls)."""
     x, kernel = linear.promote_dtype((x, linear.kernel[...]), dtype=linear.dtype)
     return matmul(x, kernel)
 
@@ -267,10 +282,15 @@ class CausalSelfAttention(nnx.Module):
             y = attention.dense_attention(q, k, v, scale=cfg.scale, docs_BxT=docs_BxT)
         else:
             y = attention.banded_attention(
-                q, k, v, window=cfg.fixed_window if cfg.window == "fixed" else window,
-                max_window=cfg.max_window, block_size=cfg.attn_block_size,
+                q,
+                k,
+                v,
+                window=cfg.fixed_window if cfg.window == "fixed" else window,
+                max_window=cfg.max_window,
+                block_size=cfg.attn_block_size,
                 granularity="token" if cfg.window in ("fixed", "token") else "block",
-                docs_BxT=docs_BxT, scale=cfg.scale,
+                docs_BxT=docs_BxT,
+                scale=cfg.scale,
             )
         y_BxTxD = y.reshape(B, T, cfg.d_model)
         if self.probe:
@@ -296,8 +316,9 @@ class Block(nnx.Module):
             x_BxTxD = lam[0] * x_BxTxD + lam[1] * x0_BxTxD
         v = None
         if self.attn is not None:
-            y, v = self.attn(rms_norm(x_BxTxD), window=window, docs_BxT=docs_BxT,
-                             v1_BxTxHxK=v1_BxTxHxK, ve_BxTxD=ve_BxTxD)
+            y, v = self.attn(
+                rms_norm(x_BxTxD), window=window, docs_BxT=docs_BxT, v1_BxTxHxK=v1_BxTxHxK, ve_BxTxD=ve_BxTxD
+            )
             x_BxTxD = x_BxTxD + y
         x_BxTxD = x_BxTxD + self.mlp(rms_norm(x_BxTxD))
         _sow(self, "block_out", x_BxTxD)
@@ -314,13 +335,14 @@ class GPT(nnx.Module):
         if config.pos == "learned":
             self.pos_embed = nnx.Embed(config.seq_len, d, embedding_init=_aux_embed_init(config), rngs=rngs)
         if config.n_value_chunks:
-            self.vte = nnx.Embed(V, d * config.n_value_chunks, embedding_init=_aux_embed_init(config),
-                                 rngs=rngs)
+            self.vte = nnx.Embed(V, d * config.n_value_chunks, embedding_init=_aux_embed_init(config), rngs=rngs)
         if config.value_mix == "sparse":
-            self.value_embeds = nnx.List([
-                nnx.Embed(V, d, embedding_init=_aux_embed_init(config), rngs=rngs)
-                for _ in range(config.value_embed_tables)
-            ])
+            self.value_embeds = nnx.List(
+                [
+                    nnx.Embed(V, d, embedding_init=_aux_embed_init(config), rngs=rngs)
+                    for _ in range(config.value_embed_tables)
+                ]
+            )
         self.blocks = nnx.List([Block(config, i, rngs=rngs) for i in range(L)])
         if config.unet:
             self.skip_weights = nnx.Param(jnp.ones(L // 2, jnp.float32))
@@ -332,8 +354,10 @@ class GPT(nnx.Module):
     def _check_inputs(self, T: int, window) -> None:
         cfg = self.config
         if T > cfg.seq_len:
-            raise ValueError(f"sequence length {T} exceeds config.seq_len {cfg.seq_len}; "
-                             "feed shorter sequences or build the model with a larger seq_len")
+            raise ValueError(
+                f"sequence length {T} exceeds config.seq_len {cfg.seq_len}; "
+                "feed shorter sequences or build the model with a larger seq_len"
+            )
         if cfg.window != "none":
             attention.check_blocked(T, cfg.attn_block_size)
         if window is None or cfg.window in ("none", "fixed"):
@@ -343,8 +367,10 @@ class GPT(nnx.Module):
         except jax.errors.JAXTypeError:
             return
         if not 1 <= w <= cfg.window_max:
-            raise ValueError(f"window {w} outside [1, window_max={cfg.window_max}]; "
-                             "use a schedule value (attention.scheduled_window) or raise window_max")
+            raise ValueError(
+                f"window {w} outside [1, window_max={cfg.window_max}]; "
+                "use a schedule value (attention.scheduled_window) or raise window_max"
+            )
 
     def _layer_windows(self, window) -> list:
         """Run-time window (tokens) of every layer; LSWA short layers get max(1, long//2) blocks."""
@@ -387,16 +413,28 @@ class GPT(nnx.Module):
         chunk = chunk or default_chunk(self.config.vocab_size)
         return self.head_weight(), h_BxTxD.reshape(B * T, D), targets_BxT.reshape(B * T), min(chunk, B * T)
 
-    def token_nll(self, tokens_BxT: jax.Array, targets_BxT: jax.Array, *, window: jax.Array | int | None = None,
-                  chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+    def token_nll(
+        self,
+        tokens_BxT: jax.Array,
+        targets_BxT: jax.Array,
+        *,
+        window: jax.Array | int | None = None,
+        chunk: int | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
         """(per-token NLL, validity mask), each (B, T), of the logits `__call__` would return, through the fused
         chunked head + cross-entropy (`head.fused_token_nll`; `chunk` tokens at a time, default
         `head.default_chunk`). Targets < 0 are ignored (NLL 0). Training, evaluation and the probes use this."""
         nll_N = fused_token_nll(self.config, *self._head_inputs(tokens_BxT, targets_BxT, window, chunk))
         return nll_N.reshape(targets_BxT.shape), targets_BxT >= 0
 
-    def loss(self, tokens_BxT: jax.Array, targets_BxT: jax.Array, *, window: jax.Array | int | None = None,
-             chunk: int | None = None) -> jax.Array:
+    def loss(
+        self,
+        tokens_BxT: jax.Array,
+        targets_BxT: jax.Array,
+        *,
+        window: jax.Array | int | None = None,
+        chunk: int | None = None,
+    ) -> jax.Array:
         """Mean token cross-entropy over the batch's valid targets (float32), as in training: the same value as
         mean_nll(*token_nll(...)), through `head.fused_mean_nll` (gradients formed in the forward) except for
         the FP8 head."""

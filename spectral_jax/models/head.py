@@ -84,8 +84,9 @@ def head_logits(config: ModelConfig, w_DxV: jax.Array, x_NxD: jax.Array) -> jax.
     compute dtype (as nnx.Embed.attend / nnx.Linear do), then the family's soft-cap."""
     if config.fp8_head:
         lead = x_NxD.shape[:-1]
-        z = fp8_matmul(x_NxD.reshape(-1, x_NxD.shape[-1]), w_DxV, config.fp8_x_scale, config.fp8_w_scale,
-                       config.fp8_grad_scale).reshape(*lead, -1)
+        z = fp8_matmul(
+            x_NxD.reshape(-1, x_NxD.shape[-1]), w_DxV, config.fp8_x_scale, config.fp8_w_scale, config.fp8_grad_scale
+        ).reshape(*lead, -1)
     else:
         dtype = _head_dtype(config, w_DxV, x_NxD)
         z = jnp.dot(x_NxD.astype(dtype), w_DxV.astype(dtype))
@@ -100,7 +101,7 @@ def _head_dtype(config: ModelConfig, w_DxV, x_NxD):
 # ---- cross-entropy ------------------------------------------------------------------------------
 def _picked(logits_NxV: jax.Array, safe_N: jax.Array) -> jax.Array:
     # a one-hot select instead of take_along_axis: its transpose is a fused elementwise op, not a scatter
-    # into the (N, V) gradient followed by a transposed copy (45 % of a tiny CPU step; BUILD_NOTES.md)
+    # into the (N, V) gradient followed by a transposed copy, which dominated a tiny CPU step
     hit_NxV = jnp.arange(logits_NxV.shape[-1], dtype=safe_N.dtype) == safe_N[..., None]
     return jnp.sum(jnp.where(hit_NxV, logits_NxV, 0.0), axis=-1)
 
@@ -134,10 +135,9 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
 
 
 # ---- fused, chunked head + cross-entropy --------------------------------------------------------
-# Logits per chunk: 2^22 float32 (16 MiB) on CPU, i.e. 512 tokens at tiny, whose training forward + backward
-# (with the hand-written chunk gradients) ran 1.08 / 1.10 / 1.06x faster than with 256 in three A/Bs, and faster
-# than 1,024 or 2,048 (BUILD_NOTES.md); 2^28 (1 GiB) elsewhere, where the chunk only bounds memory (d12: 5,336
-# tokens x 50,304).
+# Logits per chunk: 2^22 float32 (16 MiB) on CPU, i.e. 512 tokens at tiny, the fastest of the chunk sizes
+# timed there (a chunk's logits stay in cache); 2^28 (1 GiB) elsewhere, where the chunk only bounds memory (d12:
+# 5,336 tokens x 50,304).
 _CHUNK_LOGITS = {"cpu": 1 << 22}
 _CHUNK_LOGITS_DEFAULT = 1 << 28
 
@@ -187,7 +187,7 @@ def _nll_and_lse(config: ModelConfig, z_CxV, y_C):
 def _nll_and_softmax(config: ModelConfig, z_CxV, y_C):
     """(per-token NLL, 0 where y < 0; softmax(z)) of one chunk's float32 logits, for the paths that form the
     gradient in the forward. Bounded heads exponentiate once: softmax = e^z / sum(e^z) reuses the log-sum-exp's
-    e^z instead of a second exp pass over the chunk (the tiny forward + backward 1.02x, BUILD_NOTES.md)."""
+    e^z instead of a second exp pass over the chunk."""
     if not _bounded(config):
         nll_C, lse_C = _nll_and_lse(config, z_CxV, y_C)
         return nll_C, jnp.exp(z_CxV - lse_C[:, None])
@@ -208,8 +208,7 @@ def _dlogits(z_CxV, lse_C, y_C, g_C):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
-def fused_token_nll(config: ModelConfig, w_DxV: jax.Array, x_NxD: jax.Array, y_N: jax.Array,
-                    chunk: int) -> jax.Array:
+def fused_token_nll(config: ModelConfig, w_DxV: jax.Array, x_NxD: jax.Array, y_N: jax.Array, chunk: int) -> jax.Array:
     """Per-token NLL (0 where y < 0) of head_logits(config, w, x) against y, `chunk` tokens at a time.
 
     Equal to token_nll(head_logits(config, w, x), y) up to float32 rounding (tested), values and gradients
@@ -236,8 +235,10 @@ def _scan_with_grads(config, w_DxV, x_NxD, y_N, chunk, g, *, with_dw: bool):
     """(per-token NLL (N,), dW (None unless with_dw), dX (N, D)) of the NLL scaled by the scalar g per token, each
     chunk's gradients formed while its logits are in cache (no second head pass)."""
     if config.fp8_head:
-        raise ValueError("the FP8 head's backward rounds g * dz to e5m2, which this path does not; "
-                         "differentiate fused_token_nll, whose backward recomputes through fp8_matmul")
+        raise ValueError(
+            "the FP8 head's backward rounds g * dz to e5m2, which this path does not; "
+            "differentiate fused_token_nll, whose backward recomputes through fp8_matmul"
+        )
     x_KxCxD, y_KxC = _chunked(chunk, x_NxD, y_N)
     dtype = _head_dtype(config, w_DxV, x_NxD)
     w_c = w_DxV.astype(dtype)
@@ -265,9 +266,9 @@ def _scan_forward(config, w_DxV, x_NxD, y_N, chunk):
     """(per-token NLL (N,), per-chunk logsumexp (K, chunk))."""
     x_KxCxD, y_KxC = _chunked(chunk, x_NxD, y_N)
     _, (nll_KxC, lse_KxC) = jax.lax.scan(
-        lambda _, xy: (None, _nll_and_lse(config, head_logits(config, w_DxV, xy[0]), xy[1])), None,
-        (x_KxCxD, y_KxC))
-    return nll_KxC.reshape(-1)[:x_NxD.shape[0]], lse_KxC
+        lambda _, xy: (None, _nll_and_lse(config, head_logits(config, w_DxV, xy[0]), xy[1])), None, (x_KxCxD, y_KxC)
+    )
+    return nll_KxC.reshape(-1)[: x_NxD.shape[0]], lse_KxC
 
 
 def _fused_backward(config, chunk, residuals, g_N):
@@ -285,7 +286,7 @@ def _fused_backward(config, chunk, residuals, g_N):
         return dw_DxV + dw_c, dx_CxD
 
     dw_DxV, dx_KxCxD = jax.lax.scan(step, jnp.zeros_like(w_DxV), (x_KxCxD, y_KxC, lse_KxC, g_KxC))
-    return dw_DxV, dx_KxCxD.reshape(-1, x_NxD.shape[-1])[:x_NxD.shape[0]], None
+    return dw_DxV, dx_KxCxD.reshape(-1, x_NxD.shape[-1])[: x_NxD.shape[0]], None
 
 
 fused_token_nll.defvjp(_fused_forward, _fused_backward, symbolic_zeros=True)
@@ -298,7 +299,7 @@ def fused_mean_nll(config: ModelConfig, w_DxV: jax.Array, x_NxD: jax.Array, y_N:
     Under differentiation its forward forms dW and dX (of the mean, i.e. with the 1/n_valid cotangent the
     per-token path's backward would receive) while each chunk's logits are in cache, and the backward only
     scales them by the scalar cotangent: three head matmuls and one pass over the logits instead of four and
-    two (the tiny head's forward + backward 1.41x faster, BUILD_NOTES.md). Not for the FP8 head, whose
+    two. Not for the FP8 head, whose
     backward rounds g * dz to e5m2: GPT.loss takes fused_token_nll there."""
     return mean_nll(_scan_forward(config, w_DxV, x_NxD, y_N, chunk)[0], y_N >= 0)
 

@@ -24,18 +24,59 @@ import numpy as np
 
 from spectral_jax import spectra
 from spectral_jax.probes.activations import (  # noqa: F401  (re-exported: importable as before the split)
-    _accumulator, _activation_fn, _ActivationPass, _eigenvalues, _iter_batches, _template_accumulator,
-    activation_spectrum, weight_singular_values)
+    _accumulator,
+    _activation_fn,
+    _ActivationPass,
+    _eigenvalues,
+    _iter_batches,
+    _template_accumulator,
+    activation_spectrum,
+    weight_singular_values,
+)
 from spectral_jax.probes.common import (  # noqa: F401  (re-exported)
-    _TRACES, DEFAULT_CHUNK_TOKENS, DEFAULT_GRAD_SAMPLES, DEFAULT_METHOD, METHODS, ProbeError, _as_layers,
-    _check_tokens, _check_window, _chunks, _pad_rows, _placer, default_chunk, split_windows)
+    _TRACES,
+    DEFAULT_CHUNK_TOKENS,
+    DEFAULT_GRAD_SAMPLES,
+    DEFAULT_METHOD,
+    METHODS,
+    ProbeError,
+    _as_layers,
+    _check_tokens,
+    _check_window,
+    _chunks,
+    _pad_rows,
+    _placer,
+    default_chunk,
+    split_windows,
+)
 from spectral_jax.probes.gradients import (  # noqa: F401  (re-exported)
-    _GRAM_BLOCK, _capture_grad_fn, _finite_rows, _forward_loss_fn, _GradPass, _gram64, _pick_method,
-    _raise_nonfinite, _run_grad_chunks, _singular_values_from_chunks, _vmap_grad_fn, gradient_singular_values,
-    per_sample_grads, singular_values_gram)
+    _GRAM_BLOCK,
+    _capture_grad_fn,
+    _finite_rows,
+    _forward_loss_fn,
+    _GradPass,
+    _gram64,
+    _pick_method,
+    _raise_nonfinite,
+    _run_grad_chunks,
+    _singular_values_from_chunks,
+    _vmap_grad_fn,
+    gradient_singular_values,
+    per_sample_grads,
+    singular_values_gram,
+)
 from spectral_jax.probes.matrices import (  # noqa: F401  (re-exported)
-    _KEY_RE, ALIASES, MATRICES, MatrixSpec, _get, _kernel, _nest, _resolve_layer, _resolve_matrices,
-    resolve_matrix)
+    _KEY_RE,
+    ALIASES,
+    MATRICES,
+    MatrixSpec,
+    _get,
+    _kernel,
+    _nest,
+    _resolve_layer,
+    _resolve_matrices,
+    resolve_matrix,
+)
 
 
 # ---- the fused probe used in training ------------------------------------------------------------------
@@ -51,9 +92,19 @@ class ProbeResult:
     method: str | None = None  # per-sample gradient method used
 
 
-def run_probes(model, pool_NxT1, *, layers=(-1,), matrices=("final_attn_out",), grad_samples: int | None = None,
-               grad_layers=(-1,), chunk: int | None = None, window=None, mesh=None,
-               method: str = "auto") -> ProbeResult:
+def run_probes(
+    model,
+    pool_NxT1,
+    *,
+    layers=(-1,),
+    matrices=("final_attn_out",),
+    grad_samples: int | None = None,
+    grad_layers=(-1,),
+    chunk: int | None = None,
+    window=None,
+    mesh=None,
+    method: str = "auto",
+) -> ProbeResult:
     """Activation spectra at `layers` over every pool sequence, per-sample gradient spectra of `matrices`
     over the first `grad_samples` (default min(512, N)) sequences, and weight spectra of `matrices`.
 
@@ -139,27 +190,48 @@ def _safe_summary(values, tail, head, bank) -> dict:
     return out
 
 
-def summarize_probe(result: ProbeResult, *, tail, head=spectra.HEAD_WINDOW,
-                    bank=spectra.WINDOW_BANK) -> list[dict]:
+def summarize_probe(result: ProbeResult, *, tail, head=spectra.HEAD_WINDOW, bank=spectra.WINDOW_BANK) -> list[dict]:
     """Tidy records, one per spectrum: {"kind", "layer", "matrix", "n", alpha_tail(_r2), alpha_head(_r2),
     alpha_{lo}_{hi}(_r2) for bank windows that fit, rankme, hard_rank, stable_rank, participation_ratio,
     head_mass10}. A tail window longer than the spectrum gives alpha_tail None (gradient spectra with
     M < tail hi)."""
     records = []
     for layer, v in sorted(result.activation.items()):
-        records.append({"kind": "activation", "layer": int(layer), "matrix": None, "n": int(len(v)),
-                        **_safe_summary(v, tail, head, bank)})
+        records.append(
+            {
+                "kind": "activation",
+                "layer": int(layer),
+                "matrix": None,
+                "n": int(len(v)),
+                **_safe_summary(v, tail, head, bank),
+            }
+        )
     for kind, table in (("gradient", result.gradient), ("weight", result.weight)):
         for key, v in table.items():
             m = _KEY_RE.match(key)
             layer, name = (int(m.group(1)), m.group(2)) if m else (None, key)
-            records.append({"kind": kind, "layer": layer, "matrix": name, "n": int(len(v)),
-                            **_safe_summary(v, tail, head, bank)})
+            records.append(
+                {"kind": kind, "layer": layer, "matrix": name, "n": int(len(v)), **_safe_summary(v, tail, head, bank)}
+            )
     return records
 
 
 __all__ = [
-    "ALIASES", "DEFAULT_METHOD", "MATRICES", "METHODS", "MatrixSpec", "ProbeError", "ProbeResult",
-    "activation_spectrum", "default_chunk", "gradient_singular_values", "per_sample_grads", "resolve_matrix",
-    "run_probes", "singular_values_gram", "split_windows", "summarize_probe", "weight_singular_values",
+    "ALIASES",
+    "DEFAULT_METHOD",
+    "MATRICES",
+    "METHODS",
+    "MatrixSpec",
+    "ProbeError",
+    "ProbeResult",
+    "activation_spectrum",
+    "default_chunk",
+    "gradient_singular_values",
+    "per_sample_grads",
+    "resolve_matrix",
+    "run_probes",
+    "singular_values_gram",
+    "split_windows",
+    "summarize_probe",
+    "weight_singular_values",
 ]

@@ -80,8 +80,9 @@ def _accumulator(dim: int, mesh) -> CovarianceAccumulator:
 
 def _eigenvalues(acc: CovarianceAccumulator) -> np.ndarray:
     if acc.nonfinite_rows:
-        raise ProbeError(f"{acc.nonfinite_rows} activation rows are NaN/inf: the checkpoint diverged; "
-                         "no spectrum written")
+        raise ProbeError(
+            f"{acc.nonfinite_rows} activation rows are NaN/inf: the checkpoint diverged; no spectrum written"
+        )
     return acc.eigenvalues()
 
 

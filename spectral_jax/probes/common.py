@@ -12,7 +12,8 @@ import collections
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from spectral_jax.probes.matrices import _resolve_layer
 

@@ -35,8 +35,17 @@ from flax import nnx
 from spectral_jax.models.gpt import rms_norm
 from spectral_jax.models.head import mean_nll, mean_nll_per_sequence
 from spectral_jax.probes.common import (
-    _TRACES, DEFAULT_METHOD, METHODS, ProbeError, _check_tokens, _check_window, _chunks, _pad_rows, _placer,
-    default_chunk)
+    _TRACES,
+    DEFAULT_METHOD,
+    METHODS,
+    ProbeError,
+    _check_tokens,
+    _check_window,
+    _chunks,
+    _pad_rows,
+    _placer,
+    default_chunk,
+)
 from spectral_jax.probes.matrices import MatrixSpec, _get, _nest, resolve_matrix
 
 
@@ -81,15 +90,16 @@ def _vmap_grad_fn(graphdef, specs: tuple[MatrixSpec, ...], act_layers: tuple[int
                 nll, outs = model.token_nll(x_T[None], y_T[None], window=win), ()
             return mean_nll(*nll), outs
 
-        (losses, acts), grads = jax.vmap(jax.value_and_grad(sequence_loss, has_aux=True),
-                                         in_axes=(None, 0, 0))(wrt, x_CxT, y_CxT)
+        (losses, acts), grads = jax.vmap(jax.value_and_grad(sequence_loss, has_aux=True), in_axes=(None, 0, 0))(
+            wrt, x_CxT, y_CxT
+        )
         C = x_CxT.shape[0]
         flat = dict(nnx.to_flat_state(grads))
         G = []
         for s in specs:
             g = flat[s.kernel_path][...]
             if s.columns is not None:
-                g = g[:, :, s.columns[0]:s.columns[1]]
+                g = g[:, :, s.columns[0] : s.columns[1]]
             G.append(g.reshape(C, -1).astype(jnp.float32))
         return tuple(G), losses, _finite_rows(losses, G), acts
 
@@ -97,8 +107,9 @@ def _vmap_grad_fn(graphdef, specs: tuple[MatrixSpec, ...], act_layers: tuple[int
 
 
 @functools.lru_cache(maxsize=64)
-def _capture_grad_fn(graphdef, specs: tuple[MatrixSpec, ...], act_layers: tuple[int, ...], has_window: bool,
-                     compute_dtype: str):
+def _capture_grad_fn(
+    graphdef, specs: tuple[MatrixSpec, ...], act_layers: tuple[int, ...], has_window: bool, compute_dtype: str
+):
     """jit(state, x, y, window) -> (G per spec (C, P), per-sequence losses, finite flags, acts).
 
     One forward + one batched backward: grad of sum_b loss_b w.r.t. zero perturbations of the probed
@@ -114,7 +125,8 @@ def _capture_grad_fn(graphdef, specs: tuple[MatrixSpec, ...], act_layers: tuple[
             model = nnx.merge(graphdef, state)
             init = _nest({p: nnx.Perturbation(v) for p, v in perturb.items()})
             nll, acts = nnx.capture(model.token_nll, nnx.Intermediate, init=init)(
-                x_CxT, y_CxT, window=window if has_window else None)
+                x_CxT, y_CxT, window=window if has_window else None
+            )
             losses = mean_nll_per_sequence(*nll)
             return losses.sum(), (losses, acts)
 
@@ -125,7 +137,7 @@ def _capture_grad_fn(graphdef, specs: tuple[MatrixSpec, ...], act_layers: tuple[
             a = _get(acts, s.in_path)[0]
             g = g_out[s.out_path]
             if s.columns is not None:
-                g = g[..., s.columns[0]:s.columns[1]]
+                g = g[..., s.columns[0] : s.columns[1]]
             G.append(jnp.einsum("btd,bte->bde", a, g, preferred_element_type=jnp.float32).reshape(C, -1))
         outs = tuple(rms_norm(acts["blocks"][l]["block_out"][0]) for l in act_layers)
         return tuple(G), losses, _finite_rows(losses, G), outs
@@ -143,9 +155,14 @@ def _gram64(G_MxP):
     P_ = G_MxP.shape[1]
     gram = None
     for start in range(0, P_, _GRAM_BLOCK):
-        block = G_MxP[:, start:start + _GRAM_BLOCK].astype(jnp.float64)
-        part = jax.lax.dot_general(block, block, (((1,), (1,)), ((), ())),
-                                   precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float64)
+        block = G_MxP[:, start : start + _GRAM_BLOCK].astype(jnp.float64)
+        part = jax.lax.dot_general(
+            block,
+            block,
+            (((1,), (1,)), ((), ())),
+            precision=jax.lax.Precision.HIGHEST,
+            preferred_element_type=jnp.float64,
+        )
         gram = part if gram is None else gram + part
     return gram
 
@@ -159,9 +176,11 @@ def _pick_method(config, specs, method: str) -> str:
     if method == "auto":
         return "vmap" if off else "capture"
     if method == "capture" and off:
-        raise ValueError(f"method='capture' needs the probed block(s) {off} in config.probe_layers "
-                         f"(now {config.probe_layers}, i.e. blocks {sorted(probe)}): rebuild the model with "
-                         f"probe_layers including {off}, or use method='vmap'")
+        raise ValueError(
+            f"method='capture' needs the probed block(s) {off} in config.probe_layers "
+            f"(now {config.probe_layers}, i.e. blocks {sorted(probe)}): rebuild the model with "
+            f"probe_layers including {off}, or use method='vmap'"
+        )
     return method
 
 
@@ -183,8 +202,7 @@ class _GradPass:
             self.extra = ()
         else:
             graphdef, state = nnx.split(model)
-            self.fn, out_paths = _capture_grad_fn(graphdef, specs, act_layers, has_window,
-                                                  config.compute_dtype)
+            self.fn, out_paths = _capture_grad_fn(graphdef, specs, act_layers, has_window, config.compute_dtype)
             flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
             by_out = {s.out_path: flat[s.kernel_path].shape[1] for s in specs}
             self.args = (replicate(state),)
@@ -198,8 +216,7 @@ def _raise_nonfinite(ok, offset: int, n_valid: int, what: str = "gradient"):
     ok = np.asarray(ok)[:n_valid]
     if not ok.all():
         i = offset + int(np.flatnonzero(~ok)[0])
-        raise ProbeError(f"non-finite loss or {what} for sequence {i}: the checkpoint diverged; "
-                         "no spectrum written")
+        raise ProbeError(f"non-finite loss or {what} for sequence {i}: the checkpoint diverged; no spectrum written")
 
 
 def _run_grad_chunks(run: _GradPass, x, y, chunk, on_acts=None):
@@ -221,9 +238,18 @@ def _run_grad_chunks(run: _GradPass, x, y, chunk, on_acts=None):
     return out
 
 
-def per_sample_grads(model, inputs_MxT, targets_MxT, matrix: str = "final_attn_out", *,
-                     layer: int | None = None, chunk: int | None = None, window=None,
-                     method: str = DEFAULT_METHOD, mesh=None) -> jax.Array:
+def per_sample_grads(
+    model,
+    inputs_MxT,
+    targets_MxT,
+    matrix: str = "final_attn_out",
+    *,
+    layer: int | None = None,
+    chunk: int | None = None,
+    window=None,
+    method: str = DEFAULT_METHOD,
+    mesh=None,
+) -> jax.Array:
     """Per-sequence gradients G (M, P) float32 of the training loss w.r.t. one matrix (row m = sequence m's
     gradient flattened in (in, out) layout). `method` "vmap" | "capture" | "auto" (module docstring);
     "capture" raises for a block outside config.probe_layers. Raises ProbeError on a non-finite loss or
@@ -265,19 +291,29 @@ def singular_values_gram(G_MxP) -> np.ndarray:
     with jax.enable_x64(True):
         gram = np.asarray(_gram64(G), np.float64)
     gram = 0.5 * (gram + gram.T)
-    ev = np.linalg.eigvalsh(gram)[::-1][:min(M, Pn)]
+    ev = np.linalg.eigvalsh(gram)[::-1][: min(M, Pn)]
     return np.sqrt(np.clip(ev, 0.0, None))
 
 
-def gradient_singular_values(model, inputs_MxT, targets_MxT, matrix: str = "final_attn_out", *,
-                             layer: int | None = None, chunk: int | None = None, window=None,
-                             method: str = DEFAULT_METHOD, mesh=None) -> np.ndarray:
+def gradient_singular_values(
+    model,
+    inputs_MxT,
+    targets_MxT,
+    matrix: str = "final_attn_out",
+    *,
+    layer: int | None = None,
+    chunk: int | None = None,
+    window=None,
+    method: str = DEFAULT_METHOD,
+    mesh=None,
+) -> np.ndarray:
     """Singular values (descending, length min(M, P)) of the per-sample gradient matrix of `matrix`.
 
     Raises ProbeError if M < 2 or any per-sample loss / gradient is non-finite."""
     M = np.shape(inputs_MxT)[0] if np.ndim(inputs_MxT) == 2 else 0
     if M < 2:
         raise ProbeError(f"need at least 2 sequences for a gradient spectrum, got M={M}")
-    G = per_sample_grads(model, inputs_MxT, targets_MxT, matrix, layer=layer, chunk=chunk, window=window,
-                         method=method, mesh=mesh)
+    G = per_sample_grads(
+        model, inputs_MxT, targets_MxT, matrix, layer=layer, chunk=chunk, window=window, method=method, mesh=mesh
+    )
     return singular_values_gram(G)

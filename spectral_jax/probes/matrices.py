@@ -56,8 +56,9 @@ def _resolve_layer(config, layer: int | None) -> int:
     except (TypeError, ValueError):
         raise ValueError(f"layer must be an int in [-{L}, {L}), got {layer!r}") from None
     if not -L <= layer < L:
-        raise ValueError(f"layer {layer} outside the model's blocks: valid layers are 0..{L - 1} "
-                         f"(or -{L}..-1 from the end)")
+        raise ValueError(
+            f"layer {layer} outside the model's blocks: valid layers are 0..{L - 1} (or -{L}..-1 from the end)"
+        )
     return layer % L
 
 
@@ -74,8 +75,7 @@ def resolve_matrix(config, matrix: str = "final_attn_out", layer: int | None = N
         name, fixed = ALIASES[matrix]
         fixed %= config.n_layer
         if layer is not None and _resolve_layer(config, layer) != fixed:
-            raise ValueError(f"matrix {matrix!r} is fixed to block {fixed}; use matrix={name!r} "
-                             f"with layer={layer}")
+            raise ValueError(f"matrix {matrix!r} is fixed to block {fixed}; use matrix={name!r} with layer={layer}")
         layer = fixed
     elif (m := _KEY_RE.match(matrix)) is not None:
         key_layer, name = int(m.group(1)), m.group(2)
@@ -89,22 +89,38 @@ def resolve_matrix(config, matrix: str = "final_attn_out", layer: int | None = N
     blk = ("blocks", l)
     if name == "mlp_out":
         hidden = config.mlp_ratio * d
-        return MatrixSpec(l, name, blk + ("mlp", "c_proj", "kernel"), None, blk + ("mlp", "c_proj_in"),
-                          blk + ("mlp", "c_proj_out"), (hidden, d))
+        return MatrixSpec(
+            l,
+            name,
+            blk + ("mlp", "c_proj", "kernel"),
+            None,
+            blk + ("mlp", "c_proj_in"),
+            blk + ("mlp", "c_proj_out"),
+            (hidden, d),
+        )
     if config.no_attn_layer is not None and l == config.no_attn_layer:
-        raise ValueError(f"block {l} has no attention (config.no_attn_layer={config.no_attn_layer}), so "
-                         f"{matrix!r} does not exist there; pick another layer or matrix 'mlp_out'")
+        raise ValueError(
+            f"block {l} has no attention (config.no_attn_layer={config.no_attn_layer}), so "
+            f"{matrix!r} does not exist there; pick another layer or matrix 'mlp_out'"
+        )
     attn = blk + ("attn",)
     if name == "attn_out":
-        return MatrixSpec(l, name, attn + ("c_proj", "kernel"), None, attn + ("c_proj_in",),
-                          attn + ("c_proj_out",), (d, d))
+        return MatrixSpec(
+            l, name, attn + ("c_proj", "kernel"), None, attn + ("c_proj_in",), attn + ("c_proj_out",), (d, d)
+        )
     col = {"attn_q": 0, "attn_v": 2}[name]
     if config.fused_qkv:
-        return MatrixSpec(l, name, attn + ("c_attn", "kernel"), (col * d, (col + 1) * d), attn + ("attn_in",),
-                          attn + ("c_attn_out",), (d, d))
+        return MatrixSpec(
+            l,
+            name,
+            attn + ("c_attn", "kernel"),
+            (col * d, (col + 1) * d),
+            attn + ("attn_in",),
+            attn + ("c_attn_out",),
+            (d, d),
+        )
     proj = {"attn_q": "c_q", "attn_v": "c_v"}[name]
-    return MatrixSpec(l, name, attn + (proj, "kernel"), None, attn + ("attn_in",), attn + (f"{proj}_out",),
-                      (d, d))
+    return MatrixSpec(l, name, attn + (proj, "kernel"), None, attn + ("attn_in",), attn + (f"{proj}_out",), (d, d))
 
 
 def _resolve_matrices(config, matrices, grad_layers) -> tuple[MatrixSpec, ...]:
@@ -145,4 +161,4 @@ def _kernel(model, spec: MatrixSpec) -> jax.Array:
     for p in spec.kernel_path:
         node = node[p] if isinstance(p, int) else getattr(node, p)
     w = node[...]
-    return w if spec.columns is None else w[:, spec.columns[0]:spec.columns[1]]
+    return w if spec.columns is None else w[:, spec.columns[0] : spec.columns[1]]

@@ -23,14 +23,14 @@ import numpy as np
 
 from spectral_jax import efficiency
 from spectral_jax import halving as sweep_lib
+from spectral_jax.fields import option, overrides_of
+from spectral_jax.records import environment, json_text, log_stderr, read_json, to_jsonable, write_json
 from spectral_jax.toy import figures as figs
 from spectral_jax.toy import fourier
 from spectral_jax.toy import task as task_lib
 from spectral_jax.toy.model import STAGES, ToyDims, check_stage
 from spectral_jax.toy.probes import ToyProbeConfig, ToyProber, band_key
 from spectral_jax.toy.train import ToyRun, ToyTrainConfig
-from spectral_jax.fields import option, overrides_of
-from spectral_jax.records import environment, json_text, log_stderr, read_json, to_jsonable, write_json
 
 SELECTIONS = ("first_seed", "every_seed")
 
@@ -52,12 +52,23 @@ class ToyExperimentConfig:
     reference_batch: int = option(32, "B0 of the LR scaling and the step scaling")
     lr_multipliers: tuple[float, ...] = option(sweep_lib.MULTIPLIERS, "LR multipliers around each scaling centre")
     lr_centers: tuple[str, ...] = option(sweep_lib.CENTERS, "LR scaling centres (sqrt, linear, none)")
-    scale_steps: bool = option(True, "max_steps and eval_every are at reference_batch; B < B0 runs B0/B times more steps")
-    rung_fractions: tuple[float, ...] = option((0.125, 0.25, 0.5, 1.0), "successive-halving rung budgets as fractions of max_steps, ending at 1", name="rungs")
+    scale_steps: bool = option(
+        True, "max_steps and eval_every are at reference_batch; B < B0 runs B0/B times more steps"
+    )
+    rung_fractions: tuple[float, ...] = option(
+        (0.125, 0.25, 0.5, 1.0), "successive-halving rung budgets as fractions of max_steps, ending at 1", name="rungs"
+    )
     eta: float = option(2.0, "keep the best 1/eta of the LR candidates at each rung")
-    selection: str = option("first_seed", "LR selection on the first seed only (first_seed: later seeds reuse its LR), or on every seed (every_seed)")
-    checkpoint_fractions: tuple[float, ...] = option((0.25, 0.5, 1.0), "fractions of max_steps: the three ΔH_peak checkpoints")
-    progress_fractions: tuple[float, ...] = option(tuple(round(0.1 * i, 1) for i in range(1, 11)), "training-progress fractions of the Spearman-vs-progress tables")
+    selection: str = option(
+        "first_seed",
+        "LR selection on the first seed only (first_seed: later seeds reuse its LR), or on every seed (every_seed)",
+    )
+    checkpoint_fractions: tuple[float, ...] = option(
+        (0.25, 0.5, 1.0), "fractions of max_steps: the three ΔH_peak checkpoints"
+    )
+    progress_fractions: tuple[float, ...] = option(
+        tuple(round(0.1 * i, 1) for i in range(1, 11)), "training-progress fractions of the Spearman-vs-progress tables"
+    )
     task: task_lib.TaskConfig = option(task_lib.TaskConfig(), "the task", flag=False)
     probe: ToyProbeConfig = option(ToyProbeConfig(), "probe sizes", flag=False)
     dims: ToyDims = option(ToyDims(), "model dimensions", flag=False)
@@ -92,10 +103,19 @@ class ToyExperimentConfig:
 
     def train_config(self, stage: str, batch: int, lr: float, seed: int) -> ToyTrainConfig:
         k = self.step_scale(batch)
-        return ToyTrainConfig(stage=stage, batch_size=batch, lr=lr, seed=seed, target=self.target,
-                              max_steps=self.max_steps * k, eval_every=self.eval_every * k,
-                              val_sequences=self.val_sequences, measure_every=self.measure_every,
-                              micro_batch=self.micro_batch, dims=self.dims)
+        return ToyTrainConfig(
+            stage=stage,
+            batch_size=batch,
+            lr=lr,
+            seed=seed,
+            target=self.target,
+            max_steps=self.max_steps * k,
+            eval_every=self.eval_every * k,
+            val_sequences=self.val_sequences,
+            measure_every=self.measure_every,
+            micro_batch=self.micro_batch,
+            dims=self.dims,
+        )
 
     def rungs(self, batch: int) -> list[int]:
         """Rung budgets in steps at batch B: fractions of its max_steps rounded up to its eval cadence."""
@@ -121,8 +141,7 @@ def run_name(stage: str, batch: int, seed: int) -> str:
 # ---- one (stage, batch, seed) ------------------------------------------------------------------------------------
 def _halving(cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits, log) -> tuple[ToyRun, dict]:
     """Successive halving over the LR grid; returns the winner's run (trained to its stop) and the table."""
-    mults = sweep_lib.lr_candidates(batch, cfg.reference_batch, multipliers=cfg.lr_multipliers,
-                                    centers=cfg.lr_centers)
+    mults = sweep_lib.lr_candidates(batch, cfg.reference_batch, multipliers=cfg.lr_multipliers, centers=cfg.lr_centers)
     keys = {sweep_lib.candidate_key(m): m for m in mults}
     runs: dict[str, ToyRun] = {}
 
@@ -133,12 +152,20 @@ def _halving(cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits
         return sweep_lib.RungResult(loss=run.val_loss, tokens=run.tokens, reached=run.status == "reached")
 
     result = sweep_lib.successive_halving(
-        list(keys), cfg.rungs(batch), advance, eta=cfg.eta,
-        log=lambda msg: log(f"[{stage} B={batch} seed={seed}] LR halving " + msg))
+        list(keys),
+        cfg.rungs(batch),
+        advance,
+        eta=cfg.eta,
+        log=lambda msg: log(f"[{stage} B={batch} seed={seed}] LR halving " + msg),
+    )
     winner = runs[result.best]
     table = [dict(row, lr=cfg.lr_base * keys[row["candidate"]]) for row in result.table]
-    return winner, dict(candidates=[cfg.lr_base * m for m in mults], rungs=cfg.rungs(batch), table=table,
-                        best_lr=cfg.lr_base * keys[result.best])
+    return winner, dict(
+        candidates=[cfg.lr_base * m for m in mults],
+        rungs=cfg.rungs(batch),
+        table=table,
+        best_lr=cfg.lr_base * keys[result.best],
+    )
 
 
 def probe_steps(cfg: ToyExperimentConfig, run: ToyRun) -> dict[int, str]:
@@ -160,12 +187,14 @@ def probe_steps(cfg: ToyExperimentConfig, run: ToyRun) -> dict[int, str]:
 
 def _measure(cfg: ToyExperimentConfig, run: ToyRun, prober: ToyProber) -> list[dict]:
     levels = probe_steps(cfg, run)
-    return run.measure(lambda model, snap: dict(prober(model, level=levels[snap.step]), level=levels[snap.step]),
-                       steps=list(levels))
+    return run.measure(
+        lambda model, snap: dict(prober(model, level=levels[snap.step]), level=levels[snap.step]), steps=list(levels)
+    )
 
 
-def _run_one(cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits, prober: ToyProber,
-             lr: float | None, log) -> dict:
+def _run_one(
+    cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits, prober: ToyProber, lr: float | None, log
+) -> dict:
     t0 = time.perf_counter()
     if lr is None:
         run, selection = _halving(cfg, stage, batch, seed, splits, log)
@@ -176,21 +205,28 @@ def _run_one(cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits
     t_train = time.perf_counter() - t0
     records = _measure(cfg, run, prober)
     t_probe = time.perf_counter() - t0 - t_train
-    out = dict(run.summary(), evals=run.evals, records=records, selection=selection,
-               wall_seconds=dict(train=t_train, probes=t_probe))
-    log(f"[{stage} B={batch} seed={seed}] {run.status} at step {run.step} ({run.tokens:,} tokens), val "
-        f"{run.val_loss:.4f}, lr {run.tc.lr:.3g}; train {t_train:.0f}s, probes {t_probe:.0f}s")
+    out = dict(
+        run.summary(),
+        evals=run.evals,
+        records=records,
+        selection=selection,
+        wall_seconds=dict(train=t_train, probes=t_probe),
+    )
+    log(
+        f"[{stage} B={batch} seed={seed}] {run.status} at step {run.step} ({run.tokens:,} tokens), val "
+        f"{run.val_loss:.4f}, lr {run.tc.lr:.3g}; train {t_train:.0f}s, probes {t_probe:.0f}s"
+    )
     return out
 
 
-def run_toy_experiment(cfg: ToyExperimentConfig, out: str | pathlib.Path,
-                       log: Callable[[str], None] = log_stderr, *, figures: bool = True) -> dict:
+def run_toy_experiment(
+    cfg: ToyExperimentConfig, out: str | pathlib.Path, log: Callable[[str], None] = log_stderr, *, figures: bool = True
+) -> dict:
     """Train and probe every (seed, stage, batch), reusing finished run files; then summarise (and plot)."""
     out = pathlib.Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     fp = cfg.fingerprint()
-    write_json(out / "config.json", dict(config=to_jsonable(cfg), fingerprint=fp,
-                                         environment=environment()))
+    write_json(out / "config.json", dict(config=to_jsonable(cfg), fingerprint=fp, environment=environment()))
     t0 = time.perf_counter()
     chosen: dict[tuple[str, int], float] = {}
     for seed in cfg.seeds:
@@ -207,8 +243,9 @@ def run_toy_experiment(cfg: ToyExperimentConfig, out: str | pathlib.Path,
                         chosen.setdefault((stage, batch), done["lr"])
                         continue
                 reuse = seed != cfg.seeds[0] and cfg.selection == "first_seed"
-                result = _run_one(cfg, stage, batch, seed, splits, prober,
-                                  chosen.get((stage, batch)) if reuse else None, log)
+                result = _run_one(
+                    cfg, stage, batch, seed, splits, prober, chosen.get((stage, batch)) if reuse else None, log
+                )
                 chosen.setdefault((stage, batch), result["lr"])
                 write_json(path, dict(result, fingerprint=fp))
     log(f"all runs done in {time.perf_counter() - t0:.0f}s; summarising")
@@ -234,8 +271,16 @@ def load_runs(out: str | pathlib.Path) -> tuple[ToyExperimentConfig, list[dict]]
 def config_from_dict(d: Mapping[str, Any]) -> ToyExperimentConfig:
     d = dict(d)
     tup = lambda v: tuple(tuple(x) if isinstance(x, list) else x for x in v)  # noqa: E731
-    for k in ("stages", "batches", "seeds", "lr_multipliers", "lr_centers", "rung_fractions", "checkpoint_fractions",
-              "progress_fractions"):
+    for k in (
+        "stages",
+        "batches",
+        "seeds",
+        "lr_multipliers",
+        "lr_centers",
+        "rung_fractions",
+        "checkpoint_fractions",
+        "progress_fractions",
+    ):
         d[k] = tup(d[k])
     probe = dict(d["probe"])
     for k in ("head", "tail", "local"):
@@ -252,8 +297,13 @@ def _mean_sd(values: Sequence[float]) -> dict:
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
     if v.size == 0:
         return dict(mean=None, sd=None, min=None, max=None, n=0)
-    return dict(mean=float(v.mean()), sd=float(v.std(ddof=1)) if v.size > 1 else 0.0, min=float(v.min()),
-                max=float(v.max()), n=int(v.size))
+    return dict(
+        mean=float(v.mean()),
+        sd=float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        min=float(v.min()),
+        max=float(v.max()),
+        n=int(v.size),
+    )
 
 
 def record_at_step(run: Mapping, step: int) -> dict:
@@ -298,14 +348,21 @@ def _fourier_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
     names = list(transitions)
     ratios = {}
     for i, n1 in enumerate(names):
-        for n2 in names[i + 1:]:
+        for n2 in names[i + 1 :]:
             m1 = transitions[n1]["dH_peak_mean_over_checkpoints"]
             m2 = transitions[n2]["dH_peak_mean_over_checkpoints"]
             if m1 is not None and m2 is not None and m1 != 0:
                 ratios[f"({n2})/({n1})"] = m2 / m1
     steps = {str(b): cfg.checkpoint_steps(b) for b in cfg.batches}
-    return dict(checkpoints=labels, checkpoint_steps_by_batch=steps, bands=[band_key(b) for b in cfg.probe.bands],
-                stages=per_stage, transition_order=names, transitions=transitions, dH_peak_ratios=ratios)
+    return dict(
+        checkpoints=labels,
+        checkpoint_steps_by_batch=steps,
+        bands=[band_key(b) for b in cfg.probe.bands],
+        stages=per_stage,
+        transition_order=names,
+        transitions=transitions,
+        dH_peak_ratios=ratios,
+    )
 
 
 def _progress_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
@@ -316,9 +373,13 @@ def _progress_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
     within = []
     for seed in cfg.seeds:
         for stage in cfg.stages:
-            fam = {r["batch"]: dict(tokens_to_target=r["tokens_to_target"],
-                                    records=[x for x in r["records"] if x.get(key) is not None])
-                   for r in runs if r["stage"] == stage and r["seed"] == seed}
+            fam = {
+                r["batch"]: dict(
+                    tokens_to_target=r["tokens_to_target"], records=[x for x in r["records"] if x.get(key) is not None]
+                )
+                for r in runs
+                if r["stage"] == stage and r["seed"] == seed
+            }
             if sum(v["tokens_to_target"] is not None for v in fam.values()) < 3:
                 continue
             for row in efficiency.spearman_vs_progress(fam, windows=[(lo, hi)], fractions=cfg.progress_fractions):
@@ -335,8 +396,13 @@ def _progress_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
                     ys.append(r["tokens_to_target"])
             res = efficiency.spearman(xs, ys)
             pooled.append(dict(fraction=f, seed=seed, rho=res.rho, p_value=res.p_value, n=res.n))
-    return dict(key=key, within_stage=within, pooled=pooled,
-                pooled_mean=_by_fraction(pooled), within_stage_mean=_by_fraction(within))
+    return dict(
+        key=key,
+        within_stage=within,
+        pooled=pooled,
+        pooled_mean=_by_fraction(pooled),
+        within_stage_mean=_by_fraction(within),
+    )
 
 
 def _by_fraction(rows: list[dict]) -> list[dict]:
@@ -353,14 +419,21 @@ def _reach_table(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
         for b in cfg.batches:
             rs = [r for r in runs if r["stage"] == stage and r["batch"] == b]
             T = [r["tokens_to_target"] for r in rs if r["tokens_to_target"] is not None]
-            table[stage][str(b)] = dict(reached=len(T), runs=len(rs), tokens_to_target=_mean_sd(T),
-                                        steps_to_target=_mean_sd([r["steps"] for r in rs if r["status"] == "reached"]),
-                                        final_val_loss=_mean_sd([r["final_val_loss"] for r in rs]),
-                                        lr=sorted({r["lr"] for r in rs}))
+            table[stage][str(b)] = dict(
+                reached=len(T),
+                runs=len(rs),
+                tokens_to_target=_mean_sd(T),
+                steps_to_target=_mean_sd([r["steps"] for r in rs if r["status"] == "reached"]),
+                final_val_loss=_mean_sd([r["final_val_loss"] for r in rs]),
+                lr=sorted({r["lr"] for r in rs}),
+            )
         best = {}
         for seed in cfg.seeds:
-            reached = {r["batch"]: r["tokens_to_target"] for r in runs
-                       if r["stage"] == stage and r["seed"] == seed and r["tokens_to_target"] is not None}
+            reached = {
+                r["batch"]: r["tokens_to_target"]
+                for r in runs
+                if r["stage"] == stage and r["seed"] == seed and r["tokens_to_target"] is not None
+            }
             if reached:
                 best[str(seed)] = min(reached, key=lambda b: (reached[b], b))
         table[stage]["token_optimal_batch_by_seed"] = best
@@ -376,8 +449,25 @@ def summarize(out: str | pathlib.Path, *, figures: bool = True, wall_seconds: fl
     summary = dict(
         config=to_jsonable(cfg),
         n_runs=len(runs),
-        runs=[{k: r[k] for k in ("stage", "batch", "seed", "lr", "status", "steps", "tokens", "tokens_to_target",
-                                 "final_val_loss", "tokens_per_second", "wall_seconds")} for r in runs],
+        runs=[
+            {
+                k: r[k]
+                for k in (
+                    "stage",
+                    "batch",
+                    "seed",
+                    "lr",
+                    "status",
+                    "steps",
+                    "tokens",
+                    "tokens_to_target",
+                    "final_val_loss",
+                    "tokens_per_second",
+                    "wall_seconds",
+                )
+            }
+            for r in runs
+        ],
         reach=_reach_table(cfg, runs),
         fourier=_fourier_tables(cfg, runs),
         spearman_vs_progress=_progress_tables(cfg, runs),
@@ -402,8 +492,9 @@ def _band_sweep_table(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
             row = {}
             for when, pick in (("step0", lambda r: r["records"][0]), ("final", lambda r: r["records"][-1])):
                 for key in ("H_peak", "H_S", "H_gini", "pca_peak_mass_pc1"):
-                    row[f"{key}_{when}"] = _mean_sd([pick(r)["band_sweep"][k][key] for r in rs
-                                                     if "band_sweep" in pick(r)])
+                    row[f"{key}_{when}"] = _mean_sd(
+                        [pick(r)["band_sweep"][k][key] for r in rs if "band_sweep" in pick(r)]
+                    )
             table[stage][k] = row
     return table
 
@@ -413,36 +504,76 @@ def _gradient_table(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
     table = {}
     for stage in cfg.stages:
         finals = [r["records"][-1] for r in runs if r["stage"] == stage]
-        table[stage] = {k: _mean_sd([f.get(k) for f in finals])
-                        for k in ("alpha_10_40", "alpha_head", "rankme", "grad_alpha_10_40", "grad_rankme",
-                                  "psg_alpha_head", "psg_rankme")}
+        table[stage] = {
+            k: _mean_sd([f.get(k) for f in finals])
+            for k in (
+                "alpha_10_40",
+                "alpha_head",
+                "rankme",
+                "grad_alpha_10_40",
+                "grad_rankme",
+                "psg_alpha_head",
+                "psg_rankme",
+            )
+        }
     return table
 
 
 # ---- presets -----------------------------------------------------------------------------------------------------
 REFERENCE = ToyExperimentConfig(
-    batches=(32, 64, 128, 256, 512), seeds=(0,), target=2.0, max_steps=5000, eval_every=10, val_sequences=None,
-    measure_every=25, lr_base=3e-4, rung_fractions=(0.125, 0.5, 1.0), checkpoint_fractions=(0.1, 0.2, 0.3),
+    batches=(32, 64, 128, 256, 512),
+    seeds=(0,),
+    target=2.0,
+    max_steps=5000,
+    eval_every=10,
+    val_sequences=None,
+    measure_every=25,
+    lr_base=3e-4,
+    rung_fractions=(0.125, 0.5, 1.0),
+    checkpoint_fractions=(0.1, 0.2, 0.3),
     scale_steps=False,
-    probe=ToyProbeConfig(bands=((97, 200), (179, 50)), n_probe=12_000, n_sweep=12_000, grad_samples=64))
+    probe=ToyProbeConfig(bands=((97, 200), (179, 50)), n_probe=12_000, n_sweep=12_000, grad_samples=64),
+)
 """The reference's trusted toy run (docs/method.md §6.4): B 32..512, 5,000 steps, target 2.0, eval every 10 steps on the
 whole validation split, ASHA-like rungs 1/8, 1/2, 1, checkpoints 500/1000/1500, 12,000 probe sequences. Days of
 CPU time; here for accelerators."""
 
 CPU = ToyExperimentConfig(
-    batches=(8, 16, 32), seeds=(0, 1), target=5.0, max_steps=160, eval_every=10, val_sequences=128,
-    measure_every=1, lr_base=1.2e-3, lr_multipliers=(0.5, 1.0, 2.0), rung_fractions=(0.125, 0.25, 0.5, 1.0),
-    checkpoint_fractions=(0.25, 0.5, 1.0), progress_fractions=(0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0),
-    probe=ToyProbeConfig(n_samples=512, n_probe=1024, n_sweep=512, grad_samples=32))
-"""The default CPU run (under 45 minutes on 2 cores; BUILD_NOTES.md "Toy" gives the measured time and the reasons
-for each reduction)."""
+    batches=(8, 16, 32),
+    seeds=(0, 1),
+    target=5.0,
+    max_steps=160,
+    eval_every=10,
+    val_sequences=128,
+    measure_every=1,
+    lr_base=1.2e-3,
+    lr_multipliers=(0.5, 1.0, 2.0),
+    rung_fractions=(0.125, 0.25, 0.5, 1.0),
+    checkpoint_fractions=(0.25, 0.5, 1.0),
+    progress_fractions=(0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0),
+    probe=ToyProbeConfig(n_samples=512, n_probe=1024, n_sweep=512, grad_samples=32),
+)
+"""The default CPU run (under 45 minutes on 2 cores; docs/results.md gives the measured time, BUILD_NOTES.md the
+reasons for each reduction)."""
 
 QUICK = ToyExperimentConfig(
-    batches=(8, 16), seeds=(0,), target=5.5, max_steps=20, eval_every=5, val_sequences=128, measure_every=1,
-    lr_base=1.2e-3, lr_multipliers=(1.0, 2.0), lr_centers=("sqrt",), rung_fractions=(0.5, 1.0),
-    checkpoint_fractions=(0.5, 1.0), progress_fractions=(0.25, 0.5, 1.0),
-    probe=ToyProbeConfig(n_samples=256, n_probe=256, sweep_bands=fourier.PROBE_BANDS[:4], n_sweep=256,
-                         grad_samples=16, chunk=256))
+    batches=(8, 16),
+    seeds=(0,),
+    target=5.5,
+    max_steps=20,
+    eval_every=5,
+    val_sequences=128,
+    measure_every=1,
+    lr_base=1.2e-3,
+    lr_multipliers=(1.0, 2.0),
+    lr_centers=("sqrt",),
+    rung_fractions=(0.5, 1.0),
+    checkpoint_fractions=(0.5, 1.0),
+    progress_fractions=(0.25, 0.5, 1.0),
+    probe=ToyProbeConfig(
+        n_samples=256, n_probe=256, sweep_bands=fourier.PROBE_BANDS[:4], n_sweep=256, grad_samples=16, chunk=256
+    ),
+)
 """--quick: every code path at toy scale in a few minutes (numbers are not meaningful)."""
 
 PRESETS = {"cpu": CPU, "quick": QUICK, "reference": REFERENCE}

@@ -51,8 +51,13 @@ def loss_curves(cfg, runs: Sequence[Mapping]) -> Figure:
         for r in runs:
             if r["stage"] == stage and r["seed"] == seed:
                 ev = [e for e in r["evals"] if e["tokens"] > 0]
-                ax.plot([e["tokens"] for e in ev], [e["val_loss"] for e in ev], color=colors[r["batch"]],
-                        label=f"B={r['batch']} (lr {r['lr']:.2g})", lw=1.3)
+                ax.plot(
+                    [e["tokens"] for e in ev],
+                    [e["val_loss"] for e in ev],
+                    color=colors[r["batch"]],
+                    label=f"B={r['batch']} (lr {r['lr']:.2g})",
+                    lw=1.3,
+                )
         ax.axhline(cfg.target, color="crimson", ls="--", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -77,8 +82,9 @@ def spearman_vs_progress(progress: Mapping) -> Figure:
     for stage in stages:
         rows = [r for r in progress["within_stage"] if r["stage"] == stage]
         fr = sorted({r["fraction"] for r in rows})
-        means = [np.nanmean([r["rho"] if r["rho"] is not None else np.nan for r in rows if r["fraction"] == x])
-                 for x in fr]
+        means = [
+            np.nanmean([r["rho"] if r["rho"] is not None else np.nan for r in rows if r["fraction"] == x]) for x in fr
+        ]
         ax.plot(fr, means, "s--", color=_color(stage), ms=3, lw=1, label=f"within {stage} (across batches)")
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_ylim(-1.05, 1.05)
@@ -88,8 +94,16 @@ def spearman_vs_progress(progress: Mapping) -> Figure:
     if pooled or stages:
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no Spearman: fewer than 3 runs reached the target\n(per seed pooled, or per stage)",
-                transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
+        ax.text(
+            0.5,
+            0.5,
+            "no Spearman: fewer than 3 runs reached the target\n(per seed pooled, or per stage)",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="0.3",
+        )
     return fig
 
 
@@ -103,8 +117,10 @@ def fourier_profiles(cfg, runs: Sequence[Mapping], band: tuple[int, int]) -> Fig
         run = next((r for r in runs if r["stage"] == stage and r["seed"] == seed and r["batch"] == batch), None)
         if run is None:
             continue
-        for rec, style, label in ((run["records"][0], dict(color="0.5", ls="--"), "step 0"),
-                                  (run["records"][-1], dict(color=_color(stage)), f"end (step {run['steps']})")):
+        for rec, style, label in (
+            (run["records"][0], dict(color="0.5", ls="--"), "step 0"),
+            (run["records"][-1], dict(color=_color(stage)), f"end (step {run['steps']})"),
+        ):
             en = np.asarray(rec["fourier"][k]["energy"])
             r = np.arange(1, band[0] // 2 + 1)
             ax.plot(r, en[r], lw=1.2, label=label, **style)
@@ -135,10 +151,16 @@ def matched_loss_spectra(cfg, runs: Sequence[Mapping]) -> tuple[Figure, dict]:
             rec = efficiency.matched_loss_rows(r["records"], [target])[0]
             v = spectra.trace_normalize(rec["act_eigenvalues"])
             keep = v > 0
-            ax.plot(np.arange(1, v.size + 1)[keep], v[keep], color=colors[r["batch"]], lw=1.2,
-                    label=f"B={r['batch']} (step {rec['step']}, loss {rec['val_loss']:.2f})")
-            chosen[stage]["rows"][str(r["batch"])] = dict(step=rec["step"], val_loss=rec["val_loss"],
-                                                         alpha_10_40=rec.get("alpha_10_40"))
+            ax.plot(
+                np.arange(1, v.size + 1)[keep],
+                v[keep],
+                color=colors[r["batch"]],
+                lw=1.2,
+                label=f"B={r['batch']} (step {rec['step']}, loss {rec['val_loss']:.2f})",
+            )
+            chosen[stage]["rows"][str(r["batch"])] = dict(
+                step=rec["step"], val_loss=rec["val_loss"], alpha_10_40=rec.get("alpha_10_40")
+            )
         lo, hi = cfg.probe.local
         ax.axvspan(lo, hi, color="0.9", zorder=0)
         ax.set_xscale("log")
@@ -163,16 +185,26 @@ def delta_h_peak(fourier_table: Mapping) -> Figure:
         means = [fourier_table["transitions"][n]["dH_peak"][s]["mean"] for n in names]
         sds = [fourier_table["transitions"][n]["dH_peak"][s]["sd"] for n in names]
         x = np.arange(len(names)) + (j - (len(steps) - 1) / 2) * width
-        ax.bar(x, [np.nan if m is None else m for m in means], width, yerr=[0 if v is None else v for v in sds],
-               color=colors[j], label=f"checkpoint {j + 1}", capsize=2)
+        ax.bar(
+            x,
+            [np.nan if m is None else m for m in means],
+            width,
+            yerr=[0 if v is None else v for v in sds],
+            color=colors[j],
+            label=f"checkpoint {j + 1}",
+            capsize=2,
+        )
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xticks(np.arange(len(names)), names, fontsize=8)
     ax.set_xlabel("transition")
     ax.set_ylabel("ΔH_peak (mean over batches and seeds; error bar 1 sd)")
-    at = "; ".join(f"B={b}: steps {', '.join(map(str, v))}"
-                   for b, v in fourier_table["checkpoint_steps_by_batch"].items())
-    ax.set_title(f"Fourier concentration gain per transition (band {', '.join(fourier_table['bands'])})\n"
-                 f"checkpoints {at}", fontsize=7)
+    at = "; ".join(
+        f"B={b}: steps {', '.join(map(str, v))}" for b, v in fourier_table["checkpoint_steps_by_batch"].items()
+    )
+    ax.set_title(
+        f"Fourier concentration gain per transition (band {', '.join(fourier_table['bands'])})\ncheckpoints {at}",
+        fontsize=7,
+    )
     ax.legend(fontsize=7)
     return fig
 
@@ -185,11 +217,28 @@ def band_sweep(cfg, sweep_table: Mapping) -> Figure:
     for ax, key in zip(axes, ("H_peak", "H_S")):
         for stage in cfg.stages:
             fin = [sweep_table[stage][b][f"{key}_final"] for b in bands]
-            ax.errorbar(x, [np.nan if v["mean"] is None else v["mean"] for v in fin],
-                        yerr=[0 if v["sd"] is None else v["sd"] for v in fin], fmt="o-", ms=3, capsize=2, lw=1.2,
-                        color=_color(stage), label=f"{stage} (end)")
-        init = [np.nanmean([np.nan if sweep_table[s][b][f"{key}_step0"]["mean"] is None
-                            else sweep_table[s][b][f"{key}_step0"]["mean"] for s in cfg.stages]) for b in bands]
+            ax.errorbar(
+                x,
+                [np.nan if v["mean"] is None else v["mean"] for v in fin],
+                yerr=[0 if v["sd"] is None else v["sd"] for v in fin],
+                fmt="o-",
+                ms=3,
+                capsize=2,
+                lw=1.2,
+                color=_color(stage),
+                label=f"{stage} (end)",
+            )
+        init = [
+            np.nanmean(
+                [
+                    np.nan
+                    if sweep_table[s][b][f"{key}_step0"]["mean"] is None
+                    else sweep_table[s][b][f"{key}_step0"]["mean"]
+                    for s in cfg.stages
+                ]
+            )
+            for b in bands
+        ]
         ax.plot(x, init, ":", color="black", lw=1, label="step 0 (mean over stages)")
         ax.set_xticks(x, bands, rotation=45, fontsize=7)
         ax.set_yscale("log")
@@ -210,8 +259,14 @@ def h_s_curves(cfg, runs: Sequence[Mapping], band: tuple[int, int]) -> Figure:
         if run is None:
             continue
         recs = [x for x in run["records"] if "fourier" in x]
-        ax.plot([x["step"] for x in recs], [x["fourier"][k]["H_S"] for x in recs], "o-", ms=3, color=_color(stage),
-                label=stage)
+        ax.plot(
+            [x["step"] for x in recs],
+            [x["fourier"][k]["H_S"] for x in recs],
+            "o-",
+            ms=3,
+            color=_color(stage),
+            label=stage,
+        )
     ax.set_xlabel("training step")
     ax.set_ylabel(f"H_S (mass on r = ±1), band {k}")
     ax.set_title(f"task-band concentration (B={batch}, seed {seed})", fontsize=9)

@@ -91,8 +91,9 @@ class FourierProbe:
         }
 
 
-def conditional_means(h_NxD: np.ndarray, m_N: np.ndarray, c0: int,
-                      center: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def conditional_means(
+    h_NxD: np.ndarray, m_N: np.ndarray, c0: int, center: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """H[m] = mean of h over rows labelled m (empty labels give a zero row), centred over m; counts."""
     h_NxD = np.asarray(h_NxD, dtype=np.float64)
     m_N = np.asarray(m_N, dtype=np.int64)
@@ -177,7 +178,7 @@ def pca_fourier(H_CxD: np.ndarray, k: int = 8) -> tuple[np.ndarray, np.ndarray, 
     evr_K = normalize(s_K**2)[:k]
     peak_K, pair_K, freq_K = np.zeros(k), np.zeros(k), np.zeros(k, dtype=np.int64)
     for j in range(k):
-        Pn_C = normalize(fourier_energy(U_CxK[:, j:j + 1] - U_CxK[:, j].mean()))
+        Pn_C = normalize(fourier_energy(U_CxK[:, j : j + 1] - U_CxK[:, j].mean()))
         positive_R = Pn_C[positive_freqs(len(Pn_C))]
         peak_K[j], pair_K[j] = positive_R.max(), pair_mass(Pn_C).max()
         freq_K[j] = int(np.argmax(positive_R)) + 1
@@ -209,16 +210,23 @@ def fourier_probe(H_CxD: np.ndarray, k: int = 8, task_freqs: Sequence[int] | Non
     )
 
 
-def probe_hidden(h_NxD: np.ndarray, m_N: np.ndarray, c0: int, k: int = 8,
-                 task_freqs: Sequence[int] | None = None) -> FourierProbe:
+def probe_hidden(
+    h_NxD: np.ndarray, m_N: np.ndarray, c0: int, k: int = 8, task_freqs: Sequence[int] | None = None
+) -> FourierProbe:
     """fourier_probe of the centred state-conditioned means of last-position hidden states."""
     H_CxD, _ = conditional_means(h_NxD, m_N, c0)
     return fourier_probe(H_CxD, k, task_freqs)
 
 
-def band_sweep(hidden_fn: Callable[[np.ndarray], np.ndarray], cfg: task_lib.TaskConfig,
-               bands: Sequence[tuple[int, int]] = PROBE_BANDS, kind: str = "matched_band",
-               n: int = 12_000, probe_seed: int = 0, k: int = 8) -> dict[tuple[int, int], FourierProbe]:
+def band_sweep(
+    hidden_fn: Callable[[np.ndarray], np.ndarray],
+    cfg: task_lib.TaskConfig,
+    bands: Sequence[tuple[int, int]] = PROBE_BANDS,
+    kind: str = "matched_band",
+    n: int = 12_000,
+    probe_seed: int = 0,
+    k: int = 8,
+) -> dict[tuple[int, int], FourierProbe]:
     """Probe every band: split i uses seed probe_seed + 97·i (reference); hidden_fn maps x (N×L)
     to the last-position hidden states (N×D)."""
     results = {}

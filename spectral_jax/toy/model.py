@@ -75,15 +75,40 @@ def toy_config(stage: str, dims: ToyDims = ToyDims()) -> ModelConfig:
     AdamW groups carry weight decay 0.01, which OptimConfig cannot express)."""
     check_stage(stage)
     kind = STAGE_OPTIMIZER[stage]
-    optim = OptimConfig(kind=kind, lr=3e-4, weight_decay=0.0, lr_embed=3e-4, lr_head=3e-4, lr_matrix=50 * 3e-4,
-                        lr_scalar=3e-4, betas=(0.9, 0.999), betas_embed=(0.9, 0.999), betas_scalar=(0.9, 0.999),
-                        momentum=0.95, momentum_start=0.95, momentum_warmup_steps=0, nesterov=True,
-                        grad_clip=None, schedule="constant", reference_batch=32)
+    optim = OptimConfig(
+        kind=kind,
+        lr=3e-4,
+        weight_decay=0.0,
+        lr_embed=3e-4,
+        lr_head=3e-4,
+        lr_matrix=50 * 3e-4,
+        lr_scalar=3e-4,
+        betas=(0.9, 0.999),
+        betas_embed=(0.9, 0.999),
+        betas_scalar=(0.9, 0.999),
+        momentum=0.95,
+        momentum_start=0.95,
+        momentum_warmup_steps=0,
+        nesterov=True,
+        grad_clip=None,
+        schedule="constant",
+        reference_batch=32,
+    )
     return make_config(
-        stage, "tiny",
-        vocab_size=dims.vocab_size, eot_id=0, n_layer=dims.n_layer, n_head=dims.n_head,
-        head_dim=dims.d_model // dims.n_head, d_model=dims.d_model, mlp_ratio=dims.ff_mult,
-        seq_len=dims.seq_len, compute_dtype="float32", init="pytorch", logit_head="none", optim=optim,
+        stage,
+        "tiny",
+        vocab_size=dims.vocab_size,
+        eot_id=0,
+        n_layer=dims.n_layer,
+        n_head=dims.n_head,
+        head_dim=dims.d_model // dims.n_head,
+        d_model=dims.d_model,
+        mlp_ratio=dims.ff_mult,
+        seq_len=dims.seq_len,
+        compute_dtype="float32",
+        init="pytorch",
+        logit_head="none",
+        optim=optim,
     )
 
 
@@ -123,4 +148,3 @@ def hidden_and_logits(model: GPT, x_BxL) -> tuple[jax.Array, jax.Array]:
     """(h, logits): the final normalised hidden state (B, L, D) and the logits (B, L, V) of one forward."""
     graphdef, state = nnx.split(model)
     return _hidden_and_logits(graphdef, state, jnp.asarray(x_BxL, jnp.int32))
-

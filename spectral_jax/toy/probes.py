@@ -114,8 +114,9 @@ def last_states(model, x_NxL, y_NxL, chunk: int = 512, with_grad: bool = True) -
     graphdef, state = nnx.split(model)
     hs, gs = [], []
     for i in range(0, x_NxL.shape[0], chunk):
-        h, g = _last_state(graphdef, state, jnp.asarray(x_NxL[i:i + chunk]), jnp.asarray(y_NxL[i:i + chunk, -1]),
-                            with_grad)
+        h, g = _last_state(
+            graphdef, state, jnp.asarray(x_NxL[i : i + chunk]), jnp.asarray(y_NxL[i : i + chunk, -1]), with_grad
+        )
         hs.append(np.asarray(h))
         gs.append(np.asarray(g))
     return np.concatenate(hs)[:n], np.concatenate(gs)[:n]
@@ -131,7 +132,7 @@ def centred_eigenvalues(acts_NxD: np.ndarray) -> np.ndarray:
         raise ValueError(f"need at least 2 rows of a 2-D array, got shape {a.shape}")
     s = np.linalg.svd(a - a.mean(axis=0), compute_uv=False)
     ev = np.zeros(a.shape[1])
-    ev[:s.size] = s ** 2 / (a.shape[0] - 1)
+    ev[: s.size] = s**2 / (a.shape[0] - 1)
     return ev
 
 
@@ -150,8 +151,12 @@ class ToyProber:
 
     Probe splits and the sample set are drawn once; records of a state already probed come from a cache."""
 
-    def __init__(self, task_cfg: task_lib.TaskConfig, splits: Mapping[str, task_lib.Split],
-                 cfg: ToyProbeConfig = ToyProbeConfig()):
+    def __init__(
+        self,
+        task_cfg: task_lib.TaskConfig,
+        splits: Mapping[str, task_lib.Split],
+        cfg: ToyProbeConfig = ToyProbeConfig(),
+    ):
         self.task_cfg, self.cfg = task_cfg, cfg
         train = splits["train"]
         n = min(cfg.n_samples, train.x_NxL.shape[0])
@@ -166,8 +171,9 @@ class ToyProber:
         if key not in self._splits:
             bands = list(fourier.PROBE_BANDS)
             index = bands.index(tuple(band)) if tuple(band) in bands else len(bands) + len(self._splits)
-            self._splits[key] = task_lib.probe_split(self.task_cfg, band[0], band[1], kind=self.cfg.probe_kind,
-                                                     n=n, seed=self.cfg.probe_seed + 97 * index)
+            self._splits[key] = task_lib.probe_split(
+                self.task_cfg, band[0], band[1], kind=self.cfg.probe_kind, n=n, seed=self.cfg.probe_seed + 97 * index
+            )
         return self._splits[key]
 
     def fourier(self, model, band: tuple[int, int], n: int) -> fourier.FourierProbe:
@@ -193,8 +199,9 @@ class ToyProber:
         act = centred_eigenvalues(h_NxD)
         grad = centred_eigenvalues(g_NxD)
         windows = dict(tail=cfg.tail, head=cfg.head, bank=(cfg.local,))
-        rec: dict[str, Any] = dict(spectrum_summary(act, **windows),
-                                   **spectrum_summary(grad, **windows, prefix="grad_"))
+        rec: dict[str, Any] = dict(
+            spectrum_summary(act, **windows), **spectrum_summary(grad, **windows, prefix="grad_")
+        )
         rec["act_eigenvalues"] = act.tolist()
         rec["grad_eigenvalues"] = grad.tolist()
         if level == "spectra":
@@ -212,7 +219,7 @@ class ToyProber:
                 m = min(cfg.grad_samples, self.x_NxL.shape[0])
                 sv = per_sample_gradient_singular_values(model, self.x_NxL[:m], self.y_NxL[:m], cfg.grad_matrix)
                 rec["psg_singular_values"] = sv.tolist()
-                rec.update(spectrum_summary(sv ** 2, tail=None, head=cfg.head, bank=(), prefix="psg_"))
+                rec.update(spectrum_summary(sv**2, tail=None, head=cfg.head, bank=(), prefix="psg_"))
         return rec
 
 
@@ -228,8 +235,9 @@ def params_digest(model) -> str:
 def per_sample_gradient_singular_values(model, x_MxL, y_MxL, matrix: str = "final_attn_out") -> np.ndarray:
     """True per-sample gradient SVD: singular values of the M x P matrix whose row m is the gradient of sequence m's
     mean CE w.r.t. `matrix` (spectral_jax.probes: jax.vmap(jax.grad) + float64 Gram + eigh). Descending."""
-    return lm_probes.gradient_singular_values(model, np.asarray(x_MxL, np.int32), np.asarray(y_MxL, np.int32),
-                                              matrix, method="vmap")
+    return lm_probes.gradient_singular_values(
+        model, np.asarray(x_MxL, np.int32), np.asarray(y_MxL, np.int32), matrix, method="vmap"
+    )
 
 
 def fourier_profile(record: Mapping[str, Any], band: tuple[int, int]) -> np.ndarray:
@@ -240,4 +248,3 @@ def fourier_profile(record: Mapping[str, Any], band: tuple[int, int]) -> np.ndar
 def sweep_table(record: Mapping[str, Any], key: str = "H_peak") -> dict[str, float]:
     """band -> summary (H_peak by default) from a record's band sweep."""
     return {b: float(v[key]) for b, v in record.get("band_sweep", {}).items()}
-

@@ -144,8 +144,7 @@ def _sample_offsets(cfg: TaskConfig, c: np.ndarray, rng: np.random.Generator) ->
     return np.minimum(np.searchsorted(cum_V, u, side="right"), cfg.vocab_size - c)
 
 
-def sample_steps(cfg: TaskConfig, c: np.ndarray,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_steps(cfg: TaskConfig, c: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Steps d for moduli c (any shape) and the forced factor g (0 where none): see TaskConfig."""
     c = np.asarray(c, dtype=np.int64)
     d_min = np.maximum(1, np.floor(cfg.d_min_frac * c).astype(np.int64))
@@ -169,9 +168,7 @@ def _token_noise(cfg: TaskConfig, shape: tuple[int, ...], rng: np.random.Generat
     if cfg.noise == "gaussian":
         return cfg.noise_std * rng.standard_normal(shape)
     if cfg.noise == "student_t":
-        return cfg.noise_std * rng.standard_t(cfg.noise_df, size=shape) * math.sqrt(
-            (cfg.noise_df - 2.0) / cfg.noise_df
-        )
+        return cfg.noise_std * rng.standard_t(cfg.noise_df, size=shape) * math.sqrt((cfg.noise_df - 2.0) / cfg.noise_df)
     return np.zeros(shape)
 
 
@@ -227,8 +224,9 @@ def make_task(cfg: TaskConfig) -> dict[str, Split]:
     return {name: sample_split(cfg, n, rng) for name, n in sizes.items()}
 
 
-def probe_split(cfg: TaskConfig, c0: int, o0: int, kind: str = "matched_band", n: int = 12_000,
-                seed: int = 0) -> ProbeSplit:
+def probe_split(
+    cfg: TaskConfig, c0: int, o0: int, kind: str = "matched_band", n: int = 12_000, seed: int = 0
+) -> ProbeSplit:
     """Probe sequences whose anchored component has the fixed band (c0, o0) (docs/method.md §6.6).
 
     Both kinds draw the anchor's step d with the task's step sampler and a ~ U{0..c0−1}.
@@ -254,5 +252,13 @@ def probe_split(cfg: TaskConfig, c0: int, o0: int, kind: str = "matched_band", n
         w_NxM = np.where(used_NxM, _component_weights(cfg, used_NxM.shape, rng), 0.0)
         tokens_NxK = _mix_to_tokens(cfg, t_NxMxK, w_NxM, rng)
     state_NxL = ((a_N[:, None] + d_N[:, None] * np.arange(cfg.seq_len)) % c0).astype(np.int32)
-    return ProbeSplit(x_NxL=tokens_NxK[:, :-1], y_NxL=tokens_NxK[:, 1:], state_NxL=state_NxL,
-                      d_N=d_N, a_N=a_N, c0=c0, o0=o0, kind=kind)
+    return ProbeSplit(
+        x_NxL=tokens_NxK[:, :-1],
+        y_NxL=tokens_NxK[:, 1:],
+        state_NxL=state_NxL,
+        d_N=d_N,
+        a_N=a_N,
+        c0=c0,
+        o0=o0,
+        kind=kind,
+    )

@@ -89,8 +89,7 @@ def power_law_kernel(n: int, p: float) -> np.ndarray:
     return np.maximum(fold(n), 1).astype(np.float64) ** -p
 
 
-def rk4(f: Callable[[np.ndarray], np.ndarray], y0: np.ndarray, t_T: Sequence[float],
-        dt: float) -> np.ndarray:
+def rk4(f: Callable[[np.ndarray], np.ndarray], y0: np.ndarray, t_T: Sequence[float], dt: float) -> np.ndarray:
     """Classical RK4 for the autonomous ODE y' = f(y); states at the sorted times t_T (≥ 0), stacked."""
     y, t, out = np.asarray(y0, dtype=np.float64), 0.0, []
     for t_next in t_T:
@@ -119,8 +118,9 @@ def rank_decay_exponent(values: np.ndarray, window: tuple[int, int]) -> float:
 # ------------------------------------------------------------------------ (a) one-layer linear flow
 
 
-def linear_mode_solution(rate_N: np.ndarray, w_star_N: np.ndarray, w0_N: np.ndarray,
-                         t_T: Sequence[float]) -> np.ndarray:
+def linear_mode_solution(
+    rate_N: np.ndarray, w_star_N: np.ndarray, w0_N: np.ndarray, t_T: Sequence[float]
+) -> np.ndarray:
     """w_r(t) = w*_r + (w_r(0) − w*_r) e^{−ρ_r t} (T×n complex); ρ_r = lr·k_r (·P_r if preconditioned)."""
     decay_TxN = np.exp(-np.outer(np.asarray(t_T, dtype=np.float64), rate_N))
     return w_star_N + (np.asarray(w0_N) - w_star_N) * decay_TxN
@@ -131,8 +131,9 @@ def activation_moments(k_N: np.ndarray, w_TxN: np.ndarray) -> np.ndarray:
     return k_N * np.abs(w_TxN) ** 2
 
 
-def gradient_moments(k_N: np.ndarray, w_TxN: np.ndarray, w_star_N: np.ndarray,
-                     batch: float = np.inf, noise_var: float = 0.0) -> np.ndarray:
+def gradient_moments(
+    k_N: np.ndarray, w_TxN: np.ndarray, w_star_N: np.ndarray, batch: float = np.inf, noise_var: float = 0.0
+) -> np.ndarray:
     """G_r = k_r² |w_r − w*_r|² (1 + c_r/B) + σ² k_r / B (module docstring (a)); B = ∞: population."""
     n = k_N.shape[0]
     r_N = np.arange(n)
@@ -141,9 +142,15 @@ def gradient_moments(k_N: np.ndarray, w_TxN: np.ndarray, w_star_N: np.ndarray,
     return signal_TxN * (1.0 + c_N / batch) + noise_var * k_N / batch
 
 
-def simulate_linear_flow(sigma_NxN: np.ndarray, w_star_NxN: np.ndarray, w0_NxN: np.ndarray,
-                         t_T: Sequence[float], lr: float = 1.0, precond_NxN: np.ndarray | None = None,
-                         dt: float | None = None) -> np.ndarray:
+def simulate_linear_flow(
+    sigma_NxN: np.ndarray,
+    w_star_NxN: np.ndarray,
+    w0_NxN: np.ndarray,
+    t_T: Sequence[float],
+    lr: float = 1.0,
+    precond_NxN: np.ndarray | None = None,
+    dt: float | None = None,
+) -> np.ndarray:
     """Integrate dW/dt = −lr (W − W*) Σ P in the original coordinates with RK4; W at t_T (T×n×n).
 
     dt defaults to 0.02 / (lr·‖Σ P‖₂) (RK4 error ~1e-10 relative per unit time).
@@ -169,20 +176,25 @@ def adaptive_mode_rates(k_N: np.ndarray, batch: float, noise_var: float, lr: flo
     return lr * k_N / np.sqrt(v_N)
 
 
-def batch_mode_exponent(k_N: np.ndarray, batch: float, noise_var: float,
-                        window: tuple[int, int]) -> float:
+def batch_mode_exponent(k_N: np.ndarray, batch: float, noise_var: float, window: tuple[int, int]) -> float:
     """q_B = rank_decay_exponent(ρ(B), window) for adaptive_mode_rates (module docstring (b))."""
     return rank_decay_exponent(adaptive_mode_rates(k_N, batch, noise_var), window)
 
 
-def early_activation_spectrum(k_N: np.ndarray, rate_N: np.ndarray, t: float, d: int = 1,
-                              dt: float | None = None) -> np.ndarray:
+def early_activation_spectrum(
+    k_N: np.ndarray, rate_N: np.ndarray, t: float, d: int = 1, dt: float | None = None
+) -> np.ndarray:
     """Descending eigenvalues of W(t) Σ W(t)ᵀ from the original-coordinate flow dW/dt = −(W − S_d) Σ P,
     Σ = circulant(k), P = circulant(ρ/k), W(0) = 0, teacher the shift S_d (|w*_r| = 1)."""
     sigma_NxN = circulant(k_N)
-    W_NxN = simulate_linear_flow(sigma_NxN, circulant(shift_eigenvalues(k_N.shape[0], d)),
-                                 np.zeros_like(sigma_NxN), [t], precond_NxN=circulant(rate_N / k_N),
-                                 dt=dt)[-1]
+    W_NxN = simulate_linear_flow(
+        sigma_NxN,
+        circulant(shift_eigenvalues(k_N.shape[0], d)),
+        np.zeros_like(sigma_NxN),
+        [t],
+        precond_NxN=circulant(rate_N / k_N),
+        dt=dt,
+    )[-1]
     return np.linalg.eigvalsh(W_NxN @ sigma_NxN @ W_NxN.T)[::-1]
 
 
@@ -196,9 +208,15 @@ def band_teacher(n: int, S: Sequence[int], on: float = 1.0, off: float = 0.0) ->
     return y_N
 
 
-def simulate_factor_flow(y_R: np.ndarray, a0_R: np.ndarray, b0_R: np.ndarray, t_T: Sequence[float],
-                         k_R: np.ndarray | None = None, lr: float = 1.0,
-                         dt: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+def simulate_factor_flow(
+    y_R: np.ndarray,
+    a0_R: np.ndarray,
+    b0_R: np.ndarray,
+    t_T: Sequence[float],
+    k_R: np.ndarray | None = None,
+    lr: float = 1.0,
+    dt: float = 1e-2,
+) -> tuple[np.ndarray, np.ndarray]:
     """RK4 of ȧ = lr k (y − ab) b, ḃ = lr k (y − ab) a; (a, b) at t_T, each T×R."""
     k_R = np.ones_like(y_R) if k_R is None else k_R
 
@@ -211,8 +229,9 @@ def simulate_factor_flow(y_R: np.ndarray, a0_R: np.ndarray, b0_R: np.ndarray, t_
     return ab_Tx2xR[:, 0], ab_Tx2xR[:, 1]
 
 
-def factor_sigmoid(y_R: np.ndarray, f0_R: np.ndarray, t_T: Sequence[float],
-                   k_R: np.ndarray | None = None, lr: float = 1.0) -> np.ndarray:
+def factor_sigmoid(
+    y_R: np.ndarray, f0_R: np.ndarray, t_T: Sequence[float], k_R: np.ndarray | None = None, lr: float = 1.0
+) -> np.ndarray:
     """Balanced-init solution f(t) = f0 / (e^{−x} + f0 (1 − e^{−x}) / y), x = 2 lr k y t (T×R)."""
     k_R = np.ones_like(y_R) if k_R is None else k_R
     t_Tx1 = np.asarray(t_T, dtype=np.float64)[:, None]
@@ -222,8 +241,7 @@ def factor_sigmoid(y_R: np.ndarray, f0_R: np.ndarray, t_T: Sequence[float],
     return f0_R / (np.exp(-x_TxR) + f0_R * growth_TxR)
 
 
-def factor_band_concentration(f_TxR: np.ndarray, S: Sequence[int],
-                              k_R: np.ndarray | None = None) -> np.ndarray:
+def factor_band_concentration(f_TxR: np.ndarray, S: Sequence[int], k_R: np.ndarray | None = None) -> np.ndarray:
     """H_S(t) = Σ_{r∈S} k_r f_r(t)² / Σ_r k_r f_r(t)² along a trajectory (T,)."""
     m_TxR = (np.ones(f_TxR.shape[1]) if k_R is None else k_R) * f_TxR**2
     return np.array([fourier.band_concentration(m_R, S) for m_R in m_TxR])

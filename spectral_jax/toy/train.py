@@ -40,6 +40,7 @@ from spectral_jax.optim import muon, param_labels
 from spectral_jax.toy.model import STAGE_OPTIMIZER, ToyDims, check_stage, init_toy_model, toy_config
 from spectral_jax.toy.task import Split
 
+
 @dataclasses.dataclass(frozen=True)
 class ToyTrainConfig:
     """One toy training run. Steps are optimizer steps of `batch_size` sequences."""
@@ -92,20 +93,33 @@ class ToyTrainConfig:
 def _muon_split(learning_rate, *, b1, b2, eps, weight_decay, lr_mult, momentum, nesterov):
     adamw = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     return optax.partition(
-        {"embed": adamw, "head": adamw, "scalar": adamw,
-         "matrix": muon(learning_rate * lr_mult, momentum=momentum, nesterov=nesterov)},
+        {
+            "embed": adamw,
+            "head": adamw,
+            "scalar": adamw,
+            "matrix": muon(learning_rate * lr_mult, momentum=momentum, nesterov=nesterov),
+        },
         param_labels,
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _transform(kind: str, betas, eps, weight_decay, lr_mult, momentum, nesterov) -> optax.GradientTransformation:
     """One (cached) transformation per recipe with the LR injected into its state: candidates share compiles."""
     if kind == "adamw":
         return optax.inject_hyperparams(optax.adamw, static_args=("b1", "b2", "eps", "weight_decay"))(
-            learning_rate=1.0, b1=betas[0], b2=betas[1], eps=eps, weight_decay=weight_decay)
-    factory = functools.partial(_muon_split, b1=betas[0], b2=betas[1], eps=eps, weight_decay=weight_decay,
-                                lr_mult=lr_mult, momentum=momentum, nesterov=nesterov)
+            learning_rate=1.0, b1=betas[0], b2=betas[1], eps=eps, weight_decay=weight_decay
+        )
+    factory = functools.partial(
+        _muon_split,
+        b1=betas[0],
+        b2=betas[1],
+        eps=eps,
+        weight_decay=weight_decay,
+        lr_mult=lr_mult,
+        momentum=momentum,
+        nesterov=nesterov,
+    )
     return optax.inject_hyperparams(factory)(learning_rate=1.0)
 
 
@@ -134,6 +148,7 @@ def _train_step(graphdef, tx, params, opt_state, x_AxMxL, y_AxMxL):
     if x_AxMxL.shape[0] == 1:
         loss, grads = grad_fn(params, x_AxMxL[0], y_AxMxL[0])
     else:
+
         def body(carry, xy):
             l, g = grad_fn(params, *xy)
             return jax.tree.map(jnp.add, carry, (l, g)), None
@@ -156,7 +171,7 @@ def eval_loss(graphdef, params, x_NxL, y_NxL, chunk: int = 512) -> float:
     n = x_NxL.shape[0]
     total = 0.0
     for i in range(0, n, chunk):
-        xb, yb = x_NxL[i:i + chunk], y_NxL[i:i + chunk]
+        xb, yb = x_NxL[i : i + chunk], y_NxL[i : i + chunk]
         total += float(_eval_chunk(graphdef, params, jnp.asarray(xb), jnp.asarray(yb))) * xb.shape[0]
     return total / n
 
@@ -188,8 +203,14 @@ class ToyRun:
     the winning candidate (a snapshot of the toy is 2 MB).
     """
 
-    def __init__(self, tc: ToyTrainConfig, splits: Mapping[str, Split], *,
-                 log: Callable[[str], None] | None = None, log_every_s: float = 15.0):
+    def __init__(
+        self,
+        tc: ToyTrainConfig,
+        splits: Mapping[str, Split],
+        *,
+        log: Callable[[str], None] | None = None,
+        log_every_s: float = 15.0,
+    ):
         self.tc = tc
         self.config = toy_config(tc.stage, tc.dims)
         self.log = log
@@ -251,8 +272,9 @@ class ToyRun:
         elif self.step >= self.tc.max_steps:
             self.status = "budget"
         if self.status != "diverged" and (self._n_evals % self.tc.measure_every == 0 or self.done):
-            self.snapshots.append(Snapshot(self.step, self.tokens, loss, self.train_loss,
-                                           jax.tree.map(jnp.copy, self.params)))
+            self.snapshots.append(
+                Snapshot(self.step, self.tokens, loss, self.train_loss, jax.tree.map(jnp.copy, self.params))
+            )
         self._n_evals += 1
 
     def _batch(self) -> tuple[np.ndarray, np.ndarray]:
@@ -263,7 +285,7 @@ class ToyRun:
         return self._x_train[idx].reshape(shape), self._y_train[idx].reshape(shape)
 
     # -- driving ---------------------------------------------------------------------------------------------
-    def advance(self, max_steps: int) -> "ToyRun":
+    def advance(self, max_steps: int) -> ToyRun:
         """Train until the target is reached, the run diverges, or min(max_steps, tc.max_steps) steps are done.
 
         The last step of a call is always evaluated (a successive-halving rung ends on an eval)."""
@@ -273,8 +295,9 @@ class ToyRun:
         t_start = t_log = t_seg = time.perf_counter()
         while not self.done and self.step < max_steps:
             x, y = self._batch()
-            self.params, self.opt_state, loss = _train_step(self.graphdef, self.tx, self.params, self.opt_state,
-                                                            jnp.asarray(x), jnp.asarray(y))
+            self.params, self.opt_state, loss = _train_step(
+                self.graphdef, self.tx, self.params, self.opt_state, jnp.asarray(x), jnp.asarray(y)
+            )
             self.step += 1
             if self.step % tc.eval_every == 0 or self.step == max_steps:
                 self.train_loss = float(loss)  # waits for the step: the segment's time is training time
@@ -286,12 +309,19 @@ class ToyRun:
                 t_log = now
                 rate = (self.step - start_step) * tc.tokens_per_step / (now - t_start)
                 eta = (max_steps - self.step) * tc.tokens_per_step / max(rate, 1e-9)
-                self.log(f"[{tc.stage} B={tc.batch_size} lr={tc.lr:.3g} seed={tc.seed}] step {self.step}/{max_steps}"
-                         f" tokens {self.tokens:,} val {self.val_loss:.4f} | {rate:,.0f} tok/s, ETA {_fmt_time(eta)}")
+                self.log(
+                    f"[{tc.stage} B={tc.batch_size} lr={tc.lr:.3g} seed={tc.seed}] step {self.step}/{max_steps}"
+                    f" tokens {self.tokens:,} val {self.val_loss:.4f} | {rate:,.0f} tok/s, ETA {_fmt_time(eta)}"
+                )
         return self
 
-    def measure(self, fn: Callable[[Any, Snapshot], Mapping[str, Any]], *, steps: Sequence[int] | None = None,
-                keep_snapshots: bool = False) -> list[dict]:
+    def measure(
+        self,
+        fn: Callable[[Any, Snapshot], Mapping[str, Any]],
+        *,
+        steps: Sequence[int] | None = None,
+        keep_snapshots: bool = False,
+    ) -> list[dict]:
         """Probe the snapshots (those at `steps`, default all): records = {step, tokens, val_loss, train_loss} |
         fn(model, snapshot)."""
         self.records = []
@@ -309,13 +339,22 @@ class ToyRun:
     def summary(self) -> dict:
         """Scalar result of the run (no records)."""
         tc = self.tc
-        return dict(stage=tc.stage, batch=tc.batch_size, lr=tc.lr, seed=tc.seed, status=self.status,
-                    steps=self.step, tokens=self.tokens, tokens_to_target=self.tokens_to_target,
-                    final_val_loss=self.val_loss, target=tc.target, train_seconds=self.train_seconds,
-                    tokens_per_second=self.tokens_per_second)
+        return dict(
+            stage=tc.stage,
+            batch=tc.batch_size,
+            lr=tc.lr,
+            seed=tc.seed,
+            status=self.status,
+            steps=self.step,
+            tokens=self.tokens,
+            tokens_to_target=self.tokens_to_target,
+            final_val_loss=self.val_loss,
+            target=tc.target,
+            train_seconds=self.train_seconds,
+            tokens_per_second=self.tokens_per_second,
+        )
 
 
-def train_toy(tc: ToyTrainConfig, splits: Mapping[str, Split], *,
-              log: Callable[[str], None] | None = None) -> ToyRun:
+def train_toy(tc: ToyTrainConfig, splits: Mapping[str, Split], *, log: Callable[[str], None] | None = None) -> ToyRun:
     """Train one run to the target, divergence or tc.max_steps."""
     return ToyRun(tc, splits, log=log).advance(tc.max_steps)
