@@ -95,6 +95,8 @@ def _reference_grad(graphdef, spec):
 
 
 def main(argv):
+    """One straight script (long on purpose): set up the model and pool, time the four methods side by side,
+    check their singular values agree, print the table in that order."""
     del argv
     print(f"host settings as the entry points (spectral_jax.host.tune_cpu_host): {tune_cpu_host()}")
     cfg = make_config(FLAGS.family, FLAGS.tier)

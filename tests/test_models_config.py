@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from spectral_jax.models import FAMILIES, ModelConfig, base_config, make_config, param_count
-from spectral_jax.models.config import family_chain
+from spectral_jax.models.families import family_chain
 from spectral_jax.optim import OptimConfig
 from spectral_jax.presets import get_preset, preset_names
 

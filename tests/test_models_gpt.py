@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from spectral_jax.models import FAMILIES, GPT, abstract_model, attention, make_config
-from spectral_jax.models import gpt as gpt_module
+from spectral_jax.models import rotary as rotary_module
 from spectral_jax.models.gpt import (
     _apply,
     _joint_linear,
@@ -315,11 +315,11 @@ def test_rotary_constant_tables_equal_the_graph_computation(monkeypatch):
     for pos, sign in (("rope", 1.0), ("trunc_rope", -1.0)):
         freq = rotary_frequencies(32, pos, 10000.0)
         assert isinstance(freq, np.ndarray) and freq.dtype == np.float32
-        assert isinstance(gpt_module.rotary_tables(64, freq)[0], np.ndarray)
+        assert isinstance(rotary_module.rotary_tables(64, freq)[0], np.ndarray)
         constant = jax.jit(lambda x: apply_rotary(x, freq, sign))(x)
         traced = jax.jit(lambda x, f: apply_rotary(x, f, sign))(x, jnp.asarray(freq))
-        monkeypatch.setattr(gpt_module, "ROTARY_CONSTANT_ENTRIES", 0)
-        assert isinstance(gpt_module.rotary_tables(64, freq)[0], jax.Array)
+        monkeypatch.setattr(rotary_module, "ROTARY_CONSTANT_ENTRIES", 0)
+        assert isinstance(rotary_module.rotary_tables(64, freq)[0], jax.Array)
         in_graph = jax.jit(lambda x: apply_rotary(x, freq, sign))(x)
         monkeypatch.undo()
         np.testing.assert_allclose(constant, traced, rtol=1e-5, atol=1e-5)

@@ -7,7 +7,8 @@ import math
 import jax
 from flax import nnx
 
-from spectral_jax.models.config import FAMILIES, Family, ModelConfig, base_config, make_config
+from spectral_jax.models.config import ModelConfig, base_config
+from spectral_jax.models.families import FAMILIES, Family, family_chain, make_config
 from spectral_jax.models.gpt import GPT, cross_entropy, cross_entropy_per_sequence
 
 
@@ -36,6 +37,7 @@ __all__ = [
     "count_params",
     "cross_entropy",
     "cross_entropy_per_sequence",
+    "family_chain",
     "make_config",
     "param_count",
 ]
