@@ -33,11 +33,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from spectral_jax import halving, plots
-from spectral_jax.batch_sweep import default_lr_table
-from spectral_jax.data import load_data
-from spectral_jax.data.vocab import fit_vocab
+from spectral_jax.data import TokenDataset, load_data
+from spectral_jax.data.vocab import VocabMap, fit_vocab
 from spectral_jax.fields import option
-from spectral_jax.models import make_config
+from spectral_jax.lr_rules import default_lr_table
+from spectral_jax.models import ModelConfig, make_config
 from spectral_jax.optim import group_learning_rates
 from spectral_jax.presets import DEFAULT_BATCH_TIERS, UsesPreset
 from spectral_jax.records import json_text, log_stderr, read_json, write_json
@@ -105,25 +105,35 @@ def _rung_result(result: Mapping[str, Any]) -> halving.RungResult:
     )
 
 
-def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
-    """Successive halving for every tier (resuming), then lr_table.json, summary.json and figures."""
-    if not cfg.tiers or any(b < 1 for b in cfg.tiers):
-        raise ValueError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
-    if not cfg.eta > 1:
-        raise ValueError(f"--eta must be > 1 (2 keeps the top half, the reference used 3), got {cfg.eta}")
-    model_cfg = make_config(cfg.family, cfg.preset, **dict(cfg.model_overrides))
-    base_tc = cfg.train_config()
+@dataclasses.dataclass(frozen=True)
+class _SweepContext:
+    """What every tier of one LR sweep trains with: the config, model, base training config, data and rungs."""
+
+    cfg: LRSweepConfig
+    model_cfg: ModelConfig
+    base_tc: TrainConfig
+    dataset: TokenDataset
+    vmap: VocabMap | None
+    rungs: tuple[int, ...]
+    out: pathlib.Path
+    shared: dict
+    log: Callable[[str], None]
+
+
+def _sweep_rungs(cfg: LRSweepConfig, base_tc: TrainConfig) -> tuple[int, ...]:
+    """The halving rungs (--rungs, else the preset's scaled reference rungs), checked positive and increasing."""
     rungs = (
         tuple(cfg.rungs) if cfg.rungs else preset_rungs(cfg.family, cfg.preset, base_tc, **dict(cfg.model_overrides))
     )
     if any(b2 <= b1 for b1, b2 in zip(rungs, rungs[1:])) or rungs[0] < 1:
         raise ValueError(f"--rungs must be positive, strictly increasing token budgets, got {rungs}")
-    out = cfg.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    dataset, vmap = fit_vocab(load_data(cfg.data), model_cfg.vocab_size, model_cfg.eot_id)
-    # what every run of a tier must share for earlier results to be reused (not the budget, batch, LR or
-    # logging; not the corpus build time)
-    shared = dict(
+    return rungs
+
+
+def _shared_settings(model_cfg: ModelConfig, base_tc: TrainConfig, dataset: TokenDataset) -> dict:
+    """What every run of a tier must share for earlier results to be reused."""
+    # not the budget, batch, LR or logging; not the corpus build time
+    return dict(
         model=model_cfg,
         train={
             k: v
@@ -132,6 +142,105 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
         },
         data={k: v for k, v in dataset.metadata.items() if k != "build_seconds"},
     )
+
+
+def _advance_fn(ctx: _SweepContext, batch: int, tdir: pathlib.Path, by_key: Mapping[str, float]) -> Callable:
+    """advance(candidate, budget) of one tier: train() the candidate to `budget` tokens in its own run directory."""
+    cfg, log = ctx.cfg, ctx.log
+
+    def advance(key: str, budget: int) -> halving.RungResult:
+        tc = ctx.base_tc.for_batch(batch, lr=by_key[key], max_tokens=budget)
+        tag = f"[{cfg.family} lr x{key}]"  # train() adds [B=...]
+        run_dir = tdir / f"lr_{key}"
+        try:
+            result = train(
+                ctx.model_cfg,
+                tc,
+                ctx.dataset,
+                run_dir,
+                resume=True,
+                log=lambda msg, tag=tag: log(f"{tag} {msg}"),
+                run_info=dict(
+                    family=cfg.family,
+                    preset=cfg.preset,
+                    lr_multiplier=by_key[key],
+                    lr_rule="successive halving candidate",
+                    vocab_map=ctx.vmap and ctx.vmap.describe(),
+                ),
+            )
+        except TrainingDiverged as err:
+            log(f"{tag} diverged: {err}")
+            result = read_json(run_dir / "result.json")
+        return _rung_result(result)
+
+    return advance
+
+
+def _select_tier(ctx: _SweepContext, i: int, batch: int, t0: float) -> None:
+    """Successive halving over one tier's LR multipliers (resuming), then its selection.json."""
+    cfg, log, rungs = ctx.cfg, ctx.log, ctx.rungs
+    ref_batch = ctx.model_cfg.optim.reference_batch
+    tdir = tier_dir(ctx.out, cfg.family, batch)
+    if not cfg.resume and tdir.exists():
+        shutil.rmtree(tdir)
+    tdir.mkdir(parents=True, exist_ok=True)
+    _check_shared(tdir / "config.json", dict(ctx.shared, batch=batch))
+    mults = halving.lr_candidates(batch, ref_batch)
+    by_key = {halving.candidate_key(m): m for m in mults}
+    log(
+        f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} (B0 = {ref_batch}), "
+        f"{len(mults)} LR multipliers {', '.join(by_key)}; rungs {', '.join(f'{r:,}' for r in rungs)} tokens, "
+        f"eta {cfg.eta:g} ({time.perf_counter() - t0:.0f}s elapsed)"
+    )
+    selection = halving.successive_halving(
+        list(by_key),
+        rungs,
+        _advance_fn(ctx, batch, tdir, by_key),
+        eta=cfg.eta,
+        min_survivors=cfg.min_survivors,
+        state_path=tdir / "halving.jsonl",
+        log=lambda m: log(f"[{cfg.family} B={batch}] {m}"),
+    )
+    best = selection.best
+    chosen = selection.results[best]
+    write_json(
+        tdir / "selection.json",
+        dict(
+            family=cfg.family,
+            preset=cfg.preset,
+            batch=batch,
+            reference_batch=ref_batch,
+            rungs=rungs,
+            eta=cfg.eta,
+            candidates=[dict(key=k, multiplier=m) for k, m in by_key.items()],
+            selected=best,
+            multiplier=by_key[best],
+            learning_rates=group_learning_rates(ctx.model_cfg, by_key[best]),
+            selected_result=dataclasses.asdict(chosen),
+            survivors=selection.survivors,
+            table=[dict(r, multiplier=by_key[r["candidate"]]) for r in selection.table],
+        ),
+    )
+    log(
+        f"[{cfg.family} B={batch}] selected LR multiplier x{best} "
+        f"({'reached the target at' if chosen.reached else 'val loss ' + format(chosen.loss, '.4f') + ' at'} "
+        f"{chosen.tokens:,} tokens)"
+    )
+
+
+def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
+    """Successive halving for every tier (resuming), then lr_table.json, summary.json and figures."""
+    if not cfg.tiers or any(b < 1 for b in cfg.tiers):
+        raise ValueError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
+    if not cfg.eta > 1:
+        raise ValueError(f"--eta must be > 1 (2 keeps the top half, the reference used 3), got {cfg.eta}")
+    model_cfg = make_config(cfg.family, cfg.preset, **dict(cfg.model_overrides))
+    base_tc = cfg.train_config()
+    rungs = _sweep_rungs(cfg, base_tc)
+    out = cfg.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    dataset, vmap = fit_vocab(load_data(cfg.data), model_cfg.vocab_size, model_cfg.eot_id)
+    shared = _shared_settings(model_cfg, base_tc, dataset)
     write_json(
         out / "sweep.json",
         dict(
@@ -143,81 +252,10 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
             data=dataset.metadata,
         ),
     )
-    ref_batch = model_cfg.optim.reference_batch
+    ctx = _SweepContext(cfg, model_cfg, base_tc, dataset, vmap, rungs, out, shared, log)
     t0 = time.perf_counter()
     for i, batch in enumerate(sorted(set(cfg.tiers))):
-        tdir = tier_dir(out, cfg.family, batch)
-        if not cfg.resume and tdir.exists():
-            shutil.rmtree(tdir)
-        tdir.mkdir(parents=True, exist_ok=True)
-        _check_shared(tdir / "config.json", dict(shared, batch=batch))
-        mults = halving.lr_candidates(batch, ref_batch)
-        by_key = {halving.candidate_key(m): m for m in mults}
-        log(
-            f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} (B0 = {ref_batch}), "
-            f"{len(mults)} LR multipliers {', '.join(by_key)}; rungs {', '.join(f'{r:,}' for r in rungs)} tokens, "
-            f"eta {cfg.eta:g} ({time.perf_counter() - t0:.0f}s elapsed)"
-        )
-
-        def advance(key: str, budget: int, batch=batch, tdir=tdir, by_key=by_key) -> halving.RungResult:
-            tc = base_tc.for_batch(batch, lr=by_key[key], max_tokens=budget)
-            tag = f"[{cfg.family} lr x{key}]"  # train() adds [B=...]
-            run_dir = tdir / f"lr_{key}"
-            try:
-                result = train(
-                    model_cfg,
-                    tc,
-                    dataset,
-                    run_dir,
-                    resume=True,
-                    log=lambda msg, tag=tag: log(f"{tag} {msg}"),
-                    run_info=dict(
-                        family=cfg.family,
-                        preset=cfg.preset,
-                        lr_multiplier=by_key[key],
-                        lr_rule="successive halving candidate",
-                        vocab_map=vmap and vmap.describe(),
-                    ),
-                )
-            except TrainingDiverged as err:
-                log(f"{tag} diverged: {err}")
-                result = read_json(run_dir / "result.json")
-            return _rung_result(result)
-
-        selection = halving.successive_halving(
-            list(by_key),
-            rungs,
-            advance,
-            eta=cfg.eta,
-            min_survivors=cfg.min_survivors,
-            state_path=tdir / "halving.jsonl",
-            log=lambda m, b=batch: log(f"[{cfg.family} B={b}] {m}"),
-        )
-        best = selection.best
-        chosen = selection.results[best]
-        write_json(
-            tdir / "selection.json",
-            dict(
-                family=cfg.family,
-                preset=cfg.preset,
-                batch=batch,
-                reference_batch=ref_batch,
-                rungs=rungs,
-                eta=cfg.eta,
-                candidates=[dict(key=k, multiplier=m) for k, m in by_key.items()],
-                selected=best,
-                multiplier=by_key[best],
-                learning_rates=group_learning_rates(model_cfg, by_key[best]),
-                selected_result=dataclasses.asdict(chosen),
-                survivors=selection.survivors,
-                table=[dict(r, multiplier=by_key[r["candidate"]]) for r in selection.table],
-            ),
-        )
-        log(
-            f"[{cfg.family} B={batch}] selected LR multiplier x{best} "
-            f"({'reached the target at' if chosen.reached else 'val loss ' + format(chosen.loss, '.4f') + ' at'} "
-            f"{chosen.tokens:,} tokens)"
-        )
+        _select_tier(ctx, i, batch, t0)
     summary = summarize_lr_sweep(out, log=log)
     log(format_selection(summary))
     return summary

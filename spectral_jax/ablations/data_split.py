@@ -57,11 +57,8 @@ def _mapped(dataset, like, vmap):
     )
 
 
-def data_split_js(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dict:
-    """Activation spectra of one model on two data sources (A, B) and the JS divergence between them, against
-    the noise floor JS(A half 1, A half 2) (and B's). Samples are n = split_sequences windows each; A1 vs B1 is
-    the split comparison, A1 vs A2 / B1 vs B2 (disjoint windows of the same source) the floor."""
-    name = "data_split"
+def _model_to_measure(cfg: AblationConfig):
+    """(model, attention window, model info, its training data spec): a trained tier's checkpoint or a fresh init."""
     if cfg.model_dir:
         model, window, model_info = load_tier_model(cfg.model_dir)
         sweep_json = pathlib.Path(cfg.model_dir).parent / "sweep.json"
@@ -72,31 +69,25 @@ def data_split_js(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) 
         window = attention.scheduled_window(config, 0.0)
         model_info = dict(kind="init", family=cfg.family, seed=cfg.base_seed, step=0, tokens=0)
         train_data = cfg.data
-    config = model.config
-    like = load_data(train_data)
-    _, vmap = fit_vocab(like, config.vocab_size, config.eot_id)
-    preset = get_preset(cfg.preset)
-    n = cfg.split_sequences or cfg.probe.apply(preset.probe).pool_sequences
-    val_tokens = cfg.train.apply(preset.train).val_tokens
-    layers = tuple(range(config.n_layer))
-    chunk = probes.default_chunk(config.seq_len, n)
+    return model, window, model_info, train_data
+
+
+def _source_samples(cfg: AblationConfig, like, vmap, seq_len: int, n: int, val_tokens: int) -> dict[str, np.ndarray]:
+    """Input windows A1, A2, B1, B2: two disjoint halves of n sequences from each of the two data sources."""
     loaded: dict[str, Any] = {}
     samples = {}
     for tag, spec in (("A", cfg.data_a), ("B", cfg.data_b)):
         data, split = parse_source(spec)
         if data not in loaded:
             loaded[data] = _mapped(load_data(data), like, vmap)
-        pool = _sample(loaded[data], split, config.seq_len, n, val_tokens)
+        pool = _sample(loaded[data], split, seq_len, n, val_tokens)
         x = probes.split_windows(pool)[0]
         samples[tag + "1"], samples[tag + "2"] = x[:n], x[n:]
-    log(
-        f"data_split: {n} sequences x {config.seq_len} tokens per sample, A = {cfg.data_a}, B = {cfg.data_b}, "
-        f"model {model_info['kind']}"
-    )
-    spec = {
-        k: probes.activation_spectrum(model, [x[i : i + chunk] for i in range(0, n, chunk)], layers, window=window)
-        for k, x in samples.items()
-    }
+    return samples
+
+
+def _layer_rows(spec: dict, layers, preset: str) -> list[dict]:
+    """Per block: JS(A1, B1), the same-source floors JS(A1, A2) and JS(B1, B2), their ratio and each alpha_tail."""
     rows = []
     for layer in layers:
         s = {k: v[layer] for k, v in spec.items()}
@@ -109,9 +100,36 @@ def data_split_js(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) 
                 js_floor_a=floor_a,
                 js_floor_b=floor_b,
                 ratio_to_floor=ratio(js_ab, max(floor_a, floor_b)),
-                alpha_tail={k: _alpha(v, cfg.preset) for k, v in s.items()},
+                alpha_tail={k: _alpha(v, preset) for k, v in s.items()},
             )
         )
+    return rows
+
+
+def data_split_js(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dict:
+    """Activation spectra of one model on two data sources (A, B) and the JS divergence between them, against
+    the noise floor JS(A half 1, A half 2) (and B's). Samples are n = split_sequences windows each; A1 vs B1 is
+    the split comparison, A1 vs A2 / B1 vs B2 (disjoint windows of the same source) the floor."""
+    name = "data_split"
+    model, window, model_info, train_data = _model_to_measure(cfg)
+    config = model.config
+    like = load_data(train_data)
+    _, vmap = fit_vocab(like, config.vocab_size, config.eot_id)
+    preset = get_preset(cfg.preset)
+    n = cfg.split_sequences or cfg.probe.apply(preset.probe).pool_sequences
+    val_tokens = cfg.train.apply(preset.train).val_tokens
+    layers = tuple(range(config.n_layer))
+    chunk = probes.default_chunk(config.seq_len, n)
+    samples = _source_samples(cfg, like, vmap, config.seq_len, n, val_tokens)
+    log(
+        f"data_split: {n} sequences x {config.seq_len} tokens per sample, A = {cfg.data_a}, B = {cfg.data_b}, "
+        f"model {model_info['kind']}"
+    )
+    spec = {
+        k: probes.activation_spectrum(model, [x[i : i + chunk] for i in range(0, n, chunk)], layers, window=window)
+        for k, x in samples.items()
+    }
+    rows = _layer_rows(spec, layers, cfg.preset)
     last = rows[-1]
     d = cfg.path(name)
     s_last = {k: v[layers[-1]] for k, v in spec.items()}

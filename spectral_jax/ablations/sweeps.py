@@ -4,6 +4,7 @@ early prediction (Fig. 10) and the probe-matrix dependence of gradient spectra (
 from __future__ import annotations
 
 import itertools
+import pathlib
 from collections.abc import Callable
 
 import numpy as np
@@ -29,25 +30,9 @@ from spectral_jax.records import log_stderr
 
 
 # ---- Adam vs Muon (App. D, Fig. 7) ---------------------------------------------------------------------------
-def adam_vs_muon(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dict:
-    """LSWA (Muon on hidden matrices) vs LSWA-Adam over the same tiers: T(B), eps_tok, within/across Spearman of
-    early alpha_tail vs eps_tok, and the token ratio T_adam(B)/T_muon(B) per tier."""
-    name = "adam_vs_muon"
-    fams = (MUON_FAMILY, ADAM_FAMILY)
-    sums = {f: run_sweep(cfg, f, cfg.path(name, f), cfg.tiers, log=log) for f in fams}
-    rows = {f: sums[f]["tiers"] for f in fams}
-    across = efficiency.spearman_across(rows)
-    tokens = {f: {r["batch"]: r["tokens_to_target"] for r in rows[f]} for f in fams}
-    ratio = [
-        dict(
-            batch=b,
-            tokens_muon=tokens[MUON_FAMILY].get(b),
-            tokens_adam=tokens[ADAM_FAMILY].get(b),
-            ratio_adam_over_muon=ratio(tokens[ADAM_FAMILY].get(b), tokens[MUON_FAMILY].get(b)),
-        )
-        for b in sorted(cfg.tiers)
-    ]
-    families = {
+def _family_summaries(sums: dict, fams: tuple[str, ...]) -> dict:
+    """Per family: its tiers (the reported columns), within-family Spearman and the path of its sweep summary."""
+    return {
         f: dict(
             tiers=[
                 {
@@ -63,7 +48,7 @@ def adam_vs_muon(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
                         "throughput_tokens_per_s",
                     )
                 }
-                for r in rows[f]
+                for r in sums[f]["tiers"]
             ],
             spearman_within=sums[f]["spearman_within"],
             p_value=sums[f]["p_value"],
@@ -72,13 +57,32 @@ def adam_vs_muon(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
         )
         for f in fams
     }
-    d = cfg.path(name)
+
+
+def _token_ratio_rows(tokens: dict, tiers) -> list[dict]:
+    """Per tier B: tokens to target of Muon and Adam and their ratio T_adam(B)/T_muon(B)."""
+    return [
+        dict(
+            batch=b,
+            tokens_muon=tokens[MUON_FAMILY].get(b),
+            tokens_adam=tokens[ADAM_FAMILY].get(b),
+            ratio_adam_over_muon=ratio(tokens[ADAM_FAMILY].get(b), tokens[MUON_FAMILY].get(b)),
+        )
+        for b in sorted(tiers)
+    ]
+
+
+def _adam_vs_muon_figures(
+    cfg: AblationConfig, d: pathlib.Path, rows: dict, tokens: dict, across: dict, target_loss
+) -> list[pathlib.Path]:
+    """Tokens-to-target vs batch for both families, and (where any is finite) early alpha_tail vs eps_tok."""
+    fams = tuple(rows)
     figs = [
         plots.save_figure(
             plots.plot_tokens_vs_batch(
                 {f: list(tokens[f].items()) for f in fams},
                 title=f"Muon ({MUON_FAMILY}) vs Adam ({ADAM_FAMILY}) matrix updates, {cfg.preset}: tokens to target "
-                f"{sums[MUON_FAMILY]['target_loss']}",
+                f"{target_loss}",
             ),
             d / "tokens_vs_batch.png",
         )
@@ -102,15 +106,31 @@ def adam_vs_muon(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
                 d / "early_alpha_vs_eps_tok.png",
             )
         )
+    return figs
+
+
+def adam_vs_muon(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dict:
+    """LSWA (Muon on hidden matrices) vs LSWA-Adam over the same tiers: T(B), eps_tok, within/across Spearman of
+    early alpha_tail vs eps_tok, and the token ratio T_adam(B)/T_muon(B) per tier."""
+    name = "adam_vs_muon"
+    fams = (MUON_FAMILY, ADAM_FAMILY)
+    sums = {f: run_sweep(cfg, f, cfg.path(name, f), cfg.tiers, log=log) for f in fams}
+    rows = {f: sums[f]["tiers"] for f in fams}
+    across = efficiency.spearman_across(rows)
+    tokens = {f: {r["batch"]: r["tokens_to_target"] for r in rows[f]} for f in fams}
+    token_ratio = _token_ratio_rows(tokens, cfg.tiers)
+    families = _family_summaries(sums, fams)
+    target_loss = sums[MUON_FAMILY]["target_loss"]
+    figs = _adam_vs_muon_figures(cfg, cfg.path(name), rows, tokens, across, target_loss)
     summary = dict(
         families=families,
         spearman_across=across,
-        token_ratio=ratio,
+        token_ratio=token_ratio,
         tiers=list(cfg.tiers),
-        target_loss=sums[MUON_FAMILY]["target_loss"],
+        target_loss=target_loss,
         early_fraction=cfg.early_fraction,
     )
-    ratios = [r["ratio_adam_over_muon"] for r in ratio if finite(r["ratio_adam_over_muon"])]
+    ratios = [r["ratio_adam_over_muon"] for r in token_ratio if finite(r["ratio_adam_over_muon"])]
     return write_ablation(
         cfg,
         name,
@@ -125,15 +145,8 @@ def adam_vs_muon(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
 
 
 # ---- seed control (Fig. 9) -----------------------------------------------------------------------------------
-def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dict:
-    """Spread of early alpha_tail (and matched-loss activation-spectrum JS) across model seeds at one tier B,
-    against the separation across the tiers of the probe sweep (one seed)."""
-    name = "seed_control"
-    if len(set(cfg.seeds)) < 2:
-        raise ValueError(f"seed_control needs at least two distinct seeds, got {cfg.seeds}; pass --seeds=42,43,44")
-    sweep_dir = probe_sweep(cfg, log)
-    sweep, tiers = load_sweep(sweep_dir)
-    last = sweep["model"]["n_layer"] - 1
+def _seed_tiers(cfg: AblationConfig, name: str, sweep: dict, tiers: dict, log: Callable[[str], None]) -> dict:
+    """Seed -> its run at tier cfg.batch: the probe sweep's own run for the base seed, else a one-tier sweep."""
     seed_tiers = {}
     for s in dict.fromkeys(cfg.seeds):
         if s == cfg.base_seed and not cfg.vary_data_seed and cfg.batch in tiers:
@@ -153,14 +166,15 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
             **extra,
         )
         seed_tiers[s] = load_sweep(out)[1][cfg.batch]
+    return seed_tiers
 
-    def early(tier):
-        run = {0: dict(tokens_to_target=tier.result.tokens_to_target, records=tier.records("activation", last))}
-        return efficiency.early_prediction(run, fraction=cfg.early_fraction, layer=last)["tiers"][0]
 
+def _per_seed_rows(cfg: AblationConfig, seed_tiers: dict, last: int) -> list[dict]:
+    """Per seed: tokens to target, status and the early alpha_tail of the last block's activation spectrum."""
     per_seed = []
     for s, t in seed_tiers.items():
-        e = early(t)
+        run = {0: dict(tokens_to_target=t.result.tokens_to_target, records=t.records("activation", last))}
+        e = efficiency.early_prediction(run, fraction=cfg.early_fraction, layer=last)["tiers"][0]
         per_seed.append(
             dict(
                 seed=s,
@@ -172,14 +186,11 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
                 dir=str(t.dir),
             )
         )
-    tier_early = efficiency.early_prediction(
-        tier_runs(tiers, "activation", last), fraction=cfg.early_fraction, layer=last
-    )
-    tier_alpha = {r["batch"]: r["early_alpha_tail"] for r in tier_early["tiers"]}
-    seed_vals = [r["early_alpha_tail"] for r in per_seed]
-    tier_vals = list(tier_alpha.values())
-    seed_tok = [r["tokens_to_target"] for r in per_seed]
+    return per_seed
 
+
+def _matched_loss_js(seed_tiers: dict, tiers: dict, last: int, log: Callable[[str], None]):
+    """(targets, rows, note): seed-vs-seed and tier-vs-tier activation JS at every common loss target."""
     # matched-loss JS: every run's probe point nearest each common loss target (efficiency's selection)
     # step 0 is left out: every tier starts from the same initialisation, so tier-vs-tier JS there is 0 by construction
     labelled = {**{("seed", s): t for s, t in seed_tiers.items()}, **{("tier", b): t for b, t in tiers.items()}}
@@ -209,8 +220,14 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
                 ratio=ratio(np.mean(seed_js) if seed_js else None, np.mean(tier_js) if tier_js else None),
             )
         )
-    mean_seed_js = float(np.mean([v for r in js_rows for v in r["seed_js"]])) if js_rows else None
-    mean_tier_js = float(np.mean([v for r in js_rows for v in r["tier_js"]])) if js_rows else None
+    return targets, js_rows, js_note
+
+
+def _spread_stats(per_seed: list[dict], tier_alpha: dict) -> dict:
+    """Std and range of early alpha_tail across seeds vs across tiers, their ratios and the seeds' T(B) CV."""
+    seed_vals = [r["early_alpha_tail"] for r in per_seed]
+    tier_vals = list(tier_alpha.values())
+    seed_tok = [r["tokens_to_target"] for r in per_seed]
     stats = dict(
         seed_std=sample_std(seed_vals),
         seed_range=value_range(seed_vals),
@@ -224,7 +241,28 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
         if any(seed_tok)
         else None,
     )
-    d = cfg.path(name)
+    return stats
+
+
+def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dict:
+    """Spread of early alpha_tail (and matched-loss activation-spectrum JS) across model seeds at one tier B,
+    against the separation across the tiers of the probe sweep (one seed)."""
+    name = "seed_control"
+    if len(set(cfg.seeds)) < 2:
+        raise ValueError(f"seed_control needs at least two distinct seeds, got {cfg.seeds}; pass --seeds=42,43,44")
+    sweep_dir = probe_sweep(cfg, log)
+    sweep, tiers = load_sweep(sweep_dir)
+    last = sweep["model"]["n_layer"] - 1
+    seed_tiers = _seed_tiers(cfg, name, sweep, tiers, log)
+    per_seed = _per_seed_rows(cfg, seed_tiers, last)
+    tier_early = efficiency.early_prediction(
+        tier_runs(tiers, "activation", last), fraction=cfg.early_fraction, layer=last
+    )
+    tier_alpha = {r["batch"]: r["early_alpha_tail"] for r in tier_early["tiers"]}
+    targets, js_rows, js_note = _matched_loss_js(seed_tiers, tiers, last, log)
+    mean_seed_js = float(np.mean([v for r in js_rows for v in r["seed_js"]])) if js_rows else None
+    mean_tier_js = float(np.mean([v for r in js_rows for v in r["tier_js"]])) if js_rows else None
+    stats = _spread_stats(per_seed, tier_alpha)
     figs = [
         plots.save_figure(
             plots.plot_seed_control(
@@ -235,7 +273,7 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
                 title=f"seed control, {cfg.family} ({cfg.preset}): seeds {list(seed_tiers)} at B={cfg.batch} vs tiers "
                 f"{sorted(tiers)}",
             ),
-            d / "seed_control.png",
+            cfg.path(name) / "seed_control.png",
         )
     ]
     summary = dict(
@@ -296,8 +334,8 @@ def layerwise(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> d
         f"{sorted(tiers)}, early = {cfg.early_fraction:.0%} of T(B)",
     )
     figs = [plots.save_figure(fig, cfg.path(name, "rho_by_layer.png"))]
-    finite = [r for r in rows if finite(r["rho"])]
-    best = max(finite, key=lambda r: abs(r["rho"])) if finite else None
+    scored = [r for r in rows if finite(r["rho"])]
+    best = max(scored, key=lambda r: abs(r["rho"])) if scored else None
     summary = dict(
         family=cfg.family,
         tiers=sorted(tiers),
@@ -312,14 +350,8 @@ def layerwise(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> d
 
 
 # ---- probe-matrix dependence (Fig. 6) ------------------------------------------------------------------------
-def probe_matrices(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dict:
-    """Per final-block matrix (W_O, W_Q, W_V, MLP-out): Spearman of the early per-sample-gradient alpha_tail and
-    RankMe vs eps_tok, and the gradient spectra of every tier at a common (matched) validation loss."""
-    name = "probe_matrices"
-    sweep_dir = probe_sweep(cfg, log)
-    sweep, tiers = load_sweep(sweep_dir)
-    last = sweep["model"]["n_layer"] - 1
-    tail = tuple(sweep["tail_window"])
+def _matched_loss_points(tiers: dict, last: int, log: Callable[[str], None]) -> tuple[float | None, dict]:
+    """(middle common loss target, tier B -> its last-block activation record nearest that target)."""
     act = {b: [r for r in t.records("activation", last) if r["step"] > 0] for b, t in tiers.items()}  # as seed_control
     try:
         targets = efficiency.common_loss_targets({b: [r["val_loss"] for r in v] for b, v in act.items()})
@@ -328,36 +360,54 @@ def probe_matrices(cfg: AblationConfig, log: Callable[[str], None] = log_stderr)
         log(f"matched-loss gradient spectra skipped: {err}")
     mid = targets[len(targets) // 2] if targets else None
     matched = {b: efficiency.matched_loss_rows(act[b], [mid])[0] for b in tiers} if targets else {}
+    return mid, matched
+
+
+def _matrix_entry(cfg: AblationConfig, tiers: dict, last: int, m: str, matched: dict) -> tuple[dict, dict]:
+    """(summary entry, label -> spectrum) of one matrix: early alpha_tail / RankMe Spearman and matched-loss spectra."""
+    runs_m = tier_runs(tiers, "gradient", last, m)
+    entry = dict(matrix=m, label=MATRIX_LABELS[m], layer=last)
+    for key in ("alpha_tail", "rankme"):
+        e = efficiency.early_prediction(
+            runs_m, fraction=cfg.early_fraction, key=key, kind="gradient", layer=last, matrix=m
+        )
+        entry[key] = dict(
+            rho=e["spearman_within"],
+            p_value=e["p_value"],
+            n=e["n"],
+            early={r["batch"]: r["early_alpha_tail"] for r in e["tiers"]},
+        )
+    spectra_m, rows_m = {}, []
+    for b, rec in matched.items():
+        g = [r for r in runs_m[b]["records"] if r["step"] == rec["step"]]
+        if g:
+            spectra_m[f"B={b}"] = load_spectrum(tiers[b], g[0])
+            rows_m.append(
+                dict(
+                    batch=b,
+                    step=rec["step"],
+                    val_loss=rec["val_loss"],
+                    alpha_tail=g[0]["alpha_tail"],
+                    rankme=g[0]["rankme"],
+                )
+            )
+    entry["matched_loss"] = rows_m
+    return entry, spectra_m
+
+
+def probe_matrices(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> dict:
+    """Per final-block matrix (W_O, W_Q, W_V, MLP-out): Spearman of the early per-sample-gradient alpha_tail and
+    RankMe vs eps_tok, and the gradient spectra of every tier at a common (matched) validation loss."""
+    name = "probe_matrices"
+    sweep_dir = probe_sweep(cfg, log)
+    sweep, tiers = load_sweep(sweep_dir)
+    last = sweep["model"]["n_layer"] - 1
+    tail = tuple(sweep["tail_window"])
+    mid, matched = _matched_loss_points(tiers, last, log)
     d = cfg.path(name)
     figs, per_matrix = [], []
     for m in PROBE_MATRICES:
-        runs_m = tier_runs(tiers, "gradient", last, m)
-        entry = dict(matrix=m, label=MATRIX_LABELS[m], layer=last)
-        for key in ("alpha_tail", "rankme"):
-            e = efficiency.early_prediction(
-                runs_m, fraction=cfg.early_fraction, key=key, kind="gradient", layer=last, matrix=m
-            )
-            entry[key] = dict(
-                rho=e["spearman_within"],
-                p_value=e["p_value"],
-                n=e["n"],
-                early={r["batch"]: r["early_alpha_tail"] for r in e["tiers"]},
-            )
-        spectra_m, rows_m = {}, []
-        for b, rec in matched.items():
-            g = [r for r in runs_m[b]["records"] if r["step"] == rec["step"]]
-            if g:
-                spectra_m[f"B={b}"] = load_spectrum(tiers[b], g[0])
-                rows_m.append(
-                    dict(
-                        batch=b,
-                        step=rec["step"],
-                        val_loss=rec["val_loss"],
-                        alpha_tail=g[0]["alpha_tail"],
-                        rankme=g[0]["rankme"],
-                    )
-                )
-        entry["matched_loss"] = rows_m
+        entry, spectra_m = _matrix_entry(cfg, tiers, last, m, matched)
         per_matrix.append(entry)
         if spectra_m:
             figs.append(
