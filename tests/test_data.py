@@ -25,7 +25,7 @@ from spectral_jax.data.vocab import fit_vocab
 
 
 def test_gpt2_tokenizer_offline():
-    tok = Tokenizer(allow_fallback=False)
+    tok = Tokenizer()
     assert tok.name == "gpt2"
     assert tok.encode("Hello world") == [15496, 995]
     ids = tok.encode_documents(["Hello world", "a"])
@@ -33,18 +33,34 @@ def test_gpt2_tokenizer_offline():
     assert tok.decode([15496, 995]) == "Hello world"
 
 
-def test_byte_fallback_is_loud(tmp_path, monkeypatch):
+def _no_other_vocab(monkeypatch, tmp_path):
+    """Hide every vocabulary but the package's own: tiktoken's cache, SPECTRAL_JAX_VOCAB, shared/ beside the repo."""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("DATA_GYM_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("SPECTRAL_JAX_VOCAB", raising=False)
     monkeypatch.setattr(tokenize.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setattr(tokenize, "_REPO_ROOT", tmp_path / "nowhere" / "repo")
-    with pytest.warns(RuntimeWarning, match="NO GPT-2 VOCABULARY FOUND"):
-        tok = Tokenizer()
+
+
+def test_the_package_ships_the_gpt2_vocabulary(tmp_path, monkeypatch):
+    """A fresh install (no shared/, no tiktoken cache) finds the packaged vocabulary first and never bytes."""
+    _no_other_vocab(monkeypatch, tmp_path)
+    tok = Tokenizer()
+    assert tok.vocab_file == tokenize.PACKAGED_VOCAB and tok.vocab_sha256 == tokenize.GPT2_VOCAB_SHA256
+    assert tok.encode("Hello world") == [15496, 995]
+    assert (tokenize.PACKAGED_VOCAB.parent / "GPT2_VOCAB_LICENSE").is_file()
+
+
+def test_byte_tokens_only_when_asked_and_a_missing_vocabulary_is_an_error(tmp_path, monkeypatch):
+    _no_other_vocab(monkeypatch, tmp_path)
+    tok = Tokenizer(kind="bytes")
     assert tok.name == "bytes" and tok.metadata()["tokenizer"] == "bytes"
     assert tok.encode("Hi") == [72, 105]
+    monkeypatch.setattr(tokenize, "PACKAGED_VOCAB", tmp_path / "gone.tiktoken.gz")
     with pytest.raises(FileNotFoundError, match="no GPT-2 vocabulary found"):
-        Tokenizer(allow_fallback=False)
+        Tokenizer()
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        Tokenizer(kind="words")
 
 
 def test_explicit_vocab_file_must_exist_and_be_gpt2(tmp_path):

@@ -104,8 +104,8 @@ def build_text_corpus(
     return out_dir
 
 
-def _cached_text_dataset(root, files, source, vocab_file) -> TokenDataset:
-    tokenizer = Tokenizer(vocab_file)
+def _cached_text_dataset(root, files, source, vocab_file, tokenizer_kind: str = "gpt2") -> TokenDataset:
+    tokenizer = Tokenizer(vocab_file, kind=tokenizer_kind)
     key = _listing_key(root, files, f"{sys.version}|{tokenizer.name}|{tokenizer.vocab_sha256}")
     out_dir = cache_root() / "corpora" / f"{source}-{key}"
     if not (out_dir / "dataset.json").is_file():
@@ -113,15 +113,15 @@ def _cached_text_dataset(root, files, source, vocab_file) -> TokenDataset:
     return load_shard_dir(out_dir)
 
 
-def embedded_corpus(vocab_file: str | None = None) -> TokenDataset:
+def embedded_corpus(vocab_file: str | None = None, tokenizer: str = "gpt2") -> TokenDataset:
     """The embedded default corpus (built on first use, ~15M GPT-2 tokens, cached)."""
     root, files = stdlib_files()
     if not files:
         raise FileNotFoundError(f"no .py files under the standard library at {root}; pass --data=DIR instead")
-    return _cached_text_dataset(root, files, "python-stdlib", vocab_file)
+    return _cached_text_dataset(root, files, "python-stdlib", vocab_file, tokenizer)
 
 
-def text_corpus(spec: str, vocab_file: str | None = None) -> TokenDataset:
+def text_corpus(spec: str, vocab_file: str | None = None, tokenizer: str = "gpt2") -> TokenDataset:
     """A user corpus from a directory (recursively, files with TEXT_SUFFIXES) or a glob of text files."""
     path = pathlib.Path(spec)
     if path.is_dir():
@@ -135,20 +135,21 @@ def text_corpus(spec: str, vocab_file: str | None = None) -> TokenDataset:
             f"--data={spec}: no shards (*.bin) and no text files ({', '.join(TEXT_SUFFIXES)}) found"
         )
     return _cached_text_dataset(
-        root.resolve(), [p.resolve() for p in files], f"text-{root.name or 'files'}", vocab_file
+        root.resolve(), [p.resolve() for p in files], f"text-{root.name or 'files'}", vocab_file, tokenizer
     )
 
 
-def load_data(spec: str = "embedded", vocab_file: str | None = None) -> TokenDataset:
-    """Resolve `--data`: "embedded" (default corpus), a directory of .bin shards, or text files."""
+def load_data(spec: str = "embedded", vocab_file: str | None = None, tokenizer: str = "gpt2") -> TokenDataset:
+    """Resolve `--data`: "embedded" (default corpus), a directory of .bin shards, or text files; text is tokenised
+    with GPT-2's BPE (the package's vocabulary) unless `tokenizer="bytes"`."""
     if spec in ("embedded", "", None):
-        return embedded_corpus(vocab_file)
+        return embedded_corpus(vocab_file, tokenizer)
     path = pathlib.Path(spec)
     if path.is_dir() and any(path.glob("*.bin")):
         return load_shard_dir(path)
     if path.is_file() and path.suffix == ".bin":
         raise ShardError(f"--data={spec} is a single shard; pass the directory holding train and val shards")
-    return text_corpus(spec, vocab_file)
+    return text_corpus(spec, vocab_file, tokenizer)
 
 
 __all__ = ["load_data", "embedded_corpus", "text_corpus", "build_text_corpus", "cache_root", "split_of", "stdlib_files"]

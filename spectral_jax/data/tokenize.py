@@ -1,35 +1,36 @@
-"""GPT-2 BPE through tiktoken, resolved offline, with a loud byte-level fallback.
+"""GPT-2 BPE through tiktoken, offline: the vocabulary ships with the package; byte tokens only when asked for.
 
-The vocabulary file (tiktoken's r50k_base format, which is GPT-2's BPE) is looked up, in order:
-1. an explicit `vocab_file` argument (experiments expose it as `--vocab_file`);
+The vocabulary file (tiktoken's r50k_base format, which is GPT-2's BPE; sha256 checked) is looked up, in order:
+1. an explicit `vocab_file` argument;
 2. the environment variable SPECTRAL_JAX_VOCAB;
-3. tiktoken's own cache ($TIKTOKEN_CACHE_DIR, else $DATA_GYM_CACHE_DIR, else <tmp>/data-gym-cache) under
-   the name tiktoken gives the r50k_base download;
-4. `shared/data/gpt2.tiktoken` beside the repository checkout (this project's offline test copy).
-Nothing is downloaded. If none is found, text is encoded as UTF-8 bytes (ids 0..255, EOT still 50256),
-a warning is logged, and `Tokenizer.name == "bytes"` is written into the shard metadata.
+3. the copy shipped in this package (`spectral_jax/data/gpt2.tiktoken.gz`, gzip-compressed; GPT-2's vocabulary
+   from OpenAI's tiktoken, MIT licence, see `spectral_jax/data/GPT2_VOCAB_LICENSE`);
+4. tiktoken's own cache ($TIKTOKEN_CACHE_DIR, else $DATA_GYM_CACHE_DIR, else <tmp>/data-gym-cache);
+5. `shared/data/gpt2.tiktoken` beside the repository checkout.
+Nothing is downloaded. `Tokenizer(kind="bytes")` encodes text as UTF-8 bytes (ids 0..255, EOT still 50256) and
+writes `"tokenizer": "bytes"` into the shard metadata; GPT-2 never silently falls back to it: with no vocabulary
+found (a broken install) it raises.
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
-import logging
 import os
 import pathlib
 import tempfile
-import warnings
 
 import numpy as np
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
 
 EOT_ID = 50256
 GPT2_VOCAB_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 _R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-log = logging.getLogger(__name__)
+PACKAGED_VOCAB = pathlib.Path(__file__).with_name("gpt2.tiktoken.gz")
+KINDS = ("gpt2", "bytes")
 
 
 def _tiktoken_cache_candidates() -> list[pathlib.Path]:
@@ -55,36 +56,48 @@ def find_vocab_file(vocab_file: str | os.PathLike | None = None) -> pathlib.Path
         if not path.is_file():
             raise FileNotFoundError(f"SPECTRAL_JAX_VOCAB={env} does not exist; unset it or point it at a file")
         return path
-    candidates = _tiktoken_cache_candidates() + [
+    candidates = [PACKAGED_VOCAB, *_tiktoken_cache_candidates()] + [
         _REPO_ROOT.parent / "shared" / "data" / "gpt2.tiktoken",
         _REPO_ROOT / "shared" / "data" / "gpt2.tiktoken",
     ]
     return next((p for p in candidates if p.is_file()), None)
 
 
-class Tokenizer:
-    """Encodes documents to token ids. `name` is "gpt2" (tiktoken BPE) or "bytes" (fallback)."""
+def read_vocab(path: pathlib.Path) -> bytes:
+    """The vocabulary file's bytes (gunzipped when its name ends in .gz)."""
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.suffix == ".gz" else data
 
-    def __init__(self, vocab_file: str | os.PathLike | None = None, *, allow_fallback: bool = True):
-        path = find_vocab_file(vocab_file)
-        self.vocab_file = path
+
+def parse_ranks(contents: bytes) -> dict[bytes, int]:
+    """tiktoken's format: one "base64(token) rank" per line (as tiktoken.load.load_tiktoken_bpe parses it)."""
+    return {
+        base64.b64decode(token): int(rank) for token, rank in (line.split() for line in contents.splitlines() if line)
+    }
+
+
+class Tokenizer:
+    """Encodes documents to token ids. `name` is "gpt2" (tiktoken BPE) or "bytes" (only when asked for)."""
+
+    def __init__(self, vocab_file: str | os.PathLike | None = None, *, kind: str = "gpt2"):
+        if kind not in KINDS:
+            raise ValueError(f"unknown tokenizer {kind!r}; choose one of {KINDS}")
+        self.vocab_file: pathlib.Path | None = None
         self.vocab_sha256: str | None = None
         self._enc = None
-        if path is None:
-            if not allow_fallback:
-                raise FileNotFoundError(
-                    "no GPT-2 vocabulary found (searched SPECTRAL_JAX_VOCAB, tiktoken's cache, "
-                    "shared/data/gpt2.tiktoken); pass vocab_file=... or set SPECTRAL_JAX_VOCAB"
-                )
-            msg = (
-                "NO GPT-2 VOCABULARY FOUND: falling back to byte-level tokens (ids 0..255). Results are "
-                "not comparable with GPT-2 BPE runs. Set SPECTRAL_JAX_VOCAB to a tiktoken gpt2 file to fix."
-            )
-            log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            self.name = "bytes"
+        self.name = kind
+        if kind == "bytes":
             return
-        self.vocab_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        path = find_vocab_file(vocab_file)
+        if path is None:
+            raise FileNotFoundError(
+                f"no GPT-2 vocabulary found: the package's copy {PACKAGED_VOCAB} is missing (reinstall spectral-jax) "
+                "and SPECTRAL_JAX_VOCAB, tiktoken's cache and shared/data/gpt2.tiktoken hold none; pass "
+                "vocab_file=... or ask for byte tokens explicitly"
+            )
+        contents = read_vocab(path)
+        self.vocab_file = path
+        self.vocab_sha256 = hashlib.sha256(contents).hexdigest()
         if self.vocab_sha256 != GPT2_VOCAB_SHA256:
             raise ValueError(
                 f"vocabulary file {path} has sha256 {self.vocab_sha256[:12]}..., not GPT-2's "
@@ -93,10 +106,9 @@ class Tokenizer:
         self._enc = tiktoken.Encoding(
             name="r50k_base",
             pat_str=r50k_pat_str,
-            mergeable_ranks=load_tiktoken_bpe(str(path)),
+            mergeable_ranks=parse_ranks(contents),
             special_tokens={"<|endoftext|>": EOT_ID},
         )
-        self.name = "gpt2"
 
     def encode(self, text: str) -> list[int]:
         """Ordinary encoding (special-token text is encoded as plain text, never as EOT)."""
