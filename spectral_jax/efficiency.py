@@ -9,8 +9,11 @@ Pure host-side functions over tidy records (dicts). Definitions:
   token-efficient tier); None for a tier that did not.
 - TokGain(a->b) = T(a)/T(b) - 1, ThrGain(a->b) = Q(b)/Q(a) - 1 (Q = training throughput, tokens/s);
   log gains g_tok = ln(T(a)/T(b)), g_thr = ln(Q(b)/Q(a)). Positive = b is better.
-- Early checkpoint: the probe record nearest in training tokens to fraction * T(B) (default 20 %), ties to the
-  earlier record; or, matched-tokens variant, nearest to one token count shared by every tier.
+- T(B) below one eval: the crossing of the target interpolated linearly between the two evals around it
+  (`tokens_to_target_interpolated`); the batch sweep's eps_tok uses it.
+- Early points (never step 0, the same initial model for every tier): the probe record nearest in training tokens
+  to fraction * T(B) (default 20 %, retrospective), ties to the earlier record; nearest to one token count shared
+  by every tier (known online); or the first record at or below an early loss (matched early loss, online).
 - Matched loss (the reference toy's `common_loss_targets` / `matched_loss_rows`): targets are the n quantiles
   (linspace(0, 1, n), numpy's linear interpolation) of the pooled losses of all runs restricted to
   [max of per-run minima, min of per-run maxima], de-duplicated and sorted ascending; per target the row with
@@ -47,6 +50,21 @@ def tokens_to_target(evals: Sequence[Mapping], target: float) -> int | None:
     for row in sorted(evals, key=lambda r: r["step"]):
         if row["step"] > 0 and _finite(row.get("val_loss")) and row["val_loss"] <= target:
             return int(row["tokens"])
+    return None
+
+
+def tokens_to_target_interpolated(evals: Sequence[Mapping], target: float) -> float | None:
+    """T(B) below one eval: the tokens at which the val-loss curve crosses `target`, linearly interpolated between
+    the last eval above it and the first eval (step > 0) at or below it; that eval's tokens when the one before
+    is not above the target. None if never reached."""
+    rows = sorted((r for r in evals if _finite(r.get("val_loss"))), key=lambda r: r["step"])
+    for i, row in enumerate(rows):
+        if row["step"] > 0 and row["val_loss"] <= target:
+            prev = rows[i - 1] if i > 0 else None
+            if prev is None or not prev["val_loss"] > target:
+                return float(row["tokens"])
+            share = (prev["val_loss"] - target) / (prev["val_loss"] - row["val_loss"])
+            return float(prev["tokens"] + share * (row["tokens"] - prev["tokens"]))
     return None
 
 
@@ -104,6 +122,20 @@ def select_at_tokens(records: Sequence[Mapping], tokens: float) -> Mapping:
     if not records:
         raise ValueError("no records to select from")
     return min(records, key=lambda r: (abs(r["tokens"] - tokens), r["tokens"]))
+
+
+def after_start(records: Sequence[Mapping]) -> list[Mapping]:
+    """Records after step 0: the initial model is the same for every tier, so it is never an early point."""
+    return [r for r in records if r.get("step", 1) > 0]
+
+
+def select_first_below(records: Sequence[Mapping], loss: float) -> Mapping | None:
+    """The first record (by step, step > 0) whose val_loss is at or below `loss`: the matched-early-loss point,
+    known online. None if no record gets there."""
+    for r in sorted(after_start(records), key=lambda r: r["step"]):
+        if _finite(r.get("val_loss")) and r["val_loss"] <= loss:
+            return r
+    return None
 
 
 def select_at_fraction(records: Sequence[Mapping], total_tokens: float, fraction: float = 0.2) -> Mapping:
@@ -250,7 +282,7 @@ def early_prediction(
     """Early spectral value per tier vs eps_tok, and their Spearman correlation within the family.
 
     runs: {batch: {"tokens_to_target": T or None, "records": [probe records with "tokens", "step", key]}}.
-    Each reached tier's record (of `kind`, `layer`, `matrix`) nearest to fraction * T(B) is taken; with
+    Each reached tier's record (of `kind`, `layer`, `matrix`; never step 0) nearest to fraction * T(B) is taken; with
     `at_tokens` every tier (reached or not) is read at that one token count instead (matched tokens).
     `early_alpha_tail` holds the record's `key` (alpha_tail by default); `early_alpha_tail_normalized` is its
     min-max over the reached tiers (docs/method.md §1.6). Spearman(early value, eps_tok) runs over reached tiers.
@@ -274,7 +306,7 @@ def early_prediction(
             early_alpha_tail=None,
             early_alpha_tail_normalized=None,
         )
-        recs = _probe_records(run.get("records", ()), kind, layer, matrix)
+        recs = after_start(_probe_records(run.get("records", ()), kind, layer, matrix))
         if recs and (at_tokens is not None or T is not None):
             rec = select_at_tokens(recs, at_tokens) if at_tokens is not None else select_at_fraction(recs, T, fraction)
             row.update(
@@ -344,7 +376,7 @@ def spearman_vs_progress(
     """
     eps = _eps(runs)
     reached = {
-        b: _probe_records(r.get("records", ()), kind, layer, matrix)
+        b: after_start(_probe_records(r.get("records", ()), kind, layer, matrix))
         for b, r in runs.items()
         if r.get("tokens_to_target") is not None
     }

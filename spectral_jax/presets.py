@@ -74,6 +74,8 @@ class Preset:
     tail_window: Window | None = None  # alpha_tail's rank window
     local_windows: tuple[Window, ...] = spectra.LOCAL_WINDOWS  # Fig. 8 windows (Spearman vs progress)
     batch_tiers: tuple[int, ...] = DEFAULT_BATCH_TIERS
+    early_tokens: int = 104_857_600  # the fixed-tokens early point, common to all tiers (d12: two evals)
+    early_loss: float = 4.0  # the matched-early-loss point: first probe at or below this val loss
 
     def __post_init__(self):
         if self.tail_window is None:
@@ -170,6 +172,8 @@ register_preset(
         ),
         ProbeConfig(pool_sequences=32, grad_samples=32, chunk=8),
         local_windows=((2, 8), (8, 17), (17, 34)),  # head side, d12's [100, 200] scaled by 64/768, far tail
+        early_tokens=16_384,  # 4 evals; about 20 % of the smallest tier's T(B) on the embedded corpus
+        early_loss=5.0,  # well above the target 3.6, below the initial ~9.0
     )
 )
 register_preset(

@@ -114,6 +114,8 @@ class TierRow(Record):
     early_tokens: int | None = None
     early_step: int | None = None
     early_val_loss: float | None = None
+    tokens_to_target_interpolated: float | None = None  # the target crossing between the evals around it
+    early_points: Mapping[str, Mapping[str, Any] | None] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +151,13 @@ class SweepSummary(Record):
     matched_loss_targets: tuple[float, ...]
     spearman_vs_progress: tuple[Mapping[str, Any], ...]
     git_sha: str
+    probe_layer: int | None = None  # the block whose activation spectra the summary reads
+    probe_matrix: str | None = None  # the matrix whose gradient spectra it reads
+    eps_tok_basis: str = "interpolated"  # eps_tok from the interpolated T(B); tokens_to_target is the first eval
+    early_tokens: int | None = None
+    early_loss: float | None = None
+    early_points: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         row = super().to_dict()

@@ -70,7 +70,10 @@ def trace_normalize(values) -> np.ndarray:
     v = _as_spectrum(values)
     total = v.sum()
     if total <= 0:
-        raise ValueError("spectrum sums to zero; nothing to normalise")
+        raise ValueError(
+            f"spectrum of {v.size} values is all zeros (e.g. the gradients of a zero-initialised matrix at step 0); "
+            "nothing to normalise or fit"
+        )
     return v / total
 
 

@@ -82,6 +82,43 @@ def test_sweep_writes_records_summary_and_figures(sweep):
     assert kinds == {"activation", "gradient", "weight"}
     assert all(r["file"].startswith("spectra/") for r in probes)
     assert "B" in format_table(summary)
+    # T(B) at the first eval and interpolated below it; eps_tok from the interpolated one
+    for row in summary["tiers"]:
+        assert 0 < row["tokens_to_target_interpolated"] <= row["tokens_to_target"]
+        for kind in ("fraction", "tokens", "loss"):
+            point = row["early_points"][kind]
+            assert point is None or point["step"] > 0, "step 0 is never an early point"
+    assert summary["eps_tok_basis"] == "interpolated" and set(summary["early_points"]) == {"fraction", "tokens", "loss"}
+    assert all(m["step"] > 0 for m in summary["matched_loss"]), "matched-loss points exclude the initial model"
+    assert summary["probe_layer"] == 7 and summary["probe_matrix"] == "attn_out"
+    assert any("fewer than 4" in w for w in summary["warnings"]), "three tiers: rho rests on fewer than 4"
+
+
+def test_summary_reads_the_probed_layer_and_matrix(tmp_path):
+    """--layers=3 --matrices=mlp_out: the summary's spectra, matched-loss gradients and figures are block 3's
+    activations and the MLP-out gradients, not the deepest block's W_O."""
+    cfg = SweepConfig(
+        family="betterwin",
+        tiers=(1, 2),
+        out=str(tmp_path),
+        layers=(3,),
+        matrices=("mlp_out",),
+        probe=ProbeOverrides(pool_sequences=8, grad_samples=8),
+        train=TrainOverrides(
+            target_loss=7.5,
+            max_tokens=8_192,
+            eval_every_tokens=2_048,
+            val_tokens=2_048,
+            checkpoint_every_tokens=1 << 30,
+            probe_every_evals=1,
+            micro_batch=1,
+        ),
+    )
+    summary = run_batch_sweep(cfg, log=lambda m: None)
+    assert summary["probe_layer"] == 3 and summary["probe_matrix"] == "mlp_out"
+    assert all(r["early_alpha_tail"] is not None for r in summary["tiers"])
+    assert summary["matched_loss"] and all(m["grad_rankme"] is not None for m in summary["matched_loss"])
+    assert (tmp_path / "gradient_spectra.png").is_file()
 
 
 def test_report_rebuilds_the_summary_from_records_alone(sweep, tmp_path):

@@ -243,3 +243,34 @@ def test_spearman_vs_progress_rows():
     assert by[(0.2, (30, 40))]["n"] == 0 and math.isnan(by[(0.2, (30, 40))]["rho"])  # stored None: dropped
     with pytest.raises(KeyError, match="alpha_8_17"):
         eff.spearman_vs_progress(runs, windows=[(8, 17)], fractions=[0.2], layer=7)
+
+
+def test_interpolated_tokens_to_target_lies_between_the_evals_around_the_crossing():
+    evals = [
+        dict(step=0, tokens=0, val_loss=9.0),
+        dict(step=1, tokens=100, val_loss=5.0),
+        dict(step=2, tokens=200, val_loss=3.0),
+        dict(step=3, tokens=300, val_loss=2.0),
+    ]
+    assert eff.tokens_to_target(evals, 4.0) == 200
+    assert eff.tokens_to_target_interpolated(evals, 4.0) == pytest.approx(150.0)  # halfway from 5.0 to 3.0
+    assert eff.tokens_to_target_interpolated(evals, 5.0) == 100.0  # reached exactly at an eval
+    assert eff.tokens_to_target_interpolated(evals[:1] + [dict(step=1, tokens=100, val_loss=1.0)], 9.5) == 100.0
+    assert eff.tokens_to_target_interpolated(evals, 1.0) is None
+
+
+def test_step_zero_is_never_an_early_point():
+    """Every tier starts from the same initial model: step 0 must not be chosen, however near it lies."""
+    recs = [
+        dict(step=0, tokens=0, val_loss=9.0, alpha_tail=5.0),
+        dict(step=4, tokens=400, val_loss=6.0, alpha_tail=1.0),
+        dict(step=8, tokens=800, val_loss=4.0, alpha_tail=2.0),
+    ]
+    runs = {1: dict(tokens_to_target=1000, records=recs), 2: dict(tokens_to_target=2000, records=recs)}
+    early = eff.early_prediction(runs, fraction=0.05)  # 50 / 100 tokens: nearest would be step 0
+    assert [r["early_step"] for r in early["tiers"]] == [4, 4]
+    assert eff.early_prediction(runs, at_tokens=0)["tiers"][0]["early_step"] == 4
+    rows = eff.spearman_vs_progress(runs, windows=[(1, 2)], fractions=[0.01], spectra=lambda b, r: np.ones(3))
+    assert rows[0]["n"] == 2
+    assert eff.select_first_below(recs, 9.5)["step"] == 4 and eff.select_first_below(recs, 1.0) is None
+    assert eff.after_start(recs) == recs[1:]

@@ -5,6 +5,7 @@ import pytest
 import scipy.stats
 
 from spectral_jax import spectra
+from spectral_jax.probes import ProbeResult, summarize_probe
 
 
 def power_law(n=768, a=1.3):
@@ -113,3 +114,15 @@ def test_summarize_and_jnp_twins():
     assert "alpha_400_800" not in s  # 800 > 768 eigenvalues: windows that do not fit are left out
     assert float(spectra.alpha_jnp(v.astype(np.float32), (100, 200))) == pytest.approx(1.3, rel=1e-4)
     assert float(spectra.rankme_jnp(v.astype(np.float32))) == pytest.approx(spectra.rankme(v), rel=1e-4)
+
+
+def test_all_zero_spectrum_is_a_clear_error_and_a_none_summary_with_its_reason():
+    """The documented outcome for e.g. the gradients of a zero-initialised matrix: the math functions raise a
+    ValueError that says so; the probes' tidy summary gives None for every value and a summary_note."""
+    with pytest.raises(ValueError, match="all zeros"):
+        spectra.summarize(np.zeros(32), tail=(8, 17))
+    with pytest.raises(ValueError, match="all zeros"):
+        spectra.trace_normalize(np.zeros(5))
+    result = ProbeResult(activation={7: np.zeros(64)}, gradient={}, weight={}, rows=64, grad_samples=0)
+    (rec,) = summarize_probe(result, tail=(8, 17))
+    assert rec["alpha_tail"] is None and rec["rankme"] is None and "all zeros" in rec["summary_note"]

@@ -159,7 +159,7 @@ def run_probes(
 def _safe_summary(values, tail, head, bank) -> dict:
     """spectra.summarize, tolerant of short / degenerate spectra: a tail window that does not fit gives
     alpha_tail = None, head / bank windows that do not fit are omitted, fits that fail (fewer than two
-    positive values) and all-zero spectra give None instead of raising."""
+    positive values) and all-zero spectra give None instead of raising, with the reason in "summary_note"."""
     for w in (tail, head):
         if w is not None and not 1 <= int(w[0]) < int(w[1]):
             raise ValueError(f"rank window {w} must satisfy 1 <= lo < hi (1-indexed, inclusive)")
@@ -184,8 +184,9 @@ def _safe_summary(values, tail, head, bank) -> dict:
     rest_keys = spectra.summarize(np.ones(n), tail=None, head=(1, n + 1), bank=())
     try:
         rest = spectra.summarize(v, tail=None, head=(1, n + 1), bank=())
-    except ValueError:
+    except ValueError as err:
         rest = dict.fromkeys(rest_keys)
+        out["summary_note"] = str(err)  # why every summary is None (e.g. an all-zero spectrum)
     out.update(rest)
     return out
 

@@ -1,0 +1,213 @@
+"""The batch sweep (the main job): train one family at every batch tier, probe spectra, summarise, plot.
+
+`run_batch_sweep(SweepConfig)` is what `python -m experiments.batch_sweep` calls; `summarize_sweep(dir)` is
+what `python -m experiments.report` calls, and it needs nothing but the records on disk:
+
+    <out>/sweep.json                     resolved sweep config
+    <out>/tier_B{B}/run.json             resolved model/optimizer/train config, git SHA, versions, devices
+    <out>/tier_B{B}/metrics.jsonl        one EvalRow per eval (step, tokens, val_loss, ...)
+    <out>/tier_B{B}/probes.jsonl         one ProbeRecord per spectrum per probe point (summaries, tidy)
+    <out>/tier_B{B}/spectra/step_*.npz   raw spectra (activation eigenvalues, gradient/weight singular values)
+    <out>/tier_B{B}/result.json          TierResult: status, T(B), throughput
+    <out>/summary.json + *.png           SweepSummary, written by summarize_sweep
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from spectral_jax import probes
+from spectral_jax.batch_sweep.records import TierRecords, load_spectrum, load_sweep, load_tier
+from spectral_jax.batch_sweep.summary import format_table, probed_series, summarize_sweep
+from spectral_jax.data import load_data
+from spectral_jax.data.vocab import fit_vocab
+from spectral_jax.fields import option
+from spectral_jax.lr_rules import default_lr_table, resolve_lr
+from spectral_jax.models import make_config
+from spectral_jax.presets import DEFAULT_BATCH_TIERS, ProbeOverrides, UsesPreset, get_preset
+from spectral_jax.records import append_jsonl, log_stderr, save_npz, write_json
+from spectral_jax.schemas import ProbeRecord
+from spectral_jax.train import RunState, train
+from spectral_jax.train_config import TrainOverrides
+
+DEFAULT_TIERS = DEFAULT_BATCH_TIERS
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig(UsesPreset):
+    """One family across batch tiers, on a preset; `train` and `probe` change the preset's values."""
+
+    family: str = option("betterwin", "family of the chain (spectral_jax.models.FAMILIES)")
+    preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
+    tiers: tuple[int, ...] | None = option(None, "batch tiers B, sequences per step (default: the preset's)")
+    data: str = option("embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
+    lr: str = option(
+        "sqrt",
+        "LR rule per tier: sqrt | linear | none (scaling of the family anchors with B/B0), a "
+        "float multiplier, a JSON table {family: {B: multiplier or {group: lr}}}, or auto (the "
+        "successive-halving table of experiments.lr_sweep, see --lr_table)",
+    )
+    lr_table: str | None = option(
+        None,
+        "--lr=auto: the LR table written by experiments.lr_sweep (default "
+        "results/lr_sweep/<family>_<preset>/lr_table.json)",
+    )
+    out: str | None = option(None, "results directory (default results/batch_sweep/<family>_<preset>)")
+    resume: bool = option(True, "reuse finished tiers and resume interrupted ones from their checkpoints")
+    layers: tuple[int, ...] = option((-1,), "probe layers for activation spectra (block indices; -1 = deepest)")
+    matrices: tuple[str, ...] = option(
+        ("final_attn_out",),
+        "gradient-probe matrices: final_attn_out, attn_out, attn_q, attn_v, mlp_out (comma-separated)",
+    )
+    early_fraction: float = option(0.2, "early point as a fraction of each tier's T(B) (the paper's; retrospective)")
+    early_tokens: int | None = option(
+        None, "early point at this many training tokens, every tier (default: the preset's)"
+    )
+    early_loss: float | None = option(
+        None, "early point at the first probe at or below this val loss (default: the preset's)"
+    )
+    train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
+    probe: ProbeOverrides = option(ProbeOverrides(), "changes to the preset's probe sizes")
+    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
+
+    def out_dir(self) -> pathlib.Path:
+        return pathlib.Path(self.out or f"results/batch_sweep/{self.family}_{self.preset}")
+
+
+class ProbeCallback:
+    """At each probe point: activation / gradient / weight spectra over the fixed pool -> npz + probes.jsonl."""
+
+    def __init__(
+        self,
+        pool_NxT1: np.ndarray,
+        *,
+        layers,
+        matrices,
+        grad_samples: int,
+        chunk: int,
+        tail: tuple[int, int],
+        bank: Sequence[tuple[int, int]],
+    ):
+        self.pool = pool_NxT1
+        self.layers, self.matrices = tuple(layers), tuple(matrices)
+        self.grad_samples, self.chunk = grad_samples, chunk
+        self.tail, self.bank = tail, tuple(bank)
+
+    def __call__(self, state: RunState) -> None:
+        result = probes.run_probes(
+            state.model,
+            self.pool,
+            layers=self.layers,
+            matrices=self.matrices,
+            grad_samples=self.grad_samples,
+            chunk=self.chunk,
+            window=state.window,
+        )
+        rel = f"spectra/step_{state.step:07d}.npz"
+        arrays = {f"activation/L{layer}": v for layer, v in result.activation.items()}
+        arrays.update({f"gradient/{k}": v for k, v in result.gradient.items()})
+        arrays.update({f"weight/{k}": v for k, v in result.weight.items()})
+        save_npz(state.out_dir / rel, arrays)
+        for rec in probes.summarize_probe(result, tail=self.tail, bank=self.bank):
+            row = ProbeRecord.from_dict(
+                dict(rec, step=state.step, tokens=state.tokens, val_loss=state.val_loss, window=state.window, file=rel)
+            )
+            append_jsonl(state.out_dir / "probes.jsonl", row.to_dict())
+
+
+def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
+    """Train every tier (resuming finished/interrupted ones), then summarise. Returns summary.json's dict."""
+    preset = get_preset(cfg.preset)
+    if not cfg.tiers or any(b < 1 for b in cfg.tiers):
+        raise ValueError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
+    model_cfg = make_config(cfg.family, cfg.preset, **dict(cfg.model_overrides))
+    # every tier's LR before loading data or training: a missing table entry fails now, not hours in
+    lrs = {
+        b: resolve_lr(cfg.lr, b, model_cfg.optim.reference_batch, cfg.family, preset=cfg.preset, lr_table=cfg.lr_table)
+        for b in cfg.tiers
+    }
+    out = cfg.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    dataset, vmap = fit_vocab(load_data(cfg.data), model_cfg.vocab_size, model_cfg.eot_id)
+    probe = cfg.probe_config()
+    base_tc = cfg.train_config()
+    pool = dataset.measurement_pool(model_cfg.seq_len, probe.pool_sequences, val_tokens=base_tc.val_tokens)
+    tail, bank = preset.tail_window, preset.local_windows
+    write_json(
+        out / "sweep.json",
+        dict(
+            config=sweep_config_record(cfg),
+            model=model_cfg,
+            probe=probe,
+            tail_window=tail,
+            local_windows=bank,
+            data=dataset.metadata,
+        ),
+    )
+    callback = ProbeCallback(
+        pool,
+        layers=cfg.layers,
+        matrices=cfg.matrices,
+        grad_samples=probe.grad_samples,
+        chunk=probe.chunk,
+        tail=tail,
+        bank=bank,
+    )
+    t0 = time.perf_counter()
+    for i, batch in enumerate(sorted(cfg.tiers)):
+        lr, rule = lrs[batch]
+        log(
+            f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} sequences x "
+            f"{model_cfg.seq_len} tokens, LR {rule} = {lr} ({time.perf_counter() - t0:.0f}s elapsed)"
+        )
+        train(
+            model_cfg,
+            base_tc.for_batch(batch, lr=lr),
+            dataset,
+            out / f"tier_B{batch}",
+            callbacks=[callback],
+            resume=cfg.resume,
+            log=log,
+            run_info=dict(family=cfg.family, preset=cfg.preset, lr_rule=rule, vocab_map=vmap and vmap.describe()),
+        )
+    summary = summarize_sweep(out, log=log)
+    log(format_table(summary))
+    return summary
+
+
+def sweep_config_record(cfg: SweepConfig) -> dict:
+    """sweep.json's "config": the sweep's own fields, and the preset's probe sizes with the changes applied."""
+    rec = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("train", "probe")}
+    probe = cfg.probe_config()
+    return dict(
+        rec,
+        train_overrides=cfg.train.changes(),
+        model_overrides=dict(cfg.model_overrides),
+        pool_sequences=probe.pool_sequences,
+        grad_samples=probe.grad_samples,
+        probe_chunk=probe.chunk,
+    )
+
+
+__all__ = [
+    "SweepConfig",
+    "ProbeCallback",
+    "TierRecords",
+    "run_batch_sweep",
+    "summarize_sweep",
+    "load_sweep",
+    "load_tier",
+    "load_spectrum",
+    "format_table",
+    "resolve_lr",
+    "default_lr_table",
+    "sweep_config_record",
+    "probed_series",
+    "DEFAULT_TIERS",
+]

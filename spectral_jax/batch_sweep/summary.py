@@ -1,0 +1,295 @@
+"""A batch sweep's summary from its records alone: T(B) at the first eval and interpolated, eps_tok, the three
+kinds of early point and their Spearman correlations, matched-loss spectra, Spearman vs progress, warnings, the
+figures and the printed table."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+from collections.abc import Callable
+
+import numpy as np
+
+from spectral_jax import efficiency, plots, probes
+from spectral_jax.batch_sweep.records import TierRecords, load_spectrum, load_sweep
+from spectral_jax.presets import get_preset, preset_names
+from spectral_jax.records import log_stderr, write_json
+from spectral_jax.schemas import MatchedLossRow, SweepSummary, TierRow
+
+_MATRIX_LABELS = {"attn_out": "W_O", "attn_q": "W_Q", "attn_v": "W_V", "attn_k": "W_K", "mlp_out": "MLP-out"}
+
+
+def probed_series(sweep: dict) -> tuple[int, str]:
+    """(activation layer, gradient matrix) the summary reads: the deepest probed block and the first probed matrix,
+    as the sweep's --layers and --matrices named them."""
+    n_layer = sweep["model"]["n_layer"]
+    layer = max(int(v) % n_layer for v in sweep["config"].get("layers") or (-1,))
+    first = (sweep["config"].get("matrices") or ("final_attn_out",))[0]
+    return layer, probes.ALIASES.get(first, (first,))[0]
+
+
+def _early_points(runs: dict, fraction: float, tokens: int, loss: float) -> dict[int, dict[str, dict]]:
+    """Per tier, the three early points (never step 0): fraction of T(B) (retrospective), fixed tokens and the
+    first probe at or below an early loss (both known online), each with its realised step, tokens, fraction of
+    T(B), val loss and alpha_tail."""
+    out = {}
+    for b, run in runs.items():
+        recs, T = efficiency.after_start(run["records"]), run["tokens_to_target"]
+        chosen = {
+            "fraction": efficiency.select_at_fraction(recs, T, fraction) if recs and T else None,
+            "tokens": efficiency.select_at_tokens(recs, tokens) if recs else None,
+            "loss": efficiency.select_first_below(recs, loss),
+        }
+        out[b] = {
+            kind: None
+            if r is None
+            else dict(
+                step=r["step"],
+                tokens=r["tokens"],
+                fraction_of_T=r["tokens"] / T if T else None,
+                val_loss=r["val_loss"],
+                alpha_tail=r.get("alpha_tail"),
+            )
+            for kind, r in chosen.items()
+        }
+    return out
+
+
+def _early_spearman(points: dict, eps: dict) -> dict[str, dict]:
+    """Per early-point kind: Spearman(alpha_tail, eps_tok) over the reached tiers and Spearman(alpha_tail, B) beside
+    it, so a reader sees whether alpha tracks efficiency or only the batch size."""
+    out = {}
+    for kind in ("fraction", "tokens", "loss"):
+        tiers = [b for b in points if points[b][kind] and eps.get(b) is not None]
+        alpha = [points[b][kind]["alpha_tail"] for b in tiers]
+        vs_eps = efficiency.spearman(alpha, [eps[b] for b in tiers])
+        vs_batch = efficiency.spearman(alpha, tiers)
+        out[kind] = dict(
+            rho=vs_eps.rho, p_value=vs_eps.p_value, n=vs_eps.n, rho_vs_batch=vs_batch.rho, p_vs_batch=vs_batch.p_value
+        )
+    return out
+
+
+def _warnings(tiers: dict[int, TierRecords], points: dict, n_reached: int) -> list[str]:
+    """What makes this summary's forecast weak, in words (summary.json's `warnings`, repeated under the table)."""
+    out = [
+        f"tier B={b} did not reach the target ({t.result.status})"
+        for b, t in tiers.items()
+        if t.result.status != "reached"
+    ]
+    out += [f"tier B={b} has no {kind} early point" for b, p in points.items() for kind, v in p.items() if v is None]
+    if n_reached < 4:
+        out.append(f"Spearman rests on {n_reached} tiers (fewer than 4): rho can take only a few values")
+    return out
+
+
+def summarize_sweep(
+    out: str | os.PathLike, *, early_fraction: float | None = None, log: Callable[[str], None] = log_stderr
+) -> dict:
+    """summary.json and the figures, from the records alone."""
+    out = pathlib.Path(out)
+    sweep, tiers = load_sweep(out)
+    cfg = sweep["config"]
+    preset = get_preset(cfg["preset"]) if cfg["preset"] in preset_names() else None
+    fraction = early_fraction if early_fraction is not None else cfg["early_fraction"]
+    early_tokens = cfg.get("early_tokens") or (preset.early_tokens if preset else None)
+    early_loss = cfg.get("early_loss") or (preset.early_loss if preset else None)
+    layer, matrix = probed_series(sweep)
+    T_interp = {
+        b: efficiency.tokens_to_target_interpolated([e.to_dict() for e in t.evals], t.result.target_loss)
+        for b, t in tiers.items()
+    }
+    runs = {b: dict(tokens_to_target=T_interp[b], records=t.records("activation", layer)) for b, t in tiers.items()}
+    early = efficiency.early_prediction(runs, fraction=fraction, key="alpha_tail", kind="activation", layer=layer)
+    points = _early_points(runs, fraction, early_tokens, early_loss)
+    by_batch = {row["batch"]: row for row in early["tiers"]}
+    tier_rows = tuple(
+        TierRow.from_dict(
+            {
+                **by_batch.get(b, {}),
+                **dataclasses.asdict(t.result),
+                "batch": b,
+                "tokens_to_target_interpolated": T_interp[b],
+                "early_points": points[b],
+            }
+        )
+        for b, t in tiers.items()
+    )
+    targets, matched = _matched_loss(tiers, runs, matrix, log)
+    progress = efficiency.spearman_vs_progress(
+        runs,
+        windows=[tuple(w) for w in sweep["local_windows"]],
+        fractions=[round(f, 2) for f in np.linspace(0.05, 1.0, 20)],
+        kind="activation",
+        layer=layer,
+    )
+    first = next(iter(tiers.values()))
+    summary = SweepSummary(
+        family=cfg["family"],
+        preset=cfg["preset"],
+        tail_window=tuple(sweep["tail_window"]),
+        early_fraction=fraction,
+        tiers=tier_rows,
+        spearman_within=early["spearman_within"],
+        p_value=early["p_value"],
+        n_reached=early["n"],
+        target_loss=first.result.target_loss,
+        matched_loss=tuple(matched),
+        matched_loss_targets=tuple(targets),
+        spearman_vs_progress=tuple(progress),
+        git_sha=first.run["environment"]["git_sha"],
+        probe_layer=layer,
+        probe_matrix=matrix,
+        early_tokens=early_tokens,
+        early_loss=early_loss,
+        early_points=_early_spearman(points, {r.batch: r.eps_tok for r in tier_rows}),
+        warnings=tuple(_warnings(tiers, points, early["n"])),
+    )
+    write_json(out / "summary.json", summary.to_dict())
+    _figures(out, summary, tiers, layer)
+    return summary.to_dict()
+
+
+def _matched_loss(
+    tiers: dict[int, TierRecords], runs: dict, matrix: str, log
+) -> tuple[list[float], list[MatchedLossRow]]:
+    """Matched-loss activation spectra (docs/method.md §1.6): every tier's probe point (after step 0, where every
+    tier is the same initial model) nearest each common loss target, with the gradient summaries of `matrix` at
+    the same point."""
+    after = {b: efficiency.after_start(run["records"]) for b, run in runs.items()}
+    try:
+        targets = efficiency.common_loss_targets(
+            {b: [r["val_loss"] for r in recs] for b, recs in after.items() if recs}
+        )
+    except ValueError as err:
+        log(f"matched-loss selection skipped: {err}")
+        return [], []
+    matched = []
+    for target in targets:
+        for b, t in tiers.items():
+            rec = efficiency.matched_loss_rows(after[b], [target])[0]
+            grads = _gradient_records(t, matrix, rec["step"])
+            matched.append(
+                MatchedLossRow(
+                    target_loss=target,
+                    batch=b,
+                    step=rec["step"],
+                    tokens=rec["tokens"],
+                    val_loss=rec["val_loss"],
+                    alpha_tail=rec.get("alpha_tail"),
+                    rankme=rec.get("rankme"),
+                    grad_alpha_tail=grads[0].get("alpha_tail") if grads else None,
+                    grad_rankme=grads[0].get("rankme") if grads else None,
+                    file=rec["file"],
+                )
+            )
+    return targets, matched
+
+
+def _gradient_records(tier: TierRecords, matrix: str, step: int) -> list[dict]:
+    """The tier's gradient records of `matrix` at `step`, deepest probed block first."""
+    recs = [r for r in tier.probes if r["kind"] == "gradient" and r["matrix"] == matrix and r["step"] == step]
+    return sorted(recs, key=lambda r: -(r["layer"] if r["layer"] is not None else -1))
+
+
+def _figures(out: pathlib.Path, summary: SweepSummary, tiers: dict[int, TierRecords], layer: int) -> None:
+    family, preset, tail = summary.family, summary.preset, summary.tail_window
+    if summary.matched_loss_targets:
+        mid = summary.matched_loss_targets[len(summary.matched_loss_targets) // 2]
+        chosen = {r.batch: r for r in summary.matched_loss if r.target_loss == mid}
+        acts = {
+            f"B={b}": load_spectrum(tiers[b], dict(kind="activation", layer=layer, file=r.file))
+            for b, r in chosen.items()
+        }
+        plots.save_figure(
+            plots.plot_spectra(
+                acts,
+                title=f"{family} ({preset}): activation spectra at matched val loss {mid:.3f}",
+                ylabel="normalised eigenvalue",
+                window=tail,
+            ),
+            out / "matched_loss_activation_spectra.png",
+        )
+        grads = {}
+        block = None
+        for b, r in chosen.items():
+            recs = _gradient_records(tiers[b], summary.probe_matrix, r.step)
+            if recs:
+                grads[f"B={b}"] = load_spectrum(tiers[b], recs[0])
+                block = recs[0]["layer"]
+        label = _MATRIX_LABELS.get(summary.probe_matrix, summary.probe_matrix)
+        if grads:
+            plots.save_figure(
+                plots.plot_spectra(
+                    grads,
+                    title=f"{family} ({preset}): per-sample gradient spectra of {label} (block {block}) at val loss "
+                    f"{mid:.3f}",
+                    ylabel="normalised singular value",
+                    window=tail,
+                ),
+                out / "gradient_spectra.png",
+            )
+    points = [
+        dict(family=family, batch=r.batch, alpha=r.early_alpha_tail, eps_tok=r.eps_tok)
+        for r in summary.tiers
+        if r.early_alpha_tail is not None and r.eps_tok is not None
+    ]
+    if points:
+        plots.save_figure(
+            plots.plot_alpha_vs_eps(
+                points,
+                rho=summary.spearman_within,
+                p_value=summary.p_value,
+                title=f"{family} ({preset}): early alpha_tail ({summary.early_fraction:.0%} of T(B)) vs eps_tok",
+            ),
+            out / "early_alpha_vs_eps_tok.png",
+        )
+    curves = {f"B={b}": ([e.tokens for e in t.evals], [e.val_loss for e in t.evals]) for b, t in tiers.items()}
+    plots.save_figure(plots.plot_loss_curves(curves, target=summary.target_loss), out / "loss_curves.png")
+    if summary.spearman_vs_progress:
+        plots.save_figure(
+            plots.plot_spearman_vs_progress(summary.spearman_vs_progress), out / "spearman_vs_progress.png"
+        )
+
+
+def format_table(summary: dict) -> str:
+    """The printed summary: per tier T(B) (first eval and interpolated), eps_tok and early alpha_tail; per early-point
+    kind rho against eps_tok and against B; the warnings."""
+
+    def f(v, fmt):
+        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+    lines = [
+        f"{summary['family']} ({summary['preset']}), target val loss {summary['target_loss']}; activation alpha_tail "
+        f"{list(summary['tail_window'])} at block {summary.get('probe_layer')}",
+        f"{'B':>4} {'status':>8} {'T(B) eval':>10} {'T(B) interp':>11} {'eps_tok':>8} {'early a_tail':>12} {'norm':>6} "
+        f"{'tok/s':>8}",
+    ]
+    for r in summary["tiers"]:
+        lines.append(
+            f"{r['batch']:>4} {r['status']:>8} {f(r['tokens_to_target'], ','):>10} "
+            f"{f(r.get('tokens_to_target_interpolated'), ',.0f'):>11} {f(r['eps_tok'], '.3f'):>8} "
+            f"{f(r['early_alpha_tail'], '.4f'):>12} {f(r['early_alpha_tail_normalized'], '.2f'):>6} "
+            f"{f(r['throughput_tokens_per_s'], ',.0f'):>8}"
+        )
+    lines.append(
+        f"Spearman(early alpha_tail at {summary['early_fraction']:.0%} of T(B), eps_tok) = "
+        f"{f(summary['spearman_within'], '.3f')} (p = {f(summary['p_value'], '.3g')}, n = {summary['n_reached']})"
+    )
+    where = dict(
+        fraction=f"{summary['early_fraction']:.0%} of T(B)",
+        tokens=f"{f(summary.get('early_tokens'), ',')} tokens",
+        loss=f"first val loss <= {summary.get('early_loss')}",
+    )
+    for kind, e in (summary.get("early_points") or {}).items():
+        lines.append(
+            f"  early point at {where[kind]}: rho vs eps_tok {f(e['rho'], '+.3f')} (p {f(e['p_value'], '.3g')}), "
+            f"rho vs B {f(e['rho_vs_batch'], '+.3f')}, n = {e['n']}"
+        )
+    lines += [f"warning: {w}" for w in summary.get("warnings", ())]
+    return "\n".join(lines)
+
+
+__all__ = ["summarize_sweep", "format_table", "probed_series"]
