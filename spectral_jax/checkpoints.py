@@ -94,41 +94,46 @@ def restore_state(mgr: ocp.CheckpointManager, step: int, params, opt_state):
     return state["params"], state["opt_state"]
 
 
-def load_tier_model(tier_dir: str | pathlib.Path) -> tuple[GPT, int, dict]:
-    """(model, window, description) from a finished tier's newest checkpoint. The model config is rebuilt with
-    make_config from the tier's records and must reproduce the run's config fingerprint."""
-    tier_dir = pathlib.Path(tier_dir)
-    if not (tier_dir / "run.json").is_file() or not (tier_dir / "checkpoints").is_dir():
+def load_model(run_dir: str | pathlib.Path, step: int | None = None) -> tuple[GPT, int, dict]:
+    """(model, attention window, description) of a run directory's checkpoint at `step` (default: the newest), e.g.
+    a batch-sweep tier such as results/batch_sweep/betterwin_tiny/tier_B8. The model config is rebuilt with
+    make_config from the run's records and must reproduce the run's config fingerprint."""
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "run.json").is_file() or not (run_dir / "checkpoints").is_dir():
         raise FileNotFoundError(
-            f"--model={tier_dir} is not a trained tier directory (needs run.json and "
-            "checkpoints/); pass a batch-sweep tier such as results/.../tier_B8, or omit --model"
+            f"{run_dir} is not a trained run directory (needs run.json and checkpoints/); pass a batch-sweep tier "
+            "such as results/batch_sweep/betterwin_tiny/tier_B8"
         )
-    run = read_json(tier_dir / "run.json")
-    sweep_json = tier_dir.parent / "sweep.json"
+    run = read_json(run_dir / "run.json")
+    sweep_json = run_dir.parent / "sweep.json"
     overrides = (read_json(sweep_json)["config"].get("model_overrides") or {}) if sweep_json.is_file() else {}
     config = make_config(run["family"], run["preset"], **overrides)
     tc = TrainConfig(**run["train"])
     if config_fingerprint(config, tc, run["learning_rates"]) != run["fingerprint"]:
         raise ValueError(
-            f"{tier_dir}: the model config rebuilt from run.json does not match the run's fingerprint "
-            "(written by another code version?); retrain the tier or pass another --model"
+            f"{run_dir}: the model config rebuilt from run.json does not match the run's fingerprint "
+            "(written by another code version?); retrain the tier or pass another run directory"
         )
+    mgr = ocp.CheckpointManager(run_dir.resolve() / "checkpoints")
+    steps = sorted(mgr.all_steps())
+    if not steps or (step is not None and step not in steps):
+        raise FileNotFoundError(
+            f"{run_dir}/checkpoints holds no checkpoint at step {step}: it has {steps or 'none'}; "
+            "pass one of those, or rerun the run (more are kept with --keep_checkpoints)"
+        )
+    step = steps[-1] if step is None else step
     model = GPT(config, rngs=nnx.Rngs(tc.seed))
     _, params = nnx.split(model, nnx.Param)
     sched = Schedules.build(config, tc)
     opt_state = make_optimizer(config, run["learning_rates"], step_scale=sched.step_scale).init(params)
-    mgr = ocp.CheckpointManager(tier_dir.resolve() / "checkpoints")
-    step = mgr.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{tier_dir}/checkpoints holds no checkpoint; rerun the sweep for that tier")
     nnx.update(model, restore_state(mgr, step, params, opt_state)[0])
-    return (
-        model,
-        sched.window(config, step),
-        dict(
-            kind="checkpoint", dir=str(tier_dir), step=step, tokens=step * sched.tokens_per_step, family=run["family"]
-        ),
+    info = dict(
+        kind="checkpoint", dir=str(run_dir), step=step, tokens=step * sched.tokens_per_step, family=run["family"]
     )
+    return model, sched.window(config, step), info
+
+
+load_tier_model = load_model  # the ablations' name for it
 
 
 __all__ = [
@@ -140,5 +145,6 @@ __all__ = [
     "save",
     "restore_meta",
     "restore_state",
+    "load_model",
     "load_tier_model",
 ]

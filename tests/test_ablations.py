@@ -155,7 +155,7 @@ def test_data_split_js_is_zero_on_itself_and_large_on_another_source(out, layerw
     assert other["js_a_vs_b"] > 3 * max(other["js_floor_a"], other["js_floor_b"])
     assert len(other["layers"]) == 8
     _pngs(tmp_path / "other" / "data_split", other)
-    with pytest.raises(FileNotFoundError, match="not a trained tier directory"):
+    with pytest.raises(FileNotFoundError, match="not a trained run directory"):
         ablations.data_split_js(_cfg(tmp_path / "bad", model_dir=str(tmp_path)), log=quiet)
 
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -168,3 +170,14 @@ def test_cli_corrupt_shard_is_a_one_line_error_with_exit_code_2(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "fineweb_train_000000.bin" in err[0] and "magic" in err[0].lower()
+
+
+def test_readme_library_snippet_probes_a_trained_tier(sweep, monkeypatch):
+    """The README's library example, run as written on a tier of the fixture's sweep (its path swapped in)."""
+    _, out, _ = sweep
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"As a library.*?```python\n(.*?)```", readme, re.S).group(1)
+    code = code.replace('"results/batch_sweep/betterwin_tiny/tier_B8"', repr(str(out / "tier_B2")))
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["info"]["step"] > 0 and namespace["eig"].shape == (64,) and namespace["sv"].shape == (16,)
