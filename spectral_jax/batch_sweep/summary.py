@@ -72,14 +72,26 @@ def _early_spearman(points: dict, eps: dict) -> dict[str, dict]:
     return out
 
 
-def _warnings(tiers: dict[int, TierRecords], points: dict, n_reached: int) -> list[str]:
-    """What makes this summary's forecast weak, in words (summary.json's `warnings`, repeated under the table)."""
+FAR = 0.25  # a realised early point more than this relative distance from the requested one is warned about
+
+
+def _warnings(tiers: dict[int, TierRecords], points: dict, n_reached: int, fraction: float, tokens: int) -> list[str]:
+    """What makes this summary's forecast weak, in words (summary.json's `warnings`, repeated under the table):
+    tiers that missed the target, missing early points, early points far from where they were asked for (probes
+    are taken only every few evals), and a Spearman over fewer than 4 tiers."""
     out = [
         f"tier B={b} did not reach the target ({t.result.status})"
         for b, t in tiers.items()
         if t.result.status != "reached"
     ]
-    out += [f"tier B={b} has no {kind} early point" for b, p in points.items() for kind, v in p.items() if v is None]
+    for b, p in points.items():
+        out += [f"tier B={b} has no {kind} early point" for kind, v in p.items() if v is None]
+        if p["fraction"] and abs(p["fraction"]["fraction_of_T"] - fraction) > FAR * fraction:
+            out.append(
+                f"tier B={b}: the {fraction:.0%} early point was taken at {p['fraction']['fraction_of_T']:.0%} of T(B)"
+            )
+        if p["tokens"] and abs(p["tokens"]["tokens"] - tokens) > FAR * tokens:
+            out.append(f"tier B={b}: the {tokens:,}-token early point was taken at {p['tokens']['tokens']:,} tokens")
     if n_reached < 4:
         out.append(f"Spearman rests on {n_reached} tiers (fewer than 4): rho can take only a few values")
     return out
@@ -145,7 +157,7 @@ def summarize_sweep(
         early_tokens=early_tokens,
         early_loss=early_loss,
         early_points=_early_spearman(points, {r.batch: r.eps_tok for r in tier_rows}),
-        warnings=tuple(_warnings(tiers, points, early["n"])),
+        warnings=tuple(_warnings(tiers, points, early["n"], fraction, early_tokens)),
     )
     write_json(out / "summary.json", summary.to_dict())
     _figures(out, summary, tiers, layer)
