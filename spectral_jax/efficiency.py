@@ -138,6 +138,35 @@ def select_first_below(records: Sequence[Mapping], loss: float) -> Mapping | Non
     return None
 
 
+EARLY_KINDS = ("fraction", "tokens", "loss")
+
+
+def exact_early_steps(
+    evals: Sequence[Mapping],
+    *,
+    target: float,
+    tokens_per_step: int,
+    last_step: int,
+    fraction: float,
+    tokens: float,
+    loss: float,
+) -> dict[str, int | None]:
+    """The exact optimizer step of each early point of one run (>= 1, <= last_step; None where it does not exist):
+    "fraction" of the interpolated T(B), a fixed number of training "tokens", and the first eval at or below the
+    early "loss"."""
+    T = tokens_to_target_interpolated(evals, target)
+    crossed = select_first_below(evals, loss)
+
+    def clip(step: int | None) -> int | None:
+        return None if step is None or step > last_step else max(1, step)
+
+    return dict(
+        fraction=clip(round(fraction * T / tokens_per_step)) if T else None,
+        tokens=clip(round(tokens / tokens_per_step)),
+        loss=clip(crossed["step"]) if crossed else None,
+    )
+
+
 def select_at_fraction(records: Sequence[Mapping], total_tokens: float, fraction: float = 0.2) -> Mapping:
     """The record nearest to fraction * total_tokens (e.g. 20 % of T(B)); ties to the earlier one."""
     if total_tokens is None or not total_tokens > 0:

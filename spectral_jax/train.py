@@ -121,23 +121,30 @@ class _TierRun:
         self.val_batches = [val[i : i + bs] for i in range(0, len(val) - bs + 1, bs)]
 
     # ---- resume --------------------------------------------------------------------------------------------
+    def load_latest(self, at_most: int) -> bool:
+        """Load the newest checkpoint at or before step `at_most` (its config checked first); False if none."""
+        usable = [s for s in self.manager.all_steps() if s <= at_most]
+        if not usable:
+            return False
+        latest = max(usable)
+        meta = checkpoints.restore_meta(self.manager, latest)  # before any array of another shape is restored
+        if not checkpoints.same_config(meta.get("fingerprint"), self.fingerprint):
+            raise ValueError(
+                f"checkpoint in {self.out / 'checkpoints'} was written by a different "
+                "configuration; use another --out directory or delete it to start over"
+            )
+        self.params, self.opt_state = checkpoints.restore_state(self.manager, latest, self.params, self.opt_state)
+        self.step, self.timed_tokens, self.timed_seconds = meta["step"], meta["timed_tokens"], meta["timed_seconds"]
+        self.train_loss = float("nan") if meta.get("train_loss") is None else meta["train_loss"]
+        self.start_step = self.step
+        return True
+
     def restore(self, resume: bool) -> None:
         """Continue from the newest checkpoint within this budget (dropping later ones), else start clean; then
         drop the records an interrupted run wrote at or after the step it restarts from."""
         mgr, sched = self.manager, self.sched
-        usable = [s for s in mgr.all_steps() if s <= sched.max_steps] if resume else []
-        if usable:
-            latest = max(usable)
-            meta = checkpoints.restore_meta(mgr, latest)  # before any array of another shape is restored
-            if not checkpoints.same_config(meta.get("fingerprint"), self.fingerprint):
-                raise ValueError(
-                    f"checkpoint in {self.out / 'checkpoints'} was written by a different "
-                    "configuration; use another --out directory or delete it to start over"
-                )
-            self.params, self.opt_state = checkpoints.restore_state(mgr, latest, self.params, self.opt_state)
-            self.step, self.timed_tokens, self.timed_seconds = meta["step"], meta["timed_tokens"], meta["timed_seconds"]
-            self.train_loss = float("nan") if meta.get("train_loss") is None else meta["train_loss"]
-            for later in [s for s in mgr.all_steps() if s > latest]:
+        if resume and self.load_latest(sched.max_steps):
+            for later in [s for s in mgr.all_steps() if s > self.step]:
                 mgr.delete(later)
             self.log(
                 f"{self.tag} resumed from checkpoint at step {self.step} ({self.step * sched.tokens_per_step:,} tokens)"
@@ -145,12 +152,26 @@ class _TierRun:
         else:
             for old in mgr.all_steps():
                 mgr.delete(old)
-        for name in ("metrics.jsonl", "probes.jsonl"):
+        for name in ("metrics.jsonl", "probes.jsonl", "early_probes.jsonl"):
             if self.step == 0:
                 (self.out / name).unlink(missing_ok=True)
             else:
                 truncate_jsonl(self.out / name, lambda r: r.get("step", 0) < self.step)
         self.start_step = self.step
+
+    def replay_to(self, steps: Sequence[int], at_step: Callable[[RunState], None]) -> None:
+        """Train forward through the increasing `steps`, and at each one (before its update, as an eval would)
+        evaluate and call `at_step`; nothing is written to the run directory's own records."""
+        for target in sorted(set(steps)):
+            if target < self.step:
+                raise ValueError(f"replay cannot go back from step {self.step} to {target}")
+            while self.step < target:
+                self.dispatch()
+            self.flush()
+            window = self.sched.window(self.config, target)
+            nnx.update(self.model, self.params)
+            tokens = target * self.sched.tokens_per_step
+            at_step(RunState(target, tokens, self.evaluate(window), window, self.model, self.config, self.tc, self.out))
 
     # ---- steps ---------------------------------------------------------------------------------------------
     def dispatch(self) -> None:
@@ -374,6 +395,31 @@ def train(
     return run.run(stop_after_steps)
 
 
+def replay(
+    config: ModelConfig,
+    tc: TrainConfig,
+    dataset: TokenDataset,
+    run_dir: str | os.PathLike,
+    steps: Sequence[int],
+    at_step: Callable[[RunState], None],
+    *,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Exact points of a run: from the newest checkpoint in `run_dir` at or before the first of `steps` (else from
+    the initial model) train deterministically through `steps`, and at each call `at_step` with the model as an
+    uninterrupted run has it at the top of that step (bitwise: same programs, same batches). The run's records and
+    checkpoints are left as they are."""
+    out = pathlib.Path(run_dir)
+    lrs = group_learning_rates(config, tc.lr)
+    fingerprint = checkpoints.config_fingerprint(config, tc, lrs)
+    run = _TierRun(config, tc, dataset, out, (), log or log_stderr, fingerprint, lrs)
+    if min(steps) < 1:
+        raise ValueError(f"replay steps must be >= 1 (step 0 is the initial model), got {sorted(steps)}")
+    run.load_latest(min(steps))
+    run.start_step = run.step
+    run.replay_to(steps, at_step)
+
+
 __all__ = [
     "TrainConfig",
     "TrainingDiverged",
@@ -382,5 +428,6 @@ __all__ = [
     "Schedules",
     "TrainStep",
     "train",
+    "replay",
     "interleaved_throughput",
 ]

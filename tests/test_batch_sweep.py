@@ -90,6 +90,10 @@ def test_sweep_writes_records_summary_and_figures(sweep):
         for kind in ("fraction", "tokens", "loss"):
             point = row["early_points"][kind]
             assert point is None or point["step"] > 0, "step 0 is never an early point"
+            assert point is None or point["exact"], "every early point is measured at its own step (replay)"
+        per_step = row["tokens_to_target"] / row["steps"]
+        point = row["early_points"]["fraction"]
+        assert abs(point["tokens"] - 0.2 * row["tokens_to_target_interpolated"]) <= per_step / 2 + 1e-9
     assert summary["eps_tok_basis"] == "interpolated" and set(summary["early_points"]) == {"fraction", "tokens", "loss"}
     assert all(m["step"] > 0 for m in summary["matched_loss"]), "matched-loss points exclude the initial model"
     assert summary["probe_layer"] == 7 and summary["probe_matrix"] == "attn_out"

@@ -10,6 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
+from spectral_jax import checkpoints
 from spectral_jax.checkpoints import result_answers
 from spectral_jax.data import load_shard_dir, write_dataset
 from spectral_jax.halving import lr_multiplier_for_batch
@@ -17,7 +18,7 @@ from spectral_jax.models import make_config
 from spectral_jax.models.gpt import GPT
 from spectral_jax.optim import group_learning_rates, make_optimizer, schedule_steps
 from spectral_jax.records import read_jsonl, truncate_jsonl
-from spectral_jax.train import TrainingDiverged, train
+from spectral_jax.train import TrainingDiverged, replay, train
 from spectral_jax.train_config import TrainConfig
 from spectral_jax.train_step import Schedules, TrainStep, _lr_field, _make_apply
 
@@ -272,3 +273,36 @@ def test_train_step_on_flat_leaves_equals_the_pytree_step():
     step(graphdef, p, s, batches, 64)
     assert step._programs_for(graphdef, jax.tree.structure(p), jax.tree.structure(s)) == programs
     assert [f._cache_size() for f in (programs[0], programs[1].func)] == sizes
+
+
+def test_replay_to_an_exact_step_equals_the_uninterrupted_run_bitwise(dataset, tmp_path):
+    """replay() from the initial model and from a checkpoint both give, at step s, exactly the parameters the
+    uninterrupted run had there (its checkpoint at s); the run directory's records stay as they were."""
+    config, tc = _config(), _tc(keep_checkpoints=10)
+    run_dir = tmp_path / "run"
+    train(config, tc, dataset, run_dir, log=lambda m: None)
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    mgr = checkpoints.manager(run_dir / "checkpoints", 10)
+    assert 6 in mgr.all_steps()
+
+    def params_at(directory, steps):
+        got = {}
+
+        def keep(state):
+            got[state.step] = [np.asarray(x) for x in jax.tree.leaves(nnx.state(state.model, nnx.Param))]
+
+        replay(config, tc, dataset, directory, steps, keep, log=lambda m: None)
+        return got
+
+    fresh = params_at(tmp_path / "empty", [6, 7])  # no checkpoint there: from the initial model
+    resumed = params_at(run_dir, [7])  # from the checkpoint at step 6
+    _, template = nnx.split(GPT(config, rngs=nnx.Rngs(0)), nnx.Param)
+    lrs = group_learning_rates(config, tc.lr)
+    opt = make_optimizer(config, lrs, step_scale=Schedules.build(config, tc).step_scale).init(template)
+    saved = [np.asarray(x) for x in jax.tree.leaves(checkpoints.restore_state(mgr, 6, template, opt)[0])]
+    assert all(np.array_equal(a, b) for a, b in zip(fresh[6], saved, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(fresh[7], resumed[7], strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh[6], fresh[7], strict=True))
+    assert (run_dir / "metrics.jsonl").read_text() == metrics
+    with pytest.raises(ValueError, match="step 0 is the initial model"):
+        replay(config, tc, dataset, run_dir, [0], lambda s: None)

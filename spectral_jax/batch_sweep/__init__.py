@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from spectral_jax import probes
+from spectral_jax.batch_sweep.early import EARLY_RECORDS, probe_exact_early_points
 from spectral_jax.batch_sweep.records import TierRecords, load_spectrum, load_sweep, load_tier
 from spectral_jax.batch_sweep.summary import format_table, probed_series, summarize_sweep
 from spectral_jax.data import load_data
@@ -93,13 +94,17 @@ class ProbeCallback:
         chunk: int,
         tail: tuple[int, int],
         bank: Sequence[tuple[int, int]],
+        records: str = "probes.jsonl",
+        spectra_prefix: str = "step",
     ):
+        self.records, self.spectra_prefix = records, spectra_prefix
         self.pool = pool_NxT1
         self.layers, self.matrices = tuple(layers), tuple(matrices)
         self.grad_samples, self.chunk = grad_samples, chunk
         self.tail, self.bank = tail, tuple(bank)
 
-    def __call__(self, state: RunState) -> None:
+    def __call__(self, state: RunState, **extra) -> None:
+        """Probe the model of `state`; `extra` fields go into every record (the early points' kind)."""
         result = probes.run_probes(
             state.model,
             self.pool,
@@ -109,7 +114,7 @@ class ProbeCallback:
             chunk=self.chunk,
             window=state.window,
         )
-        rel = f"spectra/step_{state.step:07d}.npz"
+        rel = f"spectra/{self.spectra_prefix}_{state.step:07d}.npz"
         arrays = {f"activation/L{layer}": v for layer, v in result.activation.items()}
         arrays.update({f"gradient/{k}": v for k, v in result.gradient.items()})
         arrays.update({f"weight/{k}": v for k, v in result.weight.items()})
@@ -118,7 +123,7 @@ class ProbeCallback:
             row = ProbeRecord.from_dict(
                 dict(rec, step=state.step, tokens=state.tokens, val_loss=state.val_loss, window=state.window, file=rel)
             )
-            append_jsonl(state.out_dir / "probes.jsonl", row.to_dict())
+            append_jsonl(state.out_dir / self.records, {**row.to_dict(), **extra})
 
 
 def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
@@ -150,8 +155,7 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
             data=dataset.metadata,
         ),
     )
-    callback = ProbeCallback(
-        pool,
+    probe_args = dict(
         layers=cfg.layers,
         matrices=cfg.matrices,
         grad_samples=probe.grad_samples,
@@ -159,6 +163,10 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
         tail=tail,
         bank=bank,
     )
+    callback = ProbeCallback(pool, **probe_args)
+    early_callback = ProbeCallback(pool, **probe_args, records=EARLY_RECORDS, spectra_prefix="exact")
+    early_tokens = cfg.early_tokens or preset.early_tokens
+    early_loss = cfg.early_loss or preset.early_loss
     t0 = time.perf_counter()
     for i, batch in enumerate(sorted(cfg.tiers)):
         lr, rule = lrs[batch]
@@ -175,6 +183,17 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
             resume=cfg.resume,
             log=log,
             run_info=dict(family=cfg.family, preset=cfg.preset, lr_rule=rule, vocab_map=vmap and vmap.describe()),
+        )
+        probe_exact_early_points(
+            model_cfg,
+            base_tc.for_batch(batch, lr=lr),
+            dataset,
+            out / f"tier_B{batch}",
+            early_callback,
+            fraction=cfg.early_fraction,
+            tokens=early_tokens,
+            loss=early_loss,
+            log=log,
         )
     summary = summarize_sweep(out, log=log)
     log(format_table(summary))

@@ -21,12 +21,14 @@ class TierRecords:
     run: dict
     evals: tuple[EvalRow, ...]
     probes: tuple[dict, ...]
+    early: tuple[dict, ...] = ()  # probe rows at the exact early points (early_probes.jsonl)
 
-    def records(self, kind: str, layer: int | None, matrix: str | None = None) -> list[dict]:
-        """Probe rows of one spectrum kind at one layer (and matrix), in step order."""
+    def records(self, kind: str, layer: int | None, matrix: str | None = None, *, early: bool = False) -> list[dict]:
+        """Probe rows of one spectrum kind at one layer (and matrix), in step order; `early`: the exact early
+        points' rows instead of the training probes'."""
         return [
             r
-            for r in self.probes
+            for r in (self.early if early else self.probes)
             if r["kind"] == kind and r["layer"] == layer and (matrix is None or r["matrix"] == matrix)
         ]
 
@@ -43,6 +45,7 @@ def load_tier(directory: pathlib.Path) -> TierRecords:
         run=read_json(directory / "run.json"),
         evals=tuple(EvalRow.from_dict(r) for r in read_jsonl(directory / "metrics.jsonl")),
         probes=tuple(read_jsonl(directory / "probes.jsonl")),
+        early=tuple(read_jsonl(directory / "early_probes.jsonl")),
     )
 
 

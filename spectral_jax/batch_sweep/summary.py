@@ -30,30 +30,50 @@ def probed_series(sweep: dict) -> tuple[int, str]:
     return layer, probes.ALIASES.get(first, (first,))[0]
 
 
-def _early_points(runs: dict, fraction: float, tokens: int, loss: float) -> dict[int, dict[str, dict]]:
+def _early_points(
+    tiers: dict[int, TierRecords], runs: dict, layer: int, fraction: float, tokens: int, loss: float
+) -> dict[int, dict[str, dict]]:
     """Per tier, the three early points (never step 0): fraction of T(B) (retrospective), fixed tokens and the
-    first probe at or below an early loss (both known online), each with its realised step, tokens, fraction of
-    T(B), val loss and alpha_tail."""
+    first eval at or below an early loss (both known online), each with its realised step, tokens, fraction of
+    T(B), val loss, alpha_tail and whether it is exact (measured at its own step by replay) or the nearest probe
+    of training (when the sweep ran without the replay)."""
     out = {}
     for b, run in runs.items():
-        recs, T = efficiency.after_start(run["records"]), run["tokens_to_target"]
-        chosen = {
+        tier, recs, T = tiers[b], efficiency.after_start(run["records"]), run["tokens_to_target"]
+        exact_steps = efficiency.exact_early_steps(
+            [e.to_dict() for e in tier.evals],
+            target=tier.result.target_loss,
+            tokens_per_step=tier.result.tokens // max(tier.result.steps, 1),
+            last_step=tier.result.steps,
+            fraction=fraction,
+            tokens=tokens,
+            loss=loss,
+        )
+        nearest = {
             "fraction": efficiency.select_at_fraction(recs, T, fraction) if recs and T else None,
             "tokens": efficiency.select_at_tokens(recs, tokens) if recs else None,
             "loss": efficiency.select_first_below(recs, loss),
         }
-        out[b] = {
-            kind: None
-            if r is None
-            else dict(
-                step=r["step"],
-                tokens=r["tokens"],
-                fraction_of_T=r["tokens"] / T if T else None,
-                val_loss=r["val_loss"],
-                alpha_tail=r.get("alpha_tail"),
+        out[b] = {}
+        for kind, near in nearest.items():
+            exact = [
+                r
+                for r in tier.records("activation", layer, early=True)
+                if kind in r.get("early_kinds", ()) and r["step"] == exact_steps[kind]
+            ]
+            r = exact[0] if exact else near if exact_steps[kind] is not None else None  # None: past the run's end
+            out[b][kind] = (
+                None
+                if r is None
+                else dict(
+                    step=r["step"],
+                    tokens=r["tokens"],
+                    fraction_of_T=r["tokens"] / T if T else None,
+                    val_loss=r["val_loss"],
+                    alpha_tail=r.get("alpha_tail"),
+                    exact=bool(exact),
+                )
             )
-            for kind, r in chosen.items()
-        }
     return out
 
 
@@ -86,15 +106,32 @@ def _warnings(tiers: dict[int, TierRecords], points: dict, n_reached: int, fract
     ]
     for b, p in points.items():
         out += [f"tier B={b} has no {kind} early point" for kind, v in p.items() if v is None]
-        if p["fraction"] and abs(p["fraction"]["fraction_of_T"] - fraction) > FAR * fraction:
+        if (
+            p["fraction"]
+            and not p["fraction"]["exact"]
+            and abs(p["fraction"]["fraction_of_T"] - fraction) > FAR * fraction
+        ):
             out.append(
                 f"tier B={b}: the {fraction:.0%} early point was taken at {p['fraction']['fraction_of_T']:.0%} of T(B)"
             )
-        if p["tokens"] and abs(p["tokens"]["tokens"] - tokens) > FAR * tokens:
+        if p["tokens"] and not p["tokens"]["exact"] and abs(p["tokens"]["tokens"] - tokens) > FAR * tokens:
             out.append(f"tier B={b}: the {tokens:,}-token early point was taken at {p['tokens']['tokens']:,} tokens")
     if n_reached < 4:
         out.append(f"Spearman rests on {n_reached} tiers (fewer than 4): rho can take only a few values")
     return out
+
+
+def _headline_fields(point: dict | None, normalized: float | None) -> dict:
+    """The tier row's early_* fields: the fraction-of-T(B) early point (the paper's)."""
+    if point is None:
+        return {}
+    return dict(
+        early_tokens=point["tokens"],
+        early_step=point["step"],
+        early_val_loss=point["val_loss"],
+        early_alpha_tail=point["alpha_tail"],
+        early_alpha_tail_normalized=normalized,
+    )
 
 
 def summarize_sweep(
@@ -114,17 +151,20 @@ def summarize_sweep(
         for b, t in tiers.items()
     }
     runs = {b: dict(tokens_to_target=T_interp[b], records=t.records("activation", layer)) for b, t in tiers.items()}
-    early = efficiency.early_prediction(runs, fraction=fraction, key="alpha_tail", kind="activation", layer=layer)
-    points = _early_points(runs, fraction, early_tokens, early_loss)
-    by_batch = {row["batch"]: row for row in early["tiers"]}
+    points = _early_points(tiers, runs, layer, fraction, early_tokens, early_loss)
+    eps = efficiency.token_efficiency(T_interp)
+    early_spearman = _early_spearman(points, eps)
+    headline = {b: p["fraction"] for b, p in points.items() if p["fraction"] and T_interp[b]}  # the paper's point
+    normalized = efficiency.minmax_normalize({b: p["alpha_tail"] for b, p in headline.items()})
     tier_rows = tuple(
         TierRow.from_dict(
             {
-                **by_batch.get(b, {}),
                 **dataclasses.asdict(t.result),
                 "batch": b,
+                "eps_tok": eps[b],
                 "tokens_to_target_interpolated": T_interp[b],
                 "early_points": points[b],
+                **_headline_fields(headline.get(b), normalized.get(b)),
             }
         )
         for b, t in tiers.items()
@@ -144,9 +184,9 @@ def summarize_sweep(
         tail_window=tuple(sweep["tail_window"]),
         early_fraction=fraction,
         tiers=tier_rows,
-        spearman_within=early["spearman_within"],
-        p_value=early["p_value"],
-        n_reached=early["n"],
+        spearman_within=early_spearman["fraction"]["rho"],
+        p_value=early_spearman["fraction"]["p_value"],
+        n_reached=early_spearman["fraction"]["n"],
         target_loss=first.result.target_loss,
         matched_loss=tuple(matched),
         matched_loss_targets=tuple(targets),
@@ -156,8 +196,8 @@ def summarize_sweep(
         probe_matrix=matrix,
         early_tokens=early_tokens,
         early_loss=early_loss,
-        early_points=_early_spearman(points, {r.batch: r.eps_tok for r in tier_rows}),
-        warnings=tuple(_warnings(tiers, points, early["n"], fraction, early_tokens)),
+        early_points=early_spearman,
+        warnings=tuple(_warnings(tiers, points, early_spearman["fraction"]["n"], fraction, early_tokens)),
     )
     write_json(out / "summary.json", summary.to_dict())
     _figures(out, summary, tiers, layer)
