@@ -26,6 +26,8 @@ from spectral_jax.ablations.common import (
     write_ablation,
 )
 from spectral_jax.batch_sweep import load_spectrum, load_sweep
+from spectral_jax.batch_sweep.summary import early_readout
+from spectral_jax.presets import get_preset
 from spectral_jax.records import log_stderr
 
 
@@ -169,12 +171,20 @@ def _seed_tiers(cfg: AblationConfig, name: str, sweep: dict, tiers: dict, log: C
     return seed_tiers
 
 
+def _early(cfg: AblationConfig, tiers: dict, **series) -> dict:
+    """The batch sweep's early read-out of one spectrum series (exact early points where replayed; the paper's
+    fraction-of-T(B) point as the headline), with the preset's fixed-token and early-loss points."""
+    preset = get_preset(cfg.preset)
+    return early_readout(
+        tiers, fraction=cfg.early_fraction, tokens=preset.early_tokens, loss=preset.early_loss, **series
+    )
+
+
 def _per_seed_rows(cfg: AblationConfig, seed_tiers: dict, last: int) -> list[dict]:
     """Per seed: tokens to target, status and the early alpha_tail of the last block's activation spectrum."""
     per_seed = []
     for s, t in seed_tiers.items():
-        run = {0: dict(tokens_to_target=t.result.tokens_to_target, records=t.records("activation", last))}
-        e = efficiency.early_prediction(run, fraction=cfg.early_fraction, layer=last)["tiers"][0]
+        e = _early(cfg, {0: t}, layer=last)["tiers"][0]
         per_seed.append(
             dict(
                 seed=s,
@@ -255,9 +265,7 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
     last = sweep["model"]["n_layer"] - 1
     seed_tiers = _seed_tiers(cfg, name, sweep, tiers, log)
     per_seed = _per_seed_rows(cfg, seed_tiers, last)
-    tier_early = efficiency.early_prediction(
-        tier_runs(tiers, "activation", last), fraction=cfg.early_fraction, layer=last
-    )
+    tier_early = _early(cfg, tiers, layer=last)
     tier_alpha = {r["batch"]: r["early_alpha_tail"] for r in tier_early["tiers"]}
     targets, js_rows, js_note = _matched_loss_js(seed_tiers, tiers, last, log)
     mean_seed_js = float(np.mean([v for r in js_rows for v in r["seed_js"]])) if js_rows else None
@@ -317,7 +325,7 @@ def layerwise(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -> d
     sweep, tiers = load_sweep(sweep_dir)
     rows = []
     for layer in range(sweep["model"]["n_layer"]):
-        e = efficiency.early_prediction(tier_runs(tiers, "activation", layer), fraction=cfg.early_fraction, layer=layer)
+        e = _early(cfg, tiers, layer=layer)
         rows.append(
             dict(
                 layer=layer,
@@ -368,9 +376,7 @@ def _matrix_entry(cfg: AblationConfig, tiers: dict, last: int, m: str, matched: 
     runs_m = tier_runs(tiers, "gradient", last, m)
     entry = dict(matrix=m, label=MATRIX_LABELS[m], layer=last)
     for key in ("alpha_tail", "rankme"):
-        e = efficiency.early_prediction(
-            runs_m, fraction=cfg.early_fraction, key=key, kind="gradient", layer=last, matrix=m
-        )
+        e = _early(cfg, tiers, key=key, kind="gradient", layer=last, matrix=m)
         entry[key] = dict(
             rho=e["spearman_within"],
             p_value=e["p_value"],

@@ -31,12 +31,21 @@ def probed_series(sweep: dict) -> tuple[int, str]:
 
 
 def _early_points(
-    tiers: dict[int, TierRecords], runs: dict, layer: int, fraction: float, tokens: int, loss: float
+    tiers: dict[int, TierRecords],
+    runs: dict,
+    fraction: float,
+    tokens: int,
+    loss: float,
+    *,
+    kind: str = "activation",
+    layer: int | None = None,
+    matrix: str | None = None,
+    key: str = "alpha_tail",
 ) -> dict[int, dict[str, dict]]:
-    """Per tier, the three early points (never step 0): fraction of T(B) (retrospective), fixed tokens and the
-    first eval at or below an early loss (both known online), each with its realised step, tokens, fraction of
-    T(B), val loss, alpha_tail and whether it is exact (measured at its own step by replay) or the nearest probe
-    of training (when the sweep ran without the replay)."""
+    """Per tier, the three early points (never step 0) of one spectrum series: fraction of T(B) (retrospective),
+    fixed tokens and the first eval at or below an early loss (both known online), each with its realised step,
+    tokens, fraction of T(B), val loss, `key` (as "alpha_tail") and whether it is exact (measured at its own step
+    by replay) or the nearest training probe (when the sweep ran without the replay)."""
     out = {}
     for b, run in runs.items():
         tier, recs, T = tiers[b], efficiency.after_start(run["records"]), run["tokens_to_target"]
@@ -54,15 +63,12 @@ def _early_points(
             "tokens": efficiency.select_at_tokens(recs, tokens) if recs else None,
             "loss": efficiency.select_first_below(recs, loss),
         }
+        replayed = tier.records(kind, layer, matrix, early=True)
         out[b] = {}
-        for kind, near in nearest.items():
-            exact = [
-                r
-                for r in tier.records("activation", layer, early=True)
-                if kind in r.get("early_kinds", ()) and r["step"] == exact_steps[kind]
-            ]
-            r = exact[0] if exact else near if exact_steps[kind] is not None else None  # None: past the run's end
-            out[b][kind] = (
+        for point, near in nearest.items():
+            exact = [r for r in replayed if point in r.get("early_kinds", ()) and r["step"] == exact_steps[point]]
+            r = exact[0] if exact else near if exact_steps[point] is not None else None  # None: past the run's end
+            out[b][point] = (
                 None
                 if r is None
                 else dict(
@@ -70,11 +76,63 @@ def _early_points(
                     tokens=r["tokens"],
                     fraction_of_T=r["tokens"] / T if T else None,
                     val_loss=r["val_loss"],
-                    alpha_tail=r.get("alpha_tail"),
+                    alpha_tail=r.get(key),
                     exact=bool(exact),
                 )
             )
     return out
+
+
+def early_readout(
+    tiers: dict[int, TierRecords],
+    *,
+    fraction: float,
+    tokens: int,
+    loss: float,
+    kind: str = "activation",
+    layer: int | None = None,
+    matrix: str | None = None,
+    key: str = "alpha_tail",
+) -> dict:
+    """The sweep's early read-out of one spectrum series (`kind`, `layer`, `matrix`, summary `key`), as the
+    summary computes it: T(B) interpolated, eps_tok, the three early points per tier (exact where replayed), per
+    point kind rho vs eps_tok and vs B, and the paper's fraction-of-T(B) point in `early_prediction`'s shape:
+    {"tiers": [{batch, tokens_to_target, eps_tok, early_tokens, early_step, early_val_loss, early_alpha_tail,
+    early_alpha_tail_normalized}], "spearman_within", "p_value", "n", "points", "by_kind"}."""
+    T = {
+        b: efficiency.tokens_to_target_interpolated([e.to_dict() for e in t.evals], t.result.target_loss)
+        for b, t in tiers.items()
+    }
+    runs = {b: dict(tokens_to_target=T[b], records=t.records(kind, layer, matrix)) for b, t in tiers.items()}
+    points = _early_points(tiers, runs, fraction, tokens, loss, kind=kind, layer=layer, matrix=matrix, key=key)
+    eps = efficiency.token_efficiency(T)
+    by_kind = _early_spearman(points, eps)
+    headline = {b: p["fraction"] for b, p in points.items() if p["fraction"] and T[b]}
+    normalized = efficiency.minmax_normalize({b: p["alpha_tail"] for b, p in headline.items()})
+    rows = [
+        dict(batch=b, tokens_to_target=T[b], eps_tok=eps[b], **_headline_fields(headline.get(b), normalized.get(b)))
+        for b in sorted(tiers)
+    ]
+    for row in rows:
+        for field in (
+            "early_tokens",
+            "early_step",
+            "early_val_loss",
+            "early_alpha_tail",
+            "early_alpha_tail_normalized",
+        ):
+            row.setdefault(field, None)
+    fr = by_kind["fraction"]
+    return dict(
+        tiers=rows,
+        spearman_within=fr["rho"],
+        p_value=fr["p_value"],
+        n=fr["n"],
+        points=points,
+        by_kind=by_kind,
+        T=T,
+        runs=runs,
+    )
 
 
 def _early_spearman(points: dict, eps: dict) -> dict[str, dict]:
@@ -146,25 +204,16 @@ def summarize_sweep(
     early_tokens = cfg.get("early_tokens") or (preset.early_tokens if preset else None)
     early_loss = cfg.get("early_loss") or (preset.early_loss if preset else None)
     layer, matrix = probed_series(sweep)
-    T_interp = {
-        b: efficiency.tokens_to_target_interpolated([e.to_dict() for e in t.evals], t.result.target_loss)
-        for b, t in tiers.items()
-    }
-    runs = {b: dict(tokens_to_target=T_interp[b], records=t.records("activation", layer)) for b, t in tiers.items()}
-    points = _early_points(tiers, runs, layer, fraction, early_tokens, early_loss)
-    eps = efficiency.token_efficiency(T_interp)
-    early_spearman = _early_spearman(points, eps)
-    headline = {b: p["fraction"] for b, p in points.items() if p["fraction"] and T_interp[b]}  # the paper's point
-    normalized = efficiency.minmax_normalize({b: p["alpha_tail"] for b, p in headline.items()})
+    readout = early_readout(tiers, fraction=fraction, tokens=early_tokens, loss=early_loss, layer=layer)
+    T_interp, runs, points, early_spearman = readout["T"], readout["runs"], readout["points"], readout["by_kind"]
+    by_batch = {row["batch"]: row for row in readout["tiers"]}
     tier_rows = tuple(
         TierRow.from_dict(
             {
                 **dataclasses.asdict(t.result),
-                "batch": b,
-                "eps_tok": eps[b],
+                **{k: v for k, v in by_batch[b].items() if k != "tokens_to_target"},
                 "tokens_to_target_interpolated": T_interp[b],
                 "early_points": points[b],
-                **_headline_fields(headline.get(b), normalized.get(b)),
             }
         )
         for b, t in tiers.items()
@@ -344,4 +393,4 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["summarize_sweep", "format_table", "probed_series"]
+__all__ = ["summarize_sweep", "format_table", "probed_series", "early_readout"]
