@@ -15,8 +15,9 @@ statistic comes from `spectral_jax.efficiency` over the sweep records. Layout un
     summary.json                 index: per ablation its summary path, figures and headline numbers
 
 Definitions. "Early" = the batch sweep's early read-out (`batch_sweep.summary.early_readout`): the exact point at
-`early_fraction` (20 %) of the run's own interpolated T(B), measured by replay. Seed spread = sample std (ddof 1) and range of the seeds' early alpha_tail at
-tier `batch`; tier separation = the same over the probe sweep's tiers (one seed); the summary gives their ratios.
+`early_fraction` (20 %) of the run's own interpolated T(B), measured by replay. Seed spread = sample std (ddof 1)
+and range of the seeds' early alpha_tail at tier `batch`; tier separation = the same over the probe sweep's tiers
+(one seed); the summary gives their ratios.
 Matched loss = `efficiency.common_loss_targets` / `matched_loss_rows` over probe points with step > 0 (at step 0
 every tier is the same initialised model, so tier-vs-tier JS would be 0 by construction). Data split: sources are
 "<--data spec>[:pool|val|train]"; the default compares the embedded corpus' val split with its pool split (two
