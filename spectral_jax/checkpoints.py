@@ -133,9 +133,6 @@ def load_model(run_dir: str | pathlib.Path, step: int | None = None) -> tuple[GP
     return model, sched.window(config, step), info
 
 
-load_tier_model = load_model  # the ablations' name for it
-
-
 __all__ = [
     "BUDGET_FIELDS",
     "config_fingerprint",
@@ -146,5 +143,4 @@ __all__ = [
     "restore_meta",
     "restore_state",
     "load_model",
-    "load_tier_model",
 ]

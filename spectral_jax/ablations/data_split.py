@@ -12,7 +12,7 @@ from flax import nnx
 
 from spectral_jax import plots, probes, spectra
 from spectral_jax.ablations.common import AblationConfig, ratio, write_ablation
-from spectral_jax.checkpoints import load_tier_model
+from spectral_jax.checkpoints import load_model
 from spectral_jax.data import SequenceSource, TokenDataset, load_data
 from spectral_jax.data.vocab import fit_vocab, source_eot
 from spectral_jax.models import GPT, attention, make_config
@@ -60,7 +60,7 @@ def _mapped(dataset, like, vmap):
 def _model_to_measure(cfg: AblationConfig):
     """(model, attention window, model info, its training data spec): a trained tier's checkpoint or a fresh init."""
     if cfg.model_dir:
-        model, window, model_info = load_tier_model(cfg.model_dir)
+        model, window, model_info = load_model(cfg.model_dir)
         sweep_json = pathlib.Path(cfg.model_dir).parent / "sweep.json"
         train_data = read_json(sweep_json)["config"]["data"] if sweep_json.is_file() else cfg.data
     else:

@@ -13,28 +13,14 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable
 
-from spectral_jax import efficiency
+from spectral_jax.batch_sweep.records import load_tier
 from spectral_jax.data.shards import TokenDataset
 from spectral_jax.models.config import ModelConfig
-from spectral_jax.records import log_stderr, read_json, read_jsonl
+from spectral_jax.records import log_stderr, read_jsonl
 from spectral_jax.train import RunState, replay
 from spectral_jax.train_config import TrainConfig
 
 EARLY_RECORDS = "early_probes.jsonl"
-
-
-def early_steps_of(tier_dir: pathlib.Path, *, fraction: float, tokens: float, loss: float) -> dict[str, int | None]:
-    """The exact early steps of a finished tier, from its result and metrics records."""
-    result = read_json(tier_dir / "result.json")
-    return efficiency.exact_early_steps(
-        read_jsonl(tier_dir / "metrics.jsonl"),
-        target=result["target_loss"],
-        tokens_per_step=result["tokens"] // max(result["steps"], 1),
-        last_step=result["steps"],
-        fraction=fraction,
-        tokens=tokens,
-        loss=loss,
-    )
 
 
 def probe_exact_early_points(
@@ -51,7 +37,7 @@ def probe_exact_early_points(
 ) -> dict[str, int | None]:
     """Replay the tier to every early step not yet measured and call `probe(state, early_kinds=[kinds])` there,
     once per step; returns {kind: step}. `probe` writes the records (a ProbeCallback writing EARLY_RECORDS)."""
-    steps = early_steps_of(tier_dir, fraction=fraction, tokens=tokens, loss=loss)
+    steps = load_tier(tier_dir).early_steps(fraction=fraction, tokens=tokens, loss=loss)
     done = {(k, r["step"]) for r in read_jsonl(tier_dir / EARLY_RECORDS) for k in r.get("early_kinds", ())}
     todo: dict[int, list[str]] = {}
     for kind, step in steps.items():
@@ -68,4 +54,4 @@ def probe_exact_early_points(
     return steps
 
 
-__all__ = ["EARLY_RECORDS", "early_steps_of", "probe_exact_early_points"]
+__all__ = ["EARLY_RECORDS", "probe_exact_early_points"]

@@ -8,6 +8,7 @@ import pathlib
 
 import numpy as np
 
+from spectral_jax import efficiency
 from spectral_jax.records import read_json, read_jsonl
 from spectral_jax.schemas import EvalRow, TierResult, spectrum_key
 
@@ -22,6 +23,18 @@ class TierRecords:
     evals: tuple[EvalRow, ...]
     probes: tuple[dict, ...]
     early: tuple[dict, ...] = ()  # probe rows at the exact early points (early_probes.jsonl)
+
+    def early_steps(self, *, fraction: float, tokens: float, loss: float) -> dict[str, int | None]:
+        """The exact step of each early point of this tier (`efficiency.exact_early_steps`)."""
+        return efficiency.exact_early_steps(
+            [e.to_dict() for e in self.evals],
+            target=self.result.target_loss,
+            tokens_per_step=self.result.tokens // max(self.result.steps, 1),
+            last_step=self.result.steps,
+            fraction=fraction,
+            tokens=tokens,
+            loss=loss,
+        )
 
     def records(self, kind: str, layer: int | None, matrix: str | None = None, *, early: bool = False) -> list[dict]:
         """Probe rows of one spectrum kind at one layer (and matrix), in step order; `early`: the exact early

@@ -49,15 +49,7 @@ def _early_points(
     out = {}
     for b, run in runs.items():
         tier, recs, T = tiers[b], efficiency.after_start(run["records"]), run["tokens_to_target"]
-        exact_steps = efficiency.exact_early_steps(
-            [e.to_dict() for e in tier.evals],
-            target=tier.result.target_loss,
-            tokens_per_step=tier.result.tokens // max(tier.result.steps, 1),
-            last_step=tier.result.steps,
-            fraction=fraction,
-            tokens=tokens,
-            loss=loss,
-        )
+        exact_steps = tier.early_steps(fraction=fraction, tokens=tokens, loss=loss)
         nearest = {
             "fraction": efficiency.select_at_fraction(recs, T, fraction) if recs and T else None,
             "tokens": efficiency.select_at_tokens(recs, tokens) if recs else None,
