@@ -1,6 +1,8 @@
 """Main job: one family across batch tiers -> T(B), eps_tok, early alpha_tail, Spearman, figures.
 
     python -m experiments.batch_sweep --family=betterwin                 # tiny preset, embedded corpus, CPU
+    python -m experiments.batch_sweep --family=betterwin --seeds=3       # mean, spread and intervals over seeds
+    python -m experiments.batch_sweep --family=betterwin --tokenizer=bytes --lr=sqrt   # UTF-8 byte tokens
     python -m experiments.batch_sweep --family=betterwin --preset=d12 --data=/data/fineweb10B --out=runs/bw
 
 Every field of spectral_jax.batch_sweep.SweepConfig is a flag, and so is every field of the preset's training

@@ -2,6 +2,7 @@
 
 python -m experiments.report --results=results/batch_sweep/betterwin_tiny
 python -m experiments.report --results=results/chain/tiny          # a chain directory (chain.json)
+python -m experiments.report --results=results/batch_sweep/betterwin_tiny_seeds   # a --seeds=N sweep
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import pathlib
 from absl import app, flags
 
 from experiments._cli import user_errors_exit_2
-from spectral_jax.batch_sweep import format_table, summarize_sweep
+from spectral_jax.batch_sweep import format_seeds_table, format_table, summarize_seeds, summarize_sweep
 from spectral_jax.chain import format_chain_table, summarize_chain
+from spectral_jax.records import read_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results", None, "a batch-sweep or chain results directory", required=True)
@@ -28,6 +30,12 @@ def main(argv):
         raise ValueError(f"unexpected arguments {argv[1:]}")
     if (pathlib.Path(FLAGS.results) / "chain.json").is_file():
         print(format_chain_table(summarize_chain(FLAGS.results, gain_target=FLAGS.gain_target)))
+        return
+    sweep = pathlib.Path(FLAGS.results) / "sweep.json"
+    if sweep.is_file() and "seed_dirs" in read_json(sweep):
+        if FLAGS.early_fraction is not None:
+            raise ValueError("--early_fraction applies to one seed's directory; pass --results=<dir>/seed<k>")
+        print(format_seeds_table(summarize_seeds(FLAGS.results)))
         return
     summary = summarize_sweep(FLAGS.results, early_fraction=FLAGS.early_fraction)
     print(format_table(summary))

@@ -69,6 +69,22 @@ def manager(directory: pathlib.Path, keep: int = 1) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(pathlib.Path(directory).resolve(), options=options)
 
 
+def prune(run_dir: str | pathlib.Path, keep: int = 1) -> list[int]:
+    """Delete all but the newest `keep` checkpoints of a run directory; returns the deleted steps. The batch sweep
+    keeps a checkpoint every few evals while a tier trains, so that its exact early points replay only from the
+    checkpoint before them, and prunes after measuring them."""
+    directory = pathlib.Path(run_dir).resolve() / "checkpoints"
+    if not directory.is_dir():
+        return []
+    mgr = ocp.CheckpointManager(directory)
+    steps = sorted(mgr.all_steps())
+    drop = steps[: max(len(steps) - keep, 0)]
+    for step in drop:
+        mgr.delete(step)
+    mgr.close()
+    return drop
+
+
 def save(mgr: ocp.CheckpointManager, step: int, params, opt_state, meta: Mapping[str, Any]) -> None:
     """Checkpoint `step` (synchronously; a step that already has one is left as it is)."""
     if step in mgr.all_steps():
@@ -135,6 +151,7 @@ def load_model(run_dir: str | pathlib.Path, step: int | None = None) -> tuple[GP
 
 __all__ = [
     "BUDGET_FIELDS",
+    "prune",
     "config_fingerprint",
     "same_config",
     "result_answers",

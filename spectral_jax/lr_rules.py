@@ -1,5 +1,11 @@
-"""The LR of a batch tier from `--lr`: a scaling rule of the family's anchors (sqrt(B/B0), B/B0, none), a number,
-a JSON table, or the successive-halving table that experiments.lr_sweep writes (docs/method.md §3.3)."""
+"""The LR of a batch tier from `--lr`: the tuned table shipped with the package (the default), a scaling rule of
+the family's anchors (sqrt(B/B0), B/B0, none), a number, a JSON table, or the successive-halving table that
+experiments.lr_sweep writes (docs/method.md §3.3).
+
+The shipped tables (`spectral_jax/lr_tables/<family>_<preset>_<tokenizer>.json`) were made once per preset by
+`python -m experiments.lr_sweep` on the embedded corpus, in the batch sweep's regime; `lr_sweep.make_lr_table`
+turns an LR sweep's results into one.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +25,30 @@ def resolve_lr(
     *,
     preset: str = "tiny",
     lr_table: str | os.PathLike | None = None,
+    tokenizer: str = "gpt2",
 ) -> tuple[Any, str]:
-    """--lr: a scaling rule name, a float multiplier, a JSON table {family: {batch: multiplier|{group: lr}}}, or
-    "auto": the successive-halving table of experiments.lr_sweep (`lr_table`, default
-    results/lr_sweep/<family>_<preset>/lr_table.json)."""
+    """--lr: "tuned" (the package's table for family, preset and tokenizer), a scaling rule name, a float
+    multiplier, a JSON table {family: {batch: multiplier|{group: lr}}}, or "auto": the successive-halving table of
+    experiments.lr_sweep (`lr_table`, default results/lr_sweep/<family>_<preset>[_bytes]/lr_table.json).
+    Returns (multiplier or per-group LRs, how it was chosen)."""
+    if spec == "tuned":
+        path = packaged_lr_table(family, preset, tokenizer)
+        fix = (
+            "pass --lr=auto to tune it here (experiments.lr_sweep on this data), or --lr=sqrt for the "
+            "untuned sqrt(B/B0) rule"
+        )
+        if not path.is_file():
+            raise ValueError(
+                f"no tuned LR table ships for family {family!r}, preset {preset!r}, {tokenizer} tokens; {fix}"
+            )
+        entry = read_json(path)["multipliers"].get(str(batch))
+        if entry is None:
+            raise ValueError(f"the tuned LR table {path.name} has no tier B={batch}; {fix}")
+        return entry, f"tuned by successive halving ({path.name})"
     if spec in ("sqrt", "linear", "none"):
         return lr_multiplier_for_batch(batch, reference_batch, spec), f"{spec}(B/{reference_batch})"
     if spec == "auto":
-        path = pathlib.Path(lr_table) if lr_table else default_lr_table(family, preset)
+        path = pathlib.Path(lr_table) if lr_table else default_lr_table(family, preset, tokenizer)
         if not path.is_file():
             raise ValueError(
                 f"--lr=auto needs the successive-halving LR table, and {path} does not exist: run "
@@ -44,13 +66,24 @@ def resolve_lr(
         pass
     path = pathlib.Path(spec)
     if not path.is_file():
-        raise ValueError(f"--lr={spec!r} is neither a rule (sqrt, linear, none), a number, auto, nor a JSON file")
+        raise ValueError(
+            f"--lr={spec!r} is neither tuned, auto, a rule (sqrt, linear, none), a number, nor a JSON file"
+        )
     return _table_entry(path, family, batch, fix="add it or pick another --lr"), f"table {path}"
 
 
-def default_lr_table(family: str, preset: str) -> pathlib.Path:
+def default_lr_table(family: str, preset: str, tokenizer: str = "gpt2") -> pathlib.Path:
     """Where experiments.lr_sweep writes its table and `--lr=auto` looks for it."""
-    return pathlib.Path(f"results/lr_sweep/{family}_{preset}/lr_table.json")
+    suffix = "" if tokenizer == "gpt2" else f"_{tokenizer}"
+    return pathlib.Path(f"results/lr_sweep/{family}_{preset}{suffix}/lr_table.json")
+
+
+PACKAGED_TABLES = pathlib.Path(__file__).with_name("lr_tables")
+
+
+def packaged_lr_table(family: str, preset: str, tokenizer: str = "gpt2") -> pathlib.Path:
+    """The tuned table shipped with the package for (family, preset, tokenizer); it may not exist."""
+    return PACKAGED_TABLES / f"{family}_{preset}_{tokenizer}.json"
 
 
 def _table_entry(path: pathlib.Path, family: str, batch: int, *, fix: str) -> Any:
@@ -61,4 +94,4 @@ def _table_entry(path: pathlib.Path, family: str, batch: int, *, fix: str) -> An
     return entry
 
 
-__all__ = ["resolve_lr", "default_lr_table"]
+__all__ = ["resolve_lr", "default_lr_table", "packaged_lr_table", "PACKAGED_TABLES"]

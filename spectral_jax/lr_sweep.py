@@ -36,7 +36,7 @@ from spectral_jax import halving, plots
 from spectral_jax.data import TokenDataset, load_data
 from spectral_jax.data.vocab import VocabMap, fit_vocab
 from spectral_jax.fields import option
-from spectral_jax.lr_rules import default_lr_table
+from spectral_jax.lr_rules import default_lr_table, packaged_lr_table
 from spectral_jax.models import ModelConfig, make_config
 from spectral_jax.optim import group_learning_rates
 from spectral_jax.presets import DEFAULT_BATCH_TIERS, UsesPreset
@@ -65,17 +65,19 @@ def preset_rungs(
 
 @dataclasses.dataclass(frozen=True)
 class LRSweepConfig(UsesPreset):
-    """Successive halving per batch tier of one family, on a preset."""
+    """Successive halving per batch tier of one family, on a preset, in the batch sweep's regime (its target,
+    cadences and tiers) so that the table it writes is what `batch_sweep` trains with."""
 
+    uses_sweep_regime = True
     family: str = option("betterwin", "family of the chain (spectral_jax.models.FAMILIES)")
     preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
     tiers: tuple[int, ...] | None = option(None, "batch tiers B, sequences per step (default: the preset's)")
     data: str = option("embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
+    tokenizer: str = option("gpt2", "tokenizer of text data: gpt2 (the package's BPE) or bytes (UTF-8 bytes)")
     rungs: tuple[int, ...] | None = option(
         None,
-        "token budgets of the halving rungs, comma-separated (default: "
-        "the reference's 50M,150M,500M scaled to the preset; tiny: "
-        "20480,61440,196608)",
+        "token budgets of the halving rungs, comma-separated (default: the preset's sweep regime's, else the "
+        "reference's 50M,150M,500M scaled to the preset)",
     )
     eta: float = option(DEFAULT_ETA, "keep the best 1/eta of the candidates at each rung (the reference used 3)")
     min_survivors: int = option(1, "candidates kept at least at every rung")
@@ -85,11 +87,12 @@ class LRSweepConfig(UsesPreset):
         "reuse finished rungs and continue interrupted candidates from checkpoints; "
         "--noresume starts the requested tiers over",
     )
+    ship: bool = option(False, "maintainers: also write the table into the package (spectral_jax/lr_tables)")
     train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
 
     def out_dir(self) -> pathlib.Path:
-        return pathlib.Path(self.out) if self.out else default_lr_table(self.family, self.preset).parent
+        return pathlib.Path(self.out) if self.out else default_lr_table(self.family, self.preset, self.tokenizer).parent
 
 
 def tier_dir(out: pathlib.Path, family: str, batch: int) -> pathlib.Path:
@@ -122,9 +125,13 @@ class _SweepContext:
 
 def _sweep_rungs(cfg: LRSweepConfig, base_tc: TrainConfig) -> tuple[int, ...]:
     """The halving rungs (--rungs, else the preset's scaled reference rungs), checked positive and increasing."""
-    rungs = (
-        tuple(cfg.rungs) if cfg.rungs else preset_rungs(cfg.family, cfg.preset, base_tc, **dict(cfg.model_overrides))
-    )
+    regime = cfg._regime()
+    if cfg.rungs:
+        rungs = tuple(cfg.rungs)
+    elif regime.lr_rungs:
+        rungs = tuple(regime.lr_rungs)
+    else:
+        rungs = preset_rungs(cfg.family, cfg.preset, base_tc, **cfg.model_changes())
     if any(b2 <= b1 for b1, b2 in zip(rungs, rungs[1:])) or rungs[0] < 1:
         raise ValueError(f"--rungs must be positive, strictly increasing token budgets, got {rungs}")
     return rungs
@@ -176,30 +183,80 @@ def _advance_fn(ctx: _SweepContext, batch: int, tdir: pathlib.Path, by_key: Mapp
     return advance
 
 
+MAX_EXTENSIONS = 3  # times the grid is extended past an edge winner before the edge is accepted
+
+
+def _extend(mults: list[float], best: float) -> list[float]:
+    """One more step of sqrt(2) and 2 past the grid's edge when `best` sits on it; [] when it is inside."""
+    if best == max(mults):
+        return [best * math.sqrt(2), best * 2]
+    if best == min(mults):
+        return [best / math.sqrt(2), best / 2]
+    return []
+
+
+def _halving_extended(ctx: _SweepContext, batch: int, tdir: pathlib.Path, mults: list[float], log) -> tuple:
+    """Successive halving over `mults`, rerun with the grid extended while the winner sits on an edge (finished
+    (candidate, rung) results are reused from halving.jsonl, so only the new candidates train)."""
+    extensions = []
+    for attempt in range(MAX_EXTENSIONS + 1):
+        by_key = {halving.candidate_key(m): m for m in sorted(mults)}
+        selection = halving.successive_halving(
+            list(by_key),
+            ctx.rungs,
+            _advance_fn(ctx, batch, tdir, by_key),
+            eta=ctx.cfg.eta,
+            min_survivors=ctx.cfg.min_survivors,
+            state_path=tdir / "halving.jsonl",
+            log=log,
+        )
+        more = _extend(list(by_key.values()), by_key[selection.best])
+        if not more or attempt == MAX_EXTENSIONS:
+            return selection, by_key, extensions, bool(more)
+        log(f"winner x{selection.best} sits on the grid's edge: adding {', '.join(f'x{m:.4g}' for m in more)}")
+        extensions.append([halving.candidate_key(m) for m in more])
+        mults = mults + more
+    raise AssertionError("unreachable")
+
+
+def _flatness(selection: halving.HalvingResult, by_key: Mapping[str, float]) -> list[dict]:
+    """How flat the optimum is: every final-rung survivor's tokens to target (or val loss) relative to the winner."""
+    best = selection.results[selection.best]
+    rows = []
+    for key in selection.survivors:
+        r = selection.results[key]
+        rows.append(
+            dict(
+                candidate=key,
+                multiplier=by_key[key],
+                reached=r.reached,
+                tokens=r.tokens,
+                loss=r.loss,
+                tokens_vs_best=r.tokens / best.tokens if r.reached and best.reached else None,
+                loss_minus_best=r.loss - best.loss if math.isfinite(r.loss) and math.isfinite(best.loss) else None,
+            )
+        )
+    return rows
+
+
 def _select_tier(ctx: _SweepContext, i: int, batch: int, t0: float) -> None:
-    """Successive halving over one tier's LR multipliers (resuming), then its selection.json."""
-    cfg, log, rungs = ctx.cfg, ctx.log, ctx.rungs
+    """Successive halving over one tier's LR multipliers (resuming; the grid extended past an edge winner), then
+    its selection.json."""
+    cfg, log = ctx.cfg, ctx.log
     ref_batch = ctx.model_cfg.optim.reference_batch
     tdir = tier_dir(ctx.out, cfg.family, batch)
     if not cfg.resume and tdir.exists():
         shutil.rmtree(tdir)
     tdir.mkdir(parents=True, exist_ok=True)
     _check_shared(tdir / "config.json", dict(ctx.shared, batch=batch))
-    mults = halving.lr_candidates(batch, ref_batch)
-    by_key = {halving.candidate_key(m): m for m in mults}
+    mults = list(halving.lr_candidates(batch, ref_batch))
     log(
         f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} (B0 = {ref_batch}), "
-        f"{len(mults)} LR multipliers {', '.join(by_key)}; rungs {', '.join(f'{r:,}' for r in rungs)} tokens, "
-        f"eta {cfg.eta:g} ({time.perf_counter() - t0:.0f}s elapsed)"
+        f"{len(mults)} LR multipliers {', '.join(halving.candidate_key(m) for m in mults)}; rungs "
+        f"{', '.join(f'{r:,}' for r in ctx.rungs)} tokens, eta {cfg.eta:g} ({time.perf_counter() - t0:.0f}s elapsed)"
     )
-    selection = halving.successive_halving(
-        list(by_key),
-        rungs,
-        _advance_fn(ctx, batch, tdir, by_key),
-        eta=cfg.eta,
-        min_survivors=cfg.min_survivors,
-        state_path=tdir / "halving.jsonl",
-        log=lambda m: log(f"[{cfg.family} B={batch}] {m}"),
+    selection, by_key, extensions, at_edge = _halving_extended(
+        ctx, batch, tdir, mults, lambda m: log(f"[{cfg.family} B={batch}] {m}")
     )
     best = selection.best
     chosen = selection.results[best]
@@ -210,21 +267,24 @@ def _select_tier(ctx: _SweepContext, i: int, batch: int, t0: float) -> None:
             preset=cfg.preset,
             batch=batch,
             reference_batch=ref_batch,
-            rungs=rungs,
+            rungs=ctx.rungs,
             eta=cfg.eta,
             candidates=[dict(key=k, multiplier=m) for k, m in by_key.items()],
+            extensions=extensions,
+            winner_at_edge=at_edge,
             selected=best,
             multiplier=by_key[best],
             learning_rates=group_learning_rates(ctx.model_cfg, by_key[best]),
             selected_result=dataclasses.asdict(chosen),
             survivors=selection.survivors,
+            flatness=_flatness(selection, by_key),
             table=[dict(r, multiplier=by_key[r["candidate"]]) for r in selection.table],
         ),
     )
     log(
         f"[{cfg.family} B={batch}] selected LR multiplier x{best} "
         f"({'reached the target at' if chosen.reached else 'val loss ' + format(chosen.loss, '.4f') + ' at'} "
-        f"{chosen.tokens:,} tokens)"
+        f"{chosen.tokens:,} tokens)" + (" -- still on the grid's edge after extending it" if at_edge else "")
     )
 
 
@@ -234,12 +294,14 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
         raise ValueError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
     if not cfg.eta > 1:
         raise ValueError(f"--eta must be > 1 (2 keeps the top half, the reference used 3), got {cfg.eta}")
-    model_cfg = make_config(cfg.family, cfg.preset, **dict(cfg.model_overrides))
+    model_cfg = make_config(cfg.family, cfg.preset, **cfg.model_changes())
     base_tc = cfg.train_config()
+    if cfg.train.keep_checkpoints is None:  # the sweep regime keeps many for the batch sweep's replay; not here
+        base_tc = base_tc.replace(keep_checkpoints=1)
     rungs = _sweep_rungs(cfg, base_tc)
     out = cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)
-    dataset, vmap = fit_vocab(load_data(cfg.data), model_cfg.vocab_size, model_cfg.eot_id)
+    dataset, vmap = fit_vocab(load_data(cfg.data, tokenizer=cfg.tokenizer), model_cfg.vocab_size, model_cfg.eot_id)
     shared = _shared_settings(model_cfg, base_tc, dataset)
     write_json(
         out / "sweep.json",
@@ -258,6 +320,14 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
         _select_tier(ctx, i, batch, t0)
     summary = summarize_lr_sweep(out, log=log)
     log(format_selection(summary))
+    if cfg.ship:
+        command = (
+            f"python -m experiments.lr_sweep --family={cfg.family} --preset={cfg.preset} --data={cfg.data} "
+            f"--tokenizer={cfg.tokenizer} --tiers={','.join(map(str, sorted(cfg.tiers)))} --ship"
+        )
+        path = packaged_lr_table(cfg.family, cfg.preset, cfg.tokenizer)
+        write_json(path, make_lr_table(out, cfg.family, tokenizer=cfg.tokenizer, command=command))
+        log(f"packaged LR table -> {path}")
     return summary
 
 
@@ -311,6 +381,26 @@ def summarize_lr_sweep(out: str | pathlib.Path, *, log: Callable[[str], None] = 
     return summary
 
 
+def make_lr_table(lr_sweep_out: str | pathlib.Path, family: str, *, tokenizer: str, command: str) -> dict:
+    """A packaged table from an LR sweep's results: each tier's selected multiplier, with how flat the optimum was
+    (the final rung's survivors), the rungs, the grid extensions and the command that made it."""
+    tiers = [t for t in load_selections(lr_sweep_out) if t["family"] == family]
+    if not tiers:
+        raise ValueError(f"{lr_sweep_out} holds no LR-sweep tier of family {family!r}")
+    return dict(
+        family=family,
+        preset=tiers[0]["preset"],
+        tokenizer=tokenizer,
+        command=command,
+        rungs=tiers[0]["rungs"],
+        multipliers={str(t["batch"]): t["multiplier"] for t in tiers},
+        tiers=[
+            {k: t.get(k) for k in ("batch", "selected", "multiplier", "extensions", "winner_at_edge", "flatness")}
+            for t in tiers
+        ],
+    )
+
+
 def format_selection(summary: Mapping[str, Any]) -> str:
     lines = [f"{'family':>10} {'B':>4} {'selected x':>10} {'result':>24}  per-group LRs"]
     for t in summary["tiers"]:
@@ -332,6 +422,7 @@ __all__ = [
     "load_selections",
     "preset_rungs",
     "format_selection",
+    "make_lr_table",
     "REFERENCE_RUNGS",
     "DEFAULT_ETA",
     "DEFAULT_TIERS",

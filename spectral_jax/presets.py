@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Mapping
+from typing import Any
 
 from spectral_jax import spectra
 from spectral_jax.fields import option, overrides_of
@@ -64,6 +65,23 @@ class ProbeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SweepRegime:
+    """The batch sweep's defaults on one preset and tokenizer: its tiers, the fixed-tokens and matched-loss early
+    points, and the changes to the preset's training config (target, budget, cadences) that put the sweep in the
+    regime its question needs (docs/method.md §3.5)."""
+
+    tiers: tuple[int, ...]
+    early_tokens: int
+    early_loss: float
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    model: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # ModelConfig changes (e.g. seq_len)
+    lr_rungs: tuple[int, ...] | None = None  # the LR sweep's halving rungs (None: the reference's, scaled)
+
+    def train_config(self, base: TrainConfig) -> TrainConfig:
+        return base.replace(**dict(self.train))
+
+
+@dataclasses.dataclass(frozen=True)
 class Preset:
     """Everything that differs between model sizes; `tail_window` None scales d12's [100, 200] by the width."""
 
@@ -76,10 +94,18 @@ class Preset:
     batch_tiers: tuple[int, ...] = DEFAULT_BATCH_TIERS
     early_tokens: int = 104_857_600  # the fixed-tokens early point, common to all tiers (d12: two evals)
     early_loss: float = 4.0  # the matched-early-loss point: first probe at or below this val loss
+    sweeps: Mapping[str, SweepRegime] = dataclasses.field(default_factory=dict)  # by tokenizer; default: the above
 
     def __post_init__(self):
         if self.tail_window is None:
             object.__setattr__(self, "tail_window", spectra.scaled_tail_window(self.model.d_model))
+
+    def sweep_regime(self, tokenizer: str = "gpt2") -> SweepRegime:
+        """The batch sweep's regime for `tokenizer`: the registered one, else this preset's own tiers, early
+        points and training config."""
+        if tokenizer in self.sweeps:
+            return self.sweeps[tokenizer]
+        return SweepRegime(self.batch_tiers, self.early_tokens, self.early_loss)
 
 
 ProbeOverrides = overrides_of(ProbeConfig, "ProbeOverrides")
@@ -87,14 +113,34 @@ ProbeOverrides = overrides_of(ProbeConfig, "ProbeOverrides")
 
 class UsesPreset:
     """Mixin of the experiment configs: a `preset` name, `train` (TrainOverrides) and `probe` (ProbeOverrides)
-    changes to its values, and optional `tiers` that default to the preset's batch tiers."""
+    changes to its values, and optional `tiers` that default to the preset's batch tiers. Configs that set
+    `uses_sweep_regime` (the batch sweep and its LR sweep) start from the preset's `SweepRegime` for their
+    `tokenizer` instead of the preset's own tiers and training config."""
+
+    uses_sweep_regime = False
 
     def __post_init__(self):
         if getattr(self, "tiers", ()) is None:
-            object.__setattr__(self, "tiers", get_preset(self.preset).batch_tiers)
+            object.__setattr__(self, "tiers", self._base_tiers())
+
+    def _regime(self) -> SweepRegime | None:
+        if not self.uses_sweep_regime:
+            return None
+        return get_preset(self.preset).sweep_regime(getattr(self, "tokenizer", "gpt2"))
+
+    def _base_tiers(self) -> tuple[int, ...]:
+        regime = self._regime()
+        return regime.tiers if regime else get_preset(self.preset).batch_tiers
 
     def train_config(self) -> TrainConfig:
-        return self.train.apply(get_preset(self.preset).train)
+        base = get_preset(self.preset).train
+        regime = self._regime()
+        return self.train.apply(regime.train_config(base) if regime else base)
+
+    def model_changes(self) -> dict[str, Any]:
+        """ModelConfig changes: the sweep regime's, then the config's own `model_overrides`."""
+        regime = self._regime()
+        return {**(dict(regime.model) if regime else {}), **dict(getattr(self, "model_overrides", {}))}
 
     def probe_config(self) -> ProbeConfig:
         return self.probe.apply(get_preset(self.preset).probe)
@@ -139,6 +185,32 @@ def presets() -> Mapping[str, Preset]:
     return types.MappingProxyType(_PRESETS)
 
 
+# The tiny batch sweep's regime (docs/results.md "choosing the main job's regime"): T = 256 and tiers 1..8 so that
+# the largest tier takes >= 30 optimizer steps before every default early point (30 x 8 x 256 = 61,440 tokens;
+# 20 % of T(8) ~ 300k tokens), a target past the early rank collapse, and an eval cadence that is a whole number
+# of steps at every tier (12,288 tokens = 6,144 x 2, and 6,144 = 256 x lcm(1, 2, 3, 4, 6, 8)).
+_TINY_SWEEP = SweepRegime(
+    tiers=(1, 2, 3, 4, 6, 8),
+    early_tokens=61_440,
+    early_loss=3.7,
+    train=dict(
+        target_loss=2.85,
+        max_tokens=1_228_800,
+        eval_every_tokens=12_288,
+        val_tokens=6_144,
+        eval_batch=8,
+        checkpoint_every_tokens=49_152,
+        keep_checkpoints=64,
+    ),
+    model=dict(seq_len=256),
+    lr_rungs=(49_152, 147_456, 589_824),
+)
+
+# UTF-8 bytes: the same tiers, cadences and early tokens; the target and early loss in nats per byte, calibrated on
+# the embedded corpus (B = 8 at the sqrt rule: val 2.62 after 30 steps, 1.90 at 356k and 1.82 at 418k tokens), so
+# that B = 8 again takes ~190 steps to the target and ~45 to the early loss (docs/results.md).
+_TINY_BYTES_SWEEP = dataclasses.replace(_TINY_SWEEP, early_loss=2.5, train=dict(_TINY_SWEEP.train, target_loss=1.85))
+
 register_preset(
     Preset(
         "tiny",
@@ -174,6 +246,7 @@ register_preset(
         local_windows=((2, 8), (8, 17), (17, 34)),  # head side, d12's [100, 200] scaled by 64/768, far tail
         early_tokens=16_384,  # 4 evals; about 20 % of the smallest tier's T(B) on the embedded corpus
         early_loss=5.0,  # well above the target 3.6, below the initial ~9.0
+        sweeps={"gpt2": _TINY_SWEEP, "bytes": _TINY_BYTES_SWEEP},
     )
 )
 register_preset(
@@ -210,6 +283,7 @@ __all__ = [
     "ProbeConfig",
     "ProbeOverrides",
     "Preset",
+    "SweepRegime",
     "UsesPreset",
     "register_preset",
     "unregister_preset",

@@ -116,6 +116,9 @@ class TierRow(Record):
     early_val_loss: float | None = None
     tokens_to_target_interpolated: float | None = None  # the target crossing between the evals around it
     early_points: Mapping[str, Mapping[str, Any] | None] = dataclasses.field(default_factory=dict)
+    lr: float | Mapping[str, float] | None = None  # TrainConfig.lr: multiplier of the family anchors (or LRs)
+    lr_rule: str | None = None  # how the tier's LR was chosen (run.json)
+    learning_rates: Mapping[str, float] | None = None  # the tier's peak LR per optimizer group
 
 
 @dataclasses.dataclass(frozen=True)

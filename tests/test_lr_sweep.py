@@ -11,7 +11,9 @@ import sys
 import pytest
 
 from spectral_jax import halving as sweep
+from spectral_jax import lr_sweep as lrs
 from spectral_jax.batch_sweep import SweepConfig, resolve_lr, run_batch_sweep
+from spectral_jax.lr_rules import packaged_lr_table
 from spectral_jax.lr_sweep import LRSweepConfig, preset_rungs, run_lr_sweep
 from spectral_jax.models import make_config
 from spectral_jax.optim import group_learning_rates
@@ -20,7 +22,7 @@ from spectral_jax.records import read_jsonl
 from spectral_jax.train_config import TrainOverrides
 
 RUNGS = (4096, 8192, 12288)  # 1, 2, 3 steps at B = 8; 2, 4, 6 at B = 4
-TRAIN = TrainOverrides(val_tokens=1024)  # eval every 4,096 tokens (preset) on 2 sequences
+TRAIN = TrainOverrides(val_tokens=1024, eval_every_tokens=4096)  # eval every 4,096 tokens on 4 sequences
 FIGURES = ("betterwin_lr_rung_losses.png", "betterwin_selected_lr_vs_batch.png")
 
 
@@ -39,10 +41,14 @@ def test_sweep_selects_per_tier_with_halving_and_continuation(lr_sweep):
     table = json.loads((out / "lr_table.json").read_text())
     assert set(table) == {"betterwin"} and set(table["betterwin"]) == {"4", "8"}
     tiers = {t["batch"]: t for t in summary["tiers"]}
-    for batch, sizes in ((4, [6, 3, 1]), (8, [5, 2, 1])):  # eta 2: keep n // 2, at least one
+    for batch in (4, 8):
         t = tiers[batch]
         mults = sweep.lr_candidates(batch, model.optim.reference_batch)
-        assert [c["multiplier"] for c in t["candidates"]] == list(mults)
+        # the grid, extended past an edge winner as often as the selection records
+        added = {k for ext in t["extensions"] for k in ext}
+        assert {c["key"] for c in t["candidates"]} == {sweep.candidate_key(m) for m in mults} | added
+        n = len(t["candidates"])
+        sizes = [n, max(1, n // 2), max(1, n // 2 // 2)]  # eta 2: keep n // 2, at least one
         assert [sum(r["rung"] == k for r in t["table"]) for k in range(3)] == sizes
         # promotion on observed results: the promoted set of each rung is the head of its ranking
         for k in range(2):
@@ -59,7 +65,7 @@ def test_sweep_selects_per_tier_with_halving_and_continuation(lr_sweep):
             assert nxt == {r["candidate"] for r in rows if r["promoted"]}
         final = [r for r in t["table"] if r["rung"] == 2]
         assert t["selected"] == final[0]["candidate"] and table["betterwin"][str(batch)] == t["multiplier"]
-        assert t["multiplier"] in mults
+        assert t["multiplier"] in [c["multiplier"] for c in t["candidates"]]
         assert t["learning_rates"] == pytest.approx(group_learning_rates(model, t["multiplier"]))
         # every recorded loss is the candidate's own eval at that rung's budget
         for r in t["table"]:
@@ -96,9 +102,11 @@ def test_batch_sweep_lr_auto_reads_the_table(lr_sweep, tmp_path, monkeypatch):
     assert resolve_lr("auto", 4, 8, "betterwin")[0] == mult[4]
     with pytest.raises(ValueError, match="no entry for family 'betterwin' at batch 16.*--tiers=16"):
         resolve_lr("auto", 16, 8, "betterwin")
-    # a missing tier fails before any data is loaded or anything trained
+    # with an explicit --lr_table, a missing tier fails before any data is loaded or anything trained
     with pytest.raises(ValueError, match="at batch 2"):
-        run_batch_sweep(SweepConfig(family="betterwin", tiers=(2, 4), lr="auto", out=str(tmp_path / "bs")))
+        run_batch_sweep(
+            SweepConfig(family="betterwin", tiers=(2, 4), lr="auto", lr_table=str(path), out=str(tmp_path / "bs"))
+        )
     assert not (tmp_path / "bs").exists()
     assert resolve_lr("sqrt", 32, 8, "betterwin")[0] == 2.0 and resolve_lr("0.5", 4, 8, "betterwin")[0] == 0.5
 
@@ -193,3 +201,45 @@ def test_preset_rungs_scale_the_reference_rungs():
     assert preset_rungs("baseline", "tiny", get_preset("tiny").train) == tiny  # prefix: 32 x 128 tokens per step
     with pytest.raises(ValueError, match="strictly increasing"):
         run_lr_sweep(LRSweepConfig(rungs=(8192, 4096), out=os.devnull))
+
+
+def test_grid_extends_past_an_edge_winner_until_the_optimum_is_inside(tmp_path, monkeypatch):
+    """A loss whose optimum (x8) lies far above the B = 8 grid (x0.5..x2): the grid grows by sqrt(2) and 2 past
+    the edge, reusing finished (candidate, rung) results, until the winner is inside; flatness is recorded."""
+    trained = []
+
+    def fake_advance(ctx, batch, tdir, by_key):
+        def advance(key, budget):
+            trained.append((key, budget))
+            return sweep.RungResult(loss=3 + (math.log(by_key[key]) - math.log(8)) ** 2, tokens=budget, reached=False)
+
+        return advance
+
+    monkeypatch.setattr(lrs, "_advance_fn", fake_advance)
+    cfg = LRSweepConfig(tiers=(8,), rungs=RUNGS, out=str(tmp_path))
+    ctx = lrs._SweepContext(
+        cfg, make_config("betterwin", "tiny"), cfg.train_config(), None, None, RUNGS, tmp_path, {}, print
+    )
+    lrs._select_tier(ctx, 0, 8, 0.0)
+    sel = json.loads((tmp_path / "betterwin" / "B8" / "selection.json").read_text())
+    assert sel["multiplier"] == pytest.approx(8.0) and not sel["winner_at_edge"]
+    assert sel["extensions"] == [["2.82843", "4"], ["5.65685", "8"], ["11.3137", "16"]]
+    assert len(trained) == len(set(trained))  # nothing trained twice
+    flat = {r["candidate"]: r for r in sel["flatness"]}
+    assert flat["8"]["loss_minus_best"] == 0 and all(r["loss_minus_best"] >= 0 for r in flat.values())
+
+
+def test_tuned_lrs_ship_with_the_package_for_the_main_job():
+    """--lr=tuned (the default) reads the packaged successive-halving table; what it lacks is a one-line error that
+    names --lr=auto and --lr=sqrt."""
+    table = json.loads(packaged_lr_table("betterwin", "tiny").read_text())
+    cfg = SweepConfig()
+    assert cfg.lr == "tuned" and set(table["multipliers"]) == {str(b) for b in cfg.tiers}
+    for b in cfg.tiers:
+        lr, rule = resolve_lr("tuned", b, 8, "betterwin", preset="tiny")
+        assert lr == table["multipliers"][str(b)] and "successive halving" in rule
+    assert all(not t["winner_at_edge"] for t in table["tiers"])
+    with pytest.raises(ValueError, match="no tuned LR table ships for family 'baseline'.*--lr=auto.*--lr=sqrt"):
+        resolve_lr("tuned", 4, 8, "baseline", preset="tiny")
+    with pytest.raises(ValueError, match="has no tier B=64"):
+        resolve_lr("tuned", 64, 8, "betterwin", preset="tiny")

@@ -7,6 +7,7 @@ import pytest
 
 from spectral_jax import spectra
 from spectral_jax.batch_sweep import SweepConfig, run_batch_sweep
+from spectral_jax.chain import ChainConfig
 from spectral_jax.models import make_config
 from spectral_jax.presets import (
     ModelDims,
@@ -85,7 +86,9 @@ def test_a_new_preset_is_one_object_and_every_layer_reads_it(small, tmp_path):
     cfg = make_config("betterwin", "small_test")
     assert (cfg.n_layer, cfg.d_model, cfg.seq_len, cfg.window_max) == (4, 64, 128, 64)
     assert spectra.tail_window("small_test") == spectra.scaled_tail_window(64)
-    sweep = SweepConfig(preset="small_test", tiers=(2,), out=str(tmp_path), train=TrainOverrides(micro_batch=2))
+    sweep = SweepConfig(
+        preset="small_test", tiers=(2,), lr="sqrt", out=str(tmp_path), train=TrainOverrides(micro_batch=2)
+    )
     assert sweep.train_config().max_tokens == 2_048 and sweep.probe_config().grad_samples == 8
     summary = run_batch_sweep(sweep, log=lambda m: None)
     record = json.loads((tmp_path / "sweep.json").read_text())
@@ -93,3 +96,21 @@ def test_a_new_preset_is_one_object_and_every_layer_reads_it(small, tmp_path):
     assert record["local_windows"] == [[2, 8], [8, 17]] and record["tail_window"] == [8, 17]
     assert summary["preset"] == "small_test" and summary["tiers"][0]["steps"] <= 2_048 // (2 * 128)
     assert (tmp_path / "tier_B2" / "spectra").is_dir()
+
+
+def test_the_tiny_sweep_regime_gives_every_tier_30_steps_before_its_early_points():
+    """What the main job's defaults promise, checked on the preset itself: the fixed-tokens point is >= 30 steps
+    of the largest tier, and evals and checkpoints fall on whole steps of every tier (a common token cadence)."""
+    for tokenizer in ("gpt2", "bytes"):
+        cfg = SweepConfig(tokenizer=tokenizer)
+        tc, T = cfg.train_config(), make_config(cfg.family, cfg.preset, **cfg.model_changes()).seq_len
+        assert cfg.tiers == (1, 2, 3, 4, 6, 8) and T == 256
+        assert cfg.early_defaults()[0] >= 30 * max(cfg.tiers) * T
+        for b in cfg.tiers:
+            assert tc.eval_every_tokens % (b * T) == 0 and tc.checkpoint_every_tokens % (b * T) == 0
+    gpt2, raw = SweepConfig().train_config(), SweepConfig(tokenizer="bytes").train_config()
+    assert gpt2.target_loss == 2.85 and raw.target_loss < gpt2.target_loss
+    assert SweepConfig(tokenizer="bytes").out_dir().name == "betterwin_tiny_bytes"
+    assert SweepConfig(train=TrainOverrides(target_loss=3.0)).train_config().target_loss == 3.0
+    # the chain and ablations keep the preset's own training config
+    assert ChainConfig().train_config() == get_preset("tiny").train

@@ -22,14 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from spectral_jax import probes
+from spectral_jax import checkpoints, probes
 from spectral_jax.batch_sweep.early import EARLY_RECORDS, probe_exact_early_points
 from spectral_jax.batch_sweep.records import TierRecords, load_spectrum, load_sweep, load_tier
+from spectral_jax.batch_sweep.seeds import format_seeds_table, summarize_seeds
 from spectral_jax.batch_sweep.summary import format_table, probed_series, summarize_sweep
 from spectral_jax.data import load_data
 from spectral_jax.data.vocab import fit_vocab
 from spectral_jax.fields import option
 from spectral_jax.lr_rules import default_lr_table, resolve_lr
+from spectral_jax.lr_sweep import LRSweepConfig, run_lr_sweep
 from spectral_jax.models import make_config
 from spectral_jax.presets import DEFAULT_BATCH_TIERS, ProbeOverrides, UsesPreset, get_preset
 from spectral_jax.records import append_jsonl, log_stderr, save_npz, write_json
@@ -42,22 +44,28 @@ DEFAULT_TIERS = DEFAULT_BATCH_TIERS
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig(UsesPreset):
-    """One family across batch tiers, on a preset; `train` and `probe` change the preset's values."""
+    """One family across batch tiers, on a preset, in the preset's sweep regime for the tokenizer (its tiers, target,
+    cadences and early points, `presets.SweepRegime`); `train` and `probe` change those values."""
 
+    uses_sweep_regime = True
     family: str = option("betterwin", "family of the chain (spectral_jax.models.FAMILIES)")
     preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
     tiers: tuple[int, ...] | None = option(None, "batch tiers B, sequences per step (default: the preset's)")
     data: str = option("embedded", "'embedded' (default corpus), a directory of .bin shards, or text files")
+    tokenizer: str = option(
+        "gpt2", "tokenizer of text data: gpt2 (the package's BPE) or bytes (UTF-8 bytes, with their own target)"
+    )
+    seeds: int = option(1, "seeds per tier (model init and data order: --seed + k, --data_seed + k)")
     lr: str = option(
-        "sqrt",
-        "LR rule per tier: sqrt | linear | none (scaling of the family anchors with B/B0), a "
-        "float multiplier, a JSON table {family: {B: multiplier or {group: lr}}}, or auto (the "
-        "successive-halving table of experiments.lr_sweep, see --lr_table)",
+        "tuned",
+        "LR per tier: tuned (the successive-halving table shipped for family/preset/tokenizer), auto (run "
+        "experiments.lr_sweep here for tiers its table lacks, then use it; see --lr_table), sqrt | linear | none "
+        "(scaling of the family anchors with B/B0), a float multiplier, or a JSON table {family: {B: multiplier}}",
     )
     lr_table: str | None = option(
         None,
         "--lr=auto: the LR table written by experiments.lr_sweep (default "
-        "results/lr_sweep/<family>_<preset>/lr_table.json)",
+        "results/lr_sweep/<family>_<preset>[_bytes]/lr_table.json)",
     )
     out: str | None = option(None, "results directory (default results/batch_sweep/<family>_<preset>)")
     resume: bool = option(True, "reuse finished tiers and resume interrupted ones from their checkpoints")
@@ -68,17 +76,23 @@ class SweepConfig(UsesPreset):
     )
     early_fraction: float = option(0.2, "early point as a fraction of each tier's T(B) (the paper's; retrospective)")
     early_tokens: int | None = option(
-        None, "early point at this many training tokens, every tier (default: the preset's)"
+        None, "early point at this many training tokens, every tier (default: the preset's sweep regime's)"
     )
     early_loss: float | None = option(
-        None, "early point at the first probe at or below this val loss (default: the preset's)"
+        None, "early point at the first eval at or below this val loss (default: the preset's sweep regime's)"
     )
     train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
     probe: ProbeOverrides = option(ProbeOverrides(), "changes to the preset's probe sizes")
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
 
     def out_dir(self) -> pathlib.Path:
-        return pathlib.Path(self.out or f"results/batch_sweep/{self.family}_{self.preset}")
+        suffix = "" if self.tokenizer == "gpt2" else f"_{self.tokenizer}"
+        return pathlib.Path(self.out or f"results/batch_sweep/{self.family}_{self.preset}{suffix}")
+
+    def early_defaults(self) -> tuple[int, float]:
+        """(early tokens, early loss): the flags, else the sweep regime's."""
+        regime = self._regime()
+        return self.early_tokens or regime.early_tokens, self.early_loss or regime.early_loss
 
 
 class ProbeCallback:
@@ -126,20 +140,93 @@ class ProbeCallback:
             append_jsonl(state.out_dir / self.records, {**row.to_dict(), **extra})
 
 
+def resolve_tier_lrs(cfg: SweepConfig, model_cfg, log: Callable[[str], None] = log_stderr) -> dict[int, tuple]:
+    """Every tier's (LR, how it was chosen) before any data is loaded or model trained, so a missing table entry
+    fails now, not hours in. --lr=auto without --lr_table first runs the LR sweep (into its default directory) for
+    the tiers its table lacks; with --lr_table it only reads that table."""
+    ref = model_cfg.optim.reference_batch
+    table = pathlib.Path(cfg.lr_table) if cfg.lr_table else default_lr_table(cfg.family, cfg.preset, cfg.tokenizer)
+
+    def resolve(b):
+        return resolve_lr(cfg.lr, b, ref, cfg.family, preset=cfg.preset, lr_table=table, tokenizer=cfg.tokenizer)
+
+    if cfg.lr == "auto" and not cfg.lr_table:
+        missing = [b for b in cfg.tiers if not _has_entry(resolve, b)]
+        if missing:
+            log(f"--lr=auto: tuning tiers {missing} by successive halving into {table.parent}")
+            run_lr_sweep(
+                LRSweepConfig(
+                    family=cfg.family,
+                    preset=cfg.preset,
+                    tiers=tuple(missing),
+                    data=cfg.data,
+                    tokenizer=cfg.tokenizer,
+                    out=str(table.parent),
+                    train=cfg.train,
+                    model_overrides=cfg.model_overrides,
+                ),
+                log=log,
+            )
+    return {b: resolve(b) for b in cfg.tiers}
+
+
+def _has_entry(resolve, batch: int) -> bool:
+    try:
+        resolve(batch)
+    except ValueError:
+        return False
+    return True
+
+
+def seed_configs(cfg: SweepConfig) -> list[tuple[pathlib.Path, TrainOverrides]]:
+    """(results directory, training changes) of every seed: one seed writes to --out itself; N seeds to
+    --out/seed{k}, with model init seed and data-order seed both offset by k."""
+    if cfg.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
+    out = cfg.out_dir()
+    if cfg.seeds == 1:
+        return [(out, cfg.train)]
+    base = cfg.train_config()
+    return [
+        (
+            out / f"seed{k}",
+            dataclasses.replace(
+                cfg.train, seed=base.seed + k, data_seed=None if base.data_seed is None else base.data_seed + k
+            ),
+        )
+        for k in range(cfg.seeds)
+    ]
+
+
 def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
-    """Train every tier (resuming finished/interrupted ones), then summarise. Returns summary.json's dict."""
-    preset = get_preset(cfg.preset)
+    """Train every tier for every seed (resuming finished/interrupted ones), then summarise. Returns the summary
+    (summary.json's dict; with --seeds > 1, the seeds summary of `batch_sweep.seeds`)."""
     if not cfg.tiers or any(b < 1 for b in cfg.tiers):
         raise ValueError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
-    model_cfg = make_config(cfg.family, cfg.preset, **dict(cfg.model_overrides))
-    # every tier's LR before loading data or training: a missing table entry fails now, not hours in
-    lrs = {
-        b: resolve_lr(cfg.lr, b, model_cfg.optim.reference_batch, cfg.family, preset=cfg.preset, lr_table=cfg.lr_table)
-        for b in cfg.tiers
-    }
+    runs = seed_configs(cfg)
+    model_cfg = make_config(cfg.family, cfg.preset, **cfg.model_changes())
+    lrs = resolve_tier_lrs(cfg, model_cfg, log)
+    dataset, vmap = fit_vocab(load_data(cfg.data, tokenizer=cfg.tokenizer), model_cfg.vocab_size, model_cfg.eot_id)
+    t0 = time.perf_counter()
+    for k, (out, train_changes) in enumerate(runs):
+        seed_cfg = dataclasses.replace(cfg, out=str(out), seeds=1, train=train_changes)
+        if len(runs) > 1:
+            log(f"=== seed {k + 1}/{len(runs)} -> {out} ({time.perf_counter() - t0:.0f}s elapsed)")
+        summary = _run_seed(seed_cfg, model_cfg, lrs, dataset, vmap, log)
+    if len(runs) > 1:
+        write_json(
+            cfg.out_dir() / "sweep.json", dict(config=sweep_config_record(cfg), seed_dirs=[r[0].name for r in runs])
+        )
+        summary = summarize_seeds(cfg.out_dir(), log=log)
+        log(format_seeds_table(summary))
+    return summary
+
+
+def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
+    """One seed's sweep into cfg.out: every tier trained (or reused), its exact early points, its summary."""
+    preset = get_preset(cfg.preset)
     out = cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)
-    dataset, vmap = fit_vocab(load_data(cfg.data), model_cfg.vocab_size, model_cfg.eot_id)
     probe = cfg.probe_config()
     base_tc = cfg.train_config()
     pool = dataset.measurement_pool(model_cfg.seq_len, probe.pool_sequences, val_tokens=base_tc.val_tokens)
@@ -165,8 +252,7 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
     )
     callback = ProbeCallback(pool, **probe_args)
     early_callback = ProbeCallback(pool, **probe_args, records=EARLY_RECORDS, spectra_prefix="exact")
-    early_tokens = cfg.early_tokens or preset.early_tokens
-    early_loss = cfg.early_loss or preset.early_loss
+    early_tokens, early_loss = cfg.early_defaults()
     t0 = time.perf_counter()
     for i, batch in enumerate(sorted(cfg.tiers)):
         lr, rule = lrs[batch]
@@ -174,9 +260,10 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
             f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} sequences x "
             f"{model_cfg.seq_len} tokens, LR {rule} = {lr} ({time.perf_counter() - t0:.0f}s elapsed)"
         )
+        tc = base_tc.for_batch(batch, lr=lr)
         train(
             model_cfg,
-            base_tc.for_batch(batch, lr=lr),
+            tc,
             dataset,
             out / f"tier_B{batch}",
             callbacks=[callback],
@@ -186,7 +273,7 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
         )
         probe_exact_early_points(
             model_cfg,
-            base_tc.for_batch(batch, lr=lr),
+            tc,
             dataset,
             out / f"tier_B{batch}",
             early_callback,
@@ -195,6 +282,8 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
             loss=early_loss,
             log=log,
         )
+        if cfg.train.keep_checkpoints is None:  # the regime's extra checkpoints served the replay
+            checkpoints.prune(out / f"tier_B{batch}", keep=1)
     summary = summarize_sweep(out, log=log)
     log(format_table(summary))
     return summary
@@ -204,10 +293,14 @@ def sweep_config_record(cfg: SweepConfig) -> dict:
     """sweep.json's "config": the sweep's own fields, and the preset's probe sizes with the changes applied."""
     rec = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("train", "probe")}
     probe = cfg.probe_config()
+    early_tokens, early_loss = cfg.early_defaults()
     return dict(
         rec,
+        tiers=tuple(sorted(cfg.tiers)),
+        early_tokens=early_tokens,
+        early_loss=early_loss,
         train_overrides=cfg.train.changes(),
-        model_overrides=dict(cfg.model_overrides),
+        model_overrides=cfg.model_changes(),
         pool_sequences=probe.pool_sequences,
         grad_samples=probe.grad_samples,
         probe_chunk=probe.chunk,
@@ -227,6 +320,10 @@ __all__ = [
     "resolve_lr",
     "default_lr_table",
     "sweep_config_record",
+    "seed_configs",
+    "resolve_tier_lrs",
+    "summarize_seeds",
+    "format_seeds_table",
     "probed_series",
     "DEFAULT_TIERS",
 ]

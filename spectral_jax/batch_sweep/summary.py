@@ -143,6 +143,7 @@ def _early_spearman(points: dict, eps: dict) -> dict[str, dict]:
 
 
 FAR = 0.25  # a realised early point more than this relative distance from the requested one is warned about
+MIN_EARLY_STEPS = 30  # an early point before this many optimizer steps is warned about (docs/method.md §3.5)
 
 
 def _warnings(tiers: dict[int, TierRecords], points: dict, n_reached: int, fraction: float, tokens: int) -> list[str]:
@@ -156,6 +157,11 @@ def _warnings(tiers: dict[int, TierRecords], points: dict, n_reached: int, fract
     ]
     for b, p in points.items():
         out += [f"tier B={b} has no {kind} early point" for kind, v in p.items() if v is None]
+        out += [
+            f"tier B={b}: the {kind} early point is at step {v['step']} (< {MIN_EARLY_STEPS} optimizer steps)"
+            for kind, v in p.items()
+            if v is not None and v["step"] < MIN_EARLY_STEPS
+        ]
         if (
             p["fraction"]
             and not p["fraction"]["exact"]
@@ -169,6 +175,16 @@ def _warnings(tiers: dict[int, TierRecords], points: dict, n_reached: int, fract
     if n_reached < 4:
         out.append(f"Spearman rests on {n_reached} tiers (fewer than 4): rho can take only a few values")
     return out
+
+
+def _lr_warnings(cfg: dict) -> list[str]:
+    """The shipped LR table was tuned on the embedded corpus: say so when the sweep trained on other data."""
+    if cfg.get("lr") == "tuned" and cfg.get("data") not in ("embedded", "", None):
+        return [
+            f"LRs come from the table tuned on the embedded corpus, not on --data={cfg['data']}; --lr=auto tunes "
+            "them on this data"
+        ]
+    return []
 
 
 def _headline_fields(point: dict | None, normalized: float | None) -> dict:
@@ -193,8 +209,9 @@ def summarize_sweep(
     cfg = sweep["config"]
     preset = get_preset(cfg["preset"]) if cfg["preset"] in preset_names() else None
     fraction = early_fraction if early_fraction is not None else cfg["early_fraction"]
-    early_tokens = cfg.get("early_tokens") or (preset.early_tokens if preset else None)
-    early_loss = cfg.get("early_loss") or (preset.early_loss if preset else None)
+    regime = preset.sweep_regime(cfg.get("tokenizer", "gpt2")) if preset else None
+    early_tokens = cfg.get("early_tokens") or (regime.early_tokens if regime else None)
+    early_loss = cfg.get("early_loss") or (regime.early_loss if regime else None)
     layer, matrix = probed_series(sweep)
     readout = early_readout(tiers, fraction=fraction, tokens=early_tokens, loss=early_loss, layer=layer)
     T_interp, runs, points, early_spearman = readout["T"], readout["runs"], readout["points"], readout["by_kind"]
@@ -206,6 +223,9 @@ def summarize_sweep(
                 **{k: v for k, v in by_batch[b].items() if k != "tokens_to_target"},
                 "tokens_to_target_interpolated": T_interp[b],
                 "early_points": points[b],
+                "lr": t.run.get("train", {}).get("lr"),
+                "lr_rule": t.run.get("lr_rule"),
+                "learning_rates": t.run.get("learning_rates"),
             }
         )
         for b, t in tiers.items()
@@ -238,7 +258,9 @@ def summarize_sweep(
         early_tokens=early_tokens,
         early_loss=early_loss,
         early_points=early_spearman,
-        warnings=tuple(_warnings(tiers, points, early_spearman["fraction"]["n"], fraction, early_tokens)),
+        warnings=tuple(
+            _warnings(tiers, points, early_spearman["fraction"]["n"], fraction, early_tokens) + _lr_warnings(cfg)
+        ),
     )
     write_json(out / "summary.json", summary.to_dict())
     _figures(out, summary, tiers, layer)
@@ -357,16 +379,21 @@ def format_table(summary: dict) -> str:
     lines = [
         f"{summary['family']} ({summary['preset']}), target val loss {summary['target_loss']}; activation alpha_tail "
         f"{list(summary['tail_window'])} at block {summary.get('probe_layer')}",
-        f"{'B':>4} {'status':>8} {'T(B) eval':>10} {'T(B) interp':>11} {'eps_tok':>8} {'early a_tail':>12} {'norm':>6} "
-        f"{'tok/s':>8}",
+        f"{'B':>4} {'LR x':>7} {'status':>8} {'T(B) eval':>10} {'T(B) interp':>11} {'eps_tok':>8} {'early a_tail':>12} "
+        f"{'norm':>6} {'tok/s':>8}",
     ]
     for r in summary["tiers"]:
+        lr = r.get("lr")
         lines.append(
-            f"{r['batch']:>4} {r['status']:>8} {f(r['tokens_to_target'], ','):>10} "
+            f"{r['batch']:>4} {f(lr, '.4g') if not isinstance(lr, dict) else 'table':>7} {r['status']:>8} "
+            f"{f(r['tokens_to_target'], ','):>10} "
             f"{f(r.get('tokens_to_target_interpolated'), ',.0f'):>11} {f(r['eps_tok'], '.3f'):>8} "
             f"{f(r['early_alpha_tail'], '.4f'):>12} {f(r['early_alpha_tail_normalized'], '.2f'):>6} "
             f"{f(r['throughput_tokens_per_s'], ',.0f'):>8}"
         )
+    rules = sorted({r.get("lr_rule") for r in summary["tiers"] if r.get("lr_rule")})
+    if rules:
+        lines.append(f"LR x: multiplier of the family's anchor LRs, {'; '.join(rules)}")
     lines.append(
         f"Spearman(early alpha_tail at {summary['early_fraction']:.0%} of T(B), eps_tok) = "
         f"{f(summary['spearman_within'], '.3f')} (p = {f(summary['p_value'], '.3g')}, n = {summary['n_reached']})"

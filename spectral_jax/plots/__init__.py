@@ -25,6 +25,7 @@ from spectral_jax.plots.runs import (
     plot_spectra,
     plot_spectral_atlas,
 )
+from spectral_jax.plots.seeds import plot_seeded_early, plot_seeded_tokens
 
 __all__ = [
     "save_figure",
@@ -41,4 +42,6 @@ __all__ = [
     "plot_seed_control",
     "plot_rung_losses",
     "plot_selected_lr",
+    "plot_seeded_tokens",
+    "plot_seeded_early",
 ]
