@@ -22,11 +22,12 @@ so an interrupted sweep repeats no rung it had completed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
 from collections.abc import Callable, Sequence
+
+from spectral_jax.records import append_jsonl, read_jsonl
 
 MULTIPLIERS = (0.5, 1 / math.sqrt(2), 1.0, math.sqrt(2), 2.0)
 CENTERS = ("sqrt", "linear")
@@ -106,13 +107,7 @@ class HalvingResult:
 
 def _load_state(path: pathlib.Path) -> dict[tuple[int, str], RungResult]:
     done: dict[tuple[int, str], RungResult] = {}
-    if not path.is_file():
-        return done
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line of an interrupted write
-            continue
+    for row in read_jsonl(path):  # a torn last line of an interrupted write is dropped
         loss = float("nan") if row["loss"] is None else float(row["loss"])
         done[(int(row["budget"]), str(row["candidate"]))] = RungResult(loss, int(row["tokens"]), bool(row["reached"]))
     return done
@@ -126,10 +121,7 @@ def _append_state(path: pathlib.Path, budget: int, candidate: str, r: RungResult
         tokens=r.tokens,
         reached=r.reached,
     )
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(path, row)
 
 
 def successive_halving(

@@ -28,6 +28,8 @@ import numpy as np
 import optax
 import orbax.checkpoint
 
+from spectral_jax.errors import CorruptRecordError
+
 FILE_MODE = 0o644
 
 
@@ -91,23 +93,43 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (crash mid-append) is dropped."""
+    """Rows of a JSONL file. A torn final line (a crash mid-append: no newline at the end) is dropped; any other
+    line that is not a JSON object is a CorruptRecordError naming the file and the line."""
     path = pathlib.Path(path)
     if not path.is_file():
         return []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    lines.pop()  # after the final newline: "", or a torn line
     rows = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            row, reason = None, err.msg
+        else:
+            reason = "not a JSON object"
+        if not isinstance(row, dict):
+            raise CorruptRecordError(
+                f"{path}:{i}: {reason}; the file is corrupt (only a torn last line is tolerated): restore it, "
+                "or delete it and rerun into a new --out"
+            )
+        rows.append(row)
     return rows
 
 
 def append_jsonl(path: str | os.PathLike, row: Mapping) -> None:
+    """Append one row; a torn final line left by a crash is cut off first."""
+    path = pathlib.Path(path)
+    if path.is_file():
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
     with open(path, "a") as f:
         f.write(json_text(row) + "\n")
         f.flush()
+        os.fsync(f.fileno())
 
 
 def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> None:
