@@ -89,13 +89,18 @@ def test_shard_errors_name_the_problem(tmp_path):
     with pytest.raises(ShardError, match="magic 123, expected 20240520"):
         read_shard(tmp_path / "magic.bin")
     (tmp_path / "trunc.bin").write_bytes(raw[:-10])
-    with pytest.raises(ShardError, match="header says 100 tokens but the file holds 190"):
+    with pytest.raises(ShardError, match="header says 100 tokens of 2 bytes but the file holds 190"):
         read_shard(tmp_path / "trunc.bin")
+    # the dtype comes from the header: a count that is half the payload is an error, not uint32
+    half = np.int32(50).tobytes()
+    (tmp_path / "half.bin").write_bytes(raw[:8] + half + raw[12:])
+    with pytest.raises(ShardError, match="header says 50 tokens of 2 bytes but the file holds 200"):
+        read_shard(tmp_path / "half.bin")
     (tmp_path / "short.bin").write_bytes(raw[:100])
     with pytest.raises(ShardError, match="truncated"):
         read_shard(tmp_path / "short.bin")
-    with pytest.raises(ValueError, match=r"\[0, 65535\]"):
-        write_shard(tmp_path / "big.bin", np.array([70000]))
+    with pytest.raises(ValueError, match=r"\[0, 2\^32\)"):
+        write_shard(tmp_path / "neg.bin", np.array([-1]))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ShardError, match="holds no .bin shards"):
         load_shard_dir(tmp_path / "empty")
@@ -103,6 +108,24 @@ def test_shard_errors_name_the_problem(tmp_path):
     write_shard(only_train / "fineweb_train_000001.bin", np.arange(10))
     with pytest.raises(ShardError, match="no 'val' shards"):
         load_shard_dir(only_train)
+
+
+def test_wide_shards_name_their_width_and_ids_are_checked_against_the_vocabulary(tmp_path):
+    big = np.array([0, 70_000, 5, 246_864])
+    path = write_shard(tmp_path / "wide.bin", big)
+    header = np.fromfile(path, dtype=np.int32, count=256)
+    assert list(header[:4]) == [MAGIC, 2, 4, 4] and path.stat().st_size == 1024 + 16
+    np.testing.assert_array_equal(read_shard(path), big)
+    raw = path.read_bytes()
+    (tmp_path / "width3.bin").write_bytes(raw[:12] + np.int32(3).tobytes() + raw[16:])
+    with pytest.raises(ShardError, match="token width of 3 bytes"):
+        read_shard(tmp_path / "width3.bin")
+    d = tmp_path / "shards"
+    write_shard(d / "x_train_000000.bin", np.arange(300) % 97)
+    write_shard(d / "x_val_000000.bin", np.array([1, 2, 3, 60_000, 4]))
+    ds = load_shard_dir(d)
+    with pytest.raises(ShardError, match=r"val shard x_val_000000\.bin holds token id 60000, but the model's vocab"):
+        fit_vocab(ds, 50_304, 50_256)
 
 
 def test_token_stream_crosses_shards_and_sources(tmp_path):

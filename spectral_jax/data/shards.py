@@ -1,8 +1,10 @@
 """modded-nanogpt / llm.c token shards, token streams, and the three fixed data views.
 
-Shard format: 256 int32 header (header[0] = 20240520 magic, header[1] = version 1, header[2] = token
-count) followed by the tokens as uint16 (or uint32 when the payload is 4 bytes per token). Shards are
-memory-mapped; nothing is read into RAM until a window is asked for.
+Shard format: 256 int32 header (header[0] = 20240520 magic, header[1] = version, header[2] = token count)
+followed by the tokens. Version 1 (modded-nanogpt / llm.c) holds uint16 tokens; version 2 (ours, for vocabularies
+past 65,536 ids) names the token width in header[3] (2 = uint16, 4 = uint32). The dtype comes from the header,
+never from the payload size, and the payload must hold exactly count x width bytes. Shards are memory-mapped;
+nothing is read into RAM until a window is asked for.
 
 Views of a dataset (docs/method.md §1.2, §3.2, §5), for a sequence length T:
 - train: sequences of T+1 tokens at stride T (consecutive windows share one token, as the reference
@@ -29,7 +31,9 @@ import numpy as np
 from spectral_jax.records import atomic_write_bytes
 
 MAGIC = 20240520
-VERSION = 1
+VERSION = 1  # uint16 tokens (modded-nanogpt / llm.c)
+VERSION_WIDTH = 2  # header[3] = bytes per token
+WIDTHS = {2: np.uint16, 4: np.uint32}
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 SPLITS = ("train", "val", "pool")
@@ -40,20 +44,25 @@ class ShardError(ValueError):
 
 
 def write_shard(path: str | os.PathLike, tokens) -> pathlib.Path:
-    """Write tokens (< 65,536) as a version-1 uint16 shard, atomically."""
+    """Write tokens as a version-1 uint16 shard (ids < 65,536) or a version-2 uint32 one, atomically."""
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
-        raise ValueError(f"token ids must lie in [0, 65535] for a uint16 shard, got [{tokens.min()}, {tokens.max()}]")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**32):
+        raise ValueError(f"token ids must lie in [0, 2^32), got [{tokens.min()}, {tokens.max()}]")
     header = np.zeros(HEADER_INTS, dtype=np.int32)
-    header[:3] = (MAGIC, VERSION, tokens.size)
-    atomic_write_bytes(path, header.tobytes() + tokens.astype(np.uint16).tobytes())
+    if tokens.size and tokens.max() >= 2**16:
+        header[:4] = (MAGIC, VERSION_WIDTH, tokens.size, 4)
+        payload = tokens.astype(np.uint32).tobytes()
+    else:
+        header[:3] = (MAGIC, VERSION, tokens.size)
+        payload = tokens.astype(np.uint16).tobytes()
+    atomic_write_bytes(path, header.tobytes() + payload)
     return pathlib.Path(path)
 
 
 def read_shard(path: str | os.PathLike) -> np.ndarray:
-    """Memory-map a shard's tokens (uint16 or uint32), validating header, magic, version and length."""
+    """Memory-map a shard's tokens, validating header, magic, version, token width and length."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise ShardError(f"shard {path} does not exist")
@@ -69,30 +78,37 @@ def read_shard(path: str | os.PathLike) -> np.ndarray:
             f"shard {path} has magic {header[0]}, expected {MAGIC}: not a modded-nanogpt/llm.c "
             "token shard (or corrupt); regenerate it with spectral_jax.data.write_shard"
         )
-    if header[1] != VERSION:
-        raise ShardError(f"shard {path} has version {header[1]}; only version {VERSION} is supported")
-    ntok = int(header[2])
-    payload = size - HEADER_BYTES
-    if payload == 2 * ntok:
-        dtype = np.uint16
-    elif payload == 4 * ntok and ntok > 0:
-        dtype = np.uint32
+    if header[1] == VERSION:
+        width = 2
+    elif header[1] == VERSION_WIDTH and int(header[3]) in WIDTHS:
+        width = int(header[3])
+    elif header[1] == VERSION_WIDTH:
+        raise ShardError(f"shard {path} names a token width of {header[3]} bytes; only 2 and 4 are defined")
     else:
         raise ShardError(
-            f"shard {path}: header says {ntok} tokens but the file holds {payload} payload bytes "
-            f"(expected {2 * ntok}); the file is truncated or corrupt — regenerate it"
+            f"shard {path} has version {header[1]}; versions {VERSION} (uint16) and {VERSION_WIDTH} "
+            "(width in the header) are supported"
+        )
+    ntok = int(header[2])
+    payload = size - HEADER_BYTES
+    if ntok < 0 or payload != width * ntok:
+        raise ShardError(
+            f"shard {path}: header says {ntok} tokens of {width} bytes but the file holds {payload} payload "
+            f"bytes (expected {width * max(ntok, 0)}); the file is truncated or corrupt — regenerate it"
         )
     if ntok == 0:
-        return np.zeros((0,), np.uint16)
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(ntok,))
+        return np.zeros((0,), WIDTHS[width])
+    return np.memmap(path, dtype=WIDTHS[width], mode="r", offset=HEADER_BYTES, shape=(ntok,))
 
 
 class TokenStream:
     """Several shards read as one virtual 1-D token array (windows may cross shard boundaries)."""
 
     def __init__(self, shards: list[np.ndarray], names: list[str] | None = None, lut: np.ndarray | None = None):
-        self.shards = [s for s in shards if len(s)]
-        self.names = names or []
+        names = list(names) if names else [f"shard {i}" for i in range(len(shards))]
+        kept = [(s, n) for s, n in zip(shards, names) if len(s)]
+        self.shards = [s for s, _ in kept]
+        self.names = [n for _, n in kept]
         self.lut = lut  # optional token-id map applied on read (see spectral_jax.data.vocab)
         self._starts = np.cumsum([0] + [len(s) for s in self.shards])
 
@@ -107,6 +123,17 @@ class TokenStream:
 
     def __len__(self) -> int:
         return int(self._starts[-1])
+
+    def check_ids(self, vocab_size: int, what: str = "") -> None:
+        """Every stored id is < vocab_size (one pass over the memory-mapped shards), else a ShardError naming the
+        shard and its largest id."""
+        for shard, name in zip(self.shards, self.names):
+            top = int(np.max(shard))
+            if top >= vocab_size:
+                raise ShardError(
+                    f"{what}shard {name} holds token id {top}, but the model's vocabulary has {vocab_size} ids: "
+                    "the shards were tokenised for another vocabulary; retokenise them or pick a model that fits"
+                )
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Tokens [start, stop) as int32."""

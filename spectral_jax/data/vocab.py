@@ -75,6 +75,10 @@ def fit_vocab(dataset: TokenDataset, vocab_size: int, eot_id: int) -> tuple[Toke
     """`dataset` as a model with (vocab_size, eot_id) must read it: unchanged when every id already fits and
     EOT agrees, else through a compact map (returned, so the run directory can record it)."""
     if source_eot(dataset) == eot_id and vocab_size >= int(dataset.metadata.get("vocab_size", 50257)):
+        for split in ("train", "val", "pool"):
+            stream = getattr(dataset, split)
+            if stream is not None:
+                stream.check_ids(vocab_size, f"{split} ")
         return dataset, None
     vmap = compact_vocab(dataset, vocab_size, eot_id=eot_id)
     streams = {k: getattr(dataset, k) for k in ("train", "val", "pool")}
