@@ -9,10 +9,12 @@ turns an LR sweep's results into one.
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 from typing import Any
 
+from spectral_jax.errors import UserError
 from spectral_jax.halving import lr_multiplier_for_batch
 from spectral_jax.records import read_json
 
@@ -61,9 +63,11 @@ def resolve_lr(
         )
         return _table_entry(path, family, batch, fix=fix), f"successive halving ({path})"
     try:
-        return float(spec), "constant multiplier"
+        value = float(spec)
     except ValueError:
         pass
+    else:
+        return _positive_lr(value, f"--lr={spec}"), "constant multiplier"
     path = pathlib.Path(spec)
     if not path.is_file():
         raise ValueError(
@@ -90,8 +94,22 @@ def _table_entry(path: pathlib.Path, family: str, batch: int, *, fix: str) -> An
     table = read_json(path)
     entry = table.get(family, table).get(str(batch)) if isinstance(table, dict) else None
     if entry is None:
-        raise ValueError(f"LR table {path} has no entry for family {family!r} at batch {batch}; {fix}")
-    return entry
+        raise UserError(f"LR table {path} has no entry for family {family!r} at batch {batch}; {fix}")
+    where = f"LR table {path} (family {family!r}, batch {batch})"
+    if isinstance(entry, dict):
+        return {group: _positive_lr(v, f"{where}, group {group!r}") for group, v in entry.items()}
+    return _positive_lr(entry, where)
+
+
+def _positive_lr(value: Any, where: str) -> float:
+    """A learning rate or multiplier must be a positive finite number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: the learning rate {value!r} is not a number") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise UserError(f"{where}: the learning rate must be positive and finite, got {value!r}")
+    return v
 
 
 __all__ = ["resolve_lr", "default_lr_table", "packaged_lr_table", "PACKAGED_TABLES"]

@@ -185,3 +185,22 @@ def test_readme_library_snippet_probes_a_trained_tier(sweep, monkeypatch):
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["info"]["step"] > 0 and namespace["eig"].shape == (64,) and namespace["sv"].shape == (16,)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(layers=(99,)), "--layers / --matrices: .*99"),
+        (dict(matrices=("nope",)), "--layers / --matrices: .*nope"),
+        (dict(lr="-1"), "--lr=-1: the learning rate must be positive"),
+        (dict(lr="0"), "--lr=0: the learning rate must be positive"),
+        (dict(early_fraction=1.5), "--early_fraction must lie in"),
+        (dict(tokenizer="words"), "--tokenizer must be one of"),
+        (dict(seeds=0), "--seeds must be >= 1"),
+    ],
+)
+def test_bad_flags_fail_before_any_work(tmp_path, changes, message):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=message):
+        run_batch_sweep(SweepConfig(out=str(out), **changes), log=lambda m: None)
+    assert not out.exists()

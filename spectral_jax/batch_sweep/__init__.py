@@ -28,7 +28,9 @@ from spectral_jax.batch_sweep.records import TierRecords, load_spectrum, load_sw
 from spectral_jax.batch_sweep.seeds import format_seeds_table, summarize_seeds
 from spectral_jax.batch_sweep.summary import format_table, probed_series, summarize_sweep
 from spectral_jax.data import load_data
+from spectral_jax.data.tokenize import KINDS as TOKENIZERS
 from spectral_jax.data.vocab import fit_vocab
+from spectral_jax.errors import UserError
 from spectral_jax.fields import option
 from spectral_jax.lr_rules import default_lr_table, resolve_lr
 from spectral_jax.lr_sweep import LRSweepConfig, run_lr_sweep
@@ -140,6 +142,23 @@ class ProbeCallback:
             append_jsonl(state.out_dir / self.records, {**row.to_dict(), **extra})
 
 
+def check_config(cfg: SweepConfig, model_cfg) -> None:
+    """Every flag that would fail later, checked before any data is loaded or model trained."""
+    if not cfg.tiers or any(b < 1 for b in cfg.tiers):
+        raise UserError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
+    if not 0 < cfg.early_fraction < 1:
+        raise UserError(f"--early_fraction must lie in (0, 1), got {cfg.early_fraction}")
+    if cfg.tokenizer not in TOKENIZERS:
+        raise UserError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {cfg.tokenizer!r}")
+    early_tokens, early_loss = cfg.early_defaults()
+    if early_tokens < 1 or not early_loss > 0:
+        raise UserError(f"--early_tokens and --early_loss must be positive, got {early_tokens} and {early_loss}")
+    try:
+        probes.check_selection(model_cfg, cfg.layers, cfg.matrices)
+    except ValueError as err:
+        raise UserError(f"--layers / --matrices: {err}") from None
+
+
 def resolve_tier_lrs(cfg: SweepConfig, model_cfg, log: Callable[[str], None] = log_stderr) -> dict[int, tuple]:
     """Every tier's (LR, how it was chosen) before any data is loaded or model trained, so a missing table entry
     fails now, not hours in. --lr=auto without --lr_table first runs the LR sweep (into its default directory) for
@@ -201,10 +220,9 @@ def seed_configs(cfg: SweepConfig) -> list[tuple[pathlib.Path, TrainOverrides]]:
 def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
     """Train every tier for every seed (resuming finished/interrupted ones), then summarise. Returns the summary
     (summary.json's dict; with --seeds > 1, the seeds summary of `batch_sweep.seeds`)."""
-    if not cfg.tiers or any(b < 1 for b in cfg.tiers):
-        raise ValueError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
     runs = seed_configs(cfg)
     model_cfg = make_config(cfg.family, cfg.preset, **cfg.model_changes())
+    check_config(cfg, model_cfg)
     lrs = resolve_tier_lrs(cfg, model_cfg, log)
     dataset, vmap = fit_vocab(load_data(cfg.data, tokenizer=cfg.tokenizer), model_cfg.vocab_size, model_cfg.eot_id)
     t0 = time.perf_counter()
@@ -321,6 +339,7 @@ __all__ = [
     "default_lr_table",
     "sweep_config_record",
     "seed_configs",
+    "check_config",
     "resolve_tier_lrs",
     "summarize_seeds",
     "format_seeds_table",

@@ -92,6 +92,13 @@ class ProbeResult:
     method: str | None = None  # per-sample gradient method used
 
 
+def check_selection(config, layers=(-1,), matrices=("final_attn_out",), grad_layers=(-1,)) -> None:
+    """ValueError naming the bad entry when `layers` or `matrices` do not exist in `config`'s model (what
+    run_probes would raise at its first probe, checked before any training)."""
+    _as_layers(config, layers)
+    _resolve_matrices(config, matrices, grad_layers)
+
+
 def run_probes(
     model,
     pool_NxT1,
@@ -218,6 +225,7 @@ def summarize_probe(result: ProbeResult, *, tail, head=spectra.HEAD_WINDOW, bank
 
 
 __all__ = [
+    "check_selection",
     "ALIASES",
     "DEFAULT_METHOD",
     "MATRICES",
