@@ -36,6 +36,7 @@ from spectral_jax import halving, plots
 from spectral_jax.data import TokenDataset, load_data
 from spectral_jax.data.vocab import VocabMap, fit_vocab
 from spectral_jax.fields import option
+from spectral_jax.lock import results_lock
 from spectral_jax.lr_rules import default_lr_table, packaged_lr_table
 from spectral_jax.models import ModelConfig, make_config
 from spectral_jax.optim import group_learning_rates
@@ -299,8 +300,13 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
     if cfg.train.keep_checkpoints is None:  # the sweep regime keeps many for the batch sweep's replay; not here
         base_tc = base_tc.replace(keep_checkpoints=1)
     rungs = _sweep_rungs(cfg, base_tc)
+    with results_lock(cfg.out_dir(), log):
+        return _run_locked(cfg, model_cfg, base_tc, rungs, log)
+
+
+def _run_locked(cfg: LRSweepConfig, model_cfg: ModelConfig, base_tc: TrainConfig, rungs, log) -> dict:
+    """run_lr_sweep under the results directory's lock."""
     out = cfg.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
     dataset, vmap = fit_vocab(load_data(cfg.data, tokenizer=cfg.tokenizer), model_cfg.vocab_size, model_cfg.eot_id)
     shared = _shared_settings(model_cfg, base_tc, dataset)
     write_json(

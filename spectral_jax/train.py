@@ -37,6 +37,7 @@ from flax import nnx
 
 from spectral_jax import checkpoints
 from spectral_jax.data.shards import TokenDataset
+from spectral_jax.lock import results_lock
 from spectral_jax.models.config import ModelConfig
 from spectral_jax.models.gpt import GPT
 from spectral_jax.optim import group_learning_rates
@@ -358,8 +359,12 @@ def train(
     stop_after_steps: simulate an interruption after that many optimizer steps of this call (tests).
     """
     log = log or log_stderr
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with results_lock(out_dir, log):
+        return _train(config, tc, dataset, pathlib.Path(out_dir), callbacks, resume, log, run_info, stop_after_steps)
+
+
+def _train(config, tc, dataset, out, callbacks, resume, log, run_info, stop_after_steps) -> dict:
+    """train() under the run directory's lock."""
     sched = Schedules.build(config, tc)
     lrs = group_learning_rates(config, tc.lr)
     fingerprint = checkpoints.config_fingerprint(config, tc, lrs)

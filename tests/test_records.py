@@ -1,8 +1,15 @@
 """Results files: JSONL tolerates only a torn final line; anything else is a one-line error naming file and line."""
 
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
+from spectral_jax.batch_sweep import SweepConfig, run_batch_sweep
 from spectral_jax.errors import CorruptRecordError, UserError
+from spectral_jax.lock import LOCK_NAME, results_lock
 from spectral_jax.records import append_jsonl, read_jsonl
 
 
@@ -25,3 +32,36 @@ def test_a_bad_line_before_the_last_is_an_error_naming_file_and_line(tmp_path, b
     with pytest.raises(CorruptRecordError, match=r"probes\.jsonl:2: .*corrupt") as err:
         read_jsonl(path)
     assert isinstance(err.value, UserError) and isinstance(err.value, ValueError) and "\n" not in str(err.value)
+
+
+def test_one_writer_per_results_directory(tmp_path):
+    """A second run on a directory that a live process holds refuses with the holder named; a lock file left by a
+    process that died (kill -9) is taken over with a message."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(UserError, match=rf"{out} is being written by another run \(pid {holder.pid} on "):
+        run_batch_sweep(SweepConfig(out=str(out), lr="sqrt"), log=lambda m: None)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    logs = []
+    with results_lock(out, logs.append):
+        assert (out / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} on ")
+    assert (
+        len(logs) == 1
+        and f"taking over the lock left by a run that ended without releasing it (pid {holder.pid}" in logs[0]
+    )
+    with results_lock(out, logs.append):  # released cleanly last time: no message
+        pass
+    assert len(logs) == 1
+
+
+HOLD = """
+import sys, time
+from spectral_jax.lock import results_lock
+with results_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""

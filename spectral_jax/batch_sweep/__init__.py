@@ -32,6 +32,7 @@ from spectral_jax.data.tokenize import KINDS as TOKENIZERS
 from spectral_jax.data.vocab import fit_vocab
 from spectral_jax.errors import UserError
 from spectral_jax.fields import option
+from spectral_jax.lock import results_lock
 from spectral_jax.lr_rules import default_lr_table, resolve_lr
 from spectral_jax.lr_sweep import LRSweepConfig, run_lr_sweep
 from spectral_jax.models import make_config
@@ -224,19 +225,20 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
     model_cfg = make_config(cfg.family, cfg.preset, **cfg.model_changes())
     check_config(cfg, model_cfg)
     lrs = resolve_tier_lrs(cfg, model_cfg, log)
-    dataset, vmap = fit_vocab(load_data(cfg.data, tokenizer=cfg.tokenizer), model_cfg.vocab_size, model_cfg.eot_id)
-    t0 = time.perf_counter()
-    for k, (out, train_changes) in enumerate(runs):
-        seed_cfg = dataclasses.replace(cfg, out=str(out), seeds=1, train=train_changes)
+    with results_lock(cfg.out_dir(), log):
+        data = load_data(cfg.data, tokenizer=cfg.tokenizer)
+        dataset, vmap = fit_vocab(data, model_cfg.vocab_size, model_cfg.eot_id)
+        t0 = time.perf_counter()
+        for k, (out, train_changes) in enumerate(runs):
+            seed_cfg = dataclasses.replace(cfg, out=str(out), seeds=1, train=train_changes)
+            if len(runs) > 1:
+                log(f"=== seed {k + 1}/{len(runs)} -> {out} ({time.perf_counter() - t0:.0f}s elapsed)")
+            summary = _run_seed(seed_cfg, model_cfg, lrs, dataset, vmap, log)
         if len(runs) > 1:
-            log(f"=== seed {k + 1}/{len(runs)} -> {out} ({time.perf_counter() - t0:.0f}s elapsed)")
-        summary = _run_seed(seed_cfg, model_cfg, lrs, dataset, vmap, log)
-    if len(runs) > 1:
-        write_json(
-            cfg.out_dir() / "sweep.json", dict(config=sweep_config_record(cfg), seed_dirs=[r[0].name for r in runs])
-        )
-        summary = summarize_seeds(cfg.out_dir(), log=log)
-        log(format_seeds_table(summary))
+            seed_dirs = [r[0].name for r in runs]
+            write_json(cfg.out_dir() / "sweep.json", dict(config=sweep_config_record(cfg), seed_dirs=seed_dirs))
+            summary = summarize_seeds(cfg.out_dir(), log=log)
+            log(format_seeds_table(summary))
     return summary
 
 
