@@ -29,10 +29,39 @@ from spectral_jax.train_step import Schedules
 BUDGET_FIELDS = ("max_tokens",)
 
 
-def config_fingerprint(config: ModelConfig, tc: TrainConfig, lrs: Mapping[str, float]) -> str:
-    """What makes two runs the same trajectory: model, train config and LRs, WITHOUT the token budget."""
+def config_fingerprint(
+    config: ModelConfig, tc: TrainConfig, lrs: Mapping[str, float], identity: Mapping[str, Any] | None = None
+) -> str:
+    """What makes two runs' records the same: model, train config and LRs, WITHOUT the token budget, and the
+    caller's `identity` (data, vocabulary map, probe settings) when given."""
     train_fields = {k: v for k, v in to_jsonable(tc).items() if k not in BUDGET_FIELDS}
-    return json_text(dict(model=config, train=train_fields, learning_rates=lrs))
+    record = dict(model=config, train=train_fields, learning_rates=lrs)
+    if identity:
+        record["identity"] = identity
+    return json_text(record)
+
+
+def fingerprint_diff(stored: str, fingerprint: str, depth: int = 3) -> list[str]:
+    """The dotted names of the fields in which two fingerprints differ (e.g. "train.target_loss",
+    "identity.data.metadata"), down to `depth` levels."""
+
+    def walk(a, b, prefix, level):
+        if a == b:
+            return []
+        if level >= depth or not (isinstance(a, dict) and isinstance(b, dict)):
+            return [prefix or "(all)"]
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k, level + 1)
+        return out
+
+    try:
+        before = json.loads(stored)
+    except (TypeError, json.JSONDecodeError):
+        return ["(unreadable fingerprint)"]
+    for key in BUDGET_FIELDS:
+        before.get("train", {}).pop(key, None)
+    return walk(before, json.loads(fingerprint), "", 0)
 
 
 def same_config(stored: str | None, fingerprint: str) -> bool:
@@ -125,7 +154,7 @@ def load_model(run_dir: str | pathlib.Path, step: int | None = None) -> tuple[GP
     overrides = (read_json(sweep_json)["config"].get("model_overrides") or {}) if sweep_json.is_file() else {}
     config = make_config(run["family"], run["preset"], **overrides)
     tc = TrainConfig(**run["train"])
-    if config_fingerprint(config, tc, run["learning_rates"]) != run["fingerprint"]:
+    if config_fingerprint(config, tc, run["learning_rates"], run.get("identity")) != run["fingerprint"]:
         raise ValueError(
             f"{run_dir}: the model config rebuilt from run.json does not match the run's fingerprint "
             "(written by another code version?); retrain the tier or pass another run directory"
@@ -153,6 +182,7 @@ __all__ = [
     "BUDGET_FIELDS",
     "prune",
     "config_fingerprint",
+    "fingerprint_diff",
     "same_config",
     "result_answers",
     "manager",

@@ -69,7 +69,6 @@ class LRSweepConfig(UsesPreset):
     """Successive halving per batch tier of one family, on a preset, in the batch sweep's regime (its target,
     cadences and tiers) so that the table it writes is what `batch_sweep` trains with."""
 
-    uses_sweep_regime = True
     family: str = option("betterwin", "family of the chain (spectral_jax.models.FAMILIES)")
     preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
     tiers: tuple[int, ...] | None = option(None, "batch tiers B, sequences per step (default: the preset's)")
@@ -91,6 +90,7 @@ class LRSweepConfig(UsesPreset):
     ship: bool = option(False, "maintainers: also write the table into the package (spectral_jax/lr_tables)")
     train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
+    use_sweep_regime: bool = dataclasses.field(default=True, metadata={"flag": False})  # False: preset's own
 
     def out_dir(self) -> pathlib.Path:
         return pathlib.Path(self.out) if self.out else default_lr_table(self.family, self.preset, self.tokenizer).parent
@@ -126,7 +126,7 @@ class _SweepContext:
 
 def _sweep_rungs(cfg: LRSweepConfig, base_tc: TrainConfig) -> tuple[int, ...]:
     """The halving rungs (--rungs, else the preset's scaled reference rungs), checked positive and increasing."""
-    regime = cfg._regime()
+    regime = cfg.regime()
     if cfg.rungs:
         rungs = tuple(cfg.rungs)
     elif regime.lr_rungs:

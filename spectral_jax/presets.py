@@ -113,34 +113,29 @@ ProbeOverrides = overrides_of(ProbeConfig, "ProbeOverrides")
 
 class UsesPreset:
     """Mixin of the experiment configs: a `preset` name, `train` (TrainOverrides) and `probe` (ProbeOverrides)
-    changes to its values, and optional `tiers` that default to the preset's batch tiers. Configs that set
-    `uses_sweep_regime` (the batch sweep and its LR sweep) start from the preset's `SweepRegime` for their
-    `tokenizer` instead of the preset's own tiers and training config."""
+    changes to its values, and optional `tiers` that default to the preset's. Configs whose `use_sweep_regime` is
+    true (the batch sweep and its LR sweep) start from the preset's `SweepRegime` for their `tokenizer`; the others
+    (chain, ablations) from the preset's own tiers, early points and training config."""
 
-    uses_sweep_regime = False
+    use_sweep_regime = False
 
     def __post_init__(self):
         if getattr(self, "tiers", ()) is None:
-            object.__setattr__(self, "tiers", self._base_tiers())
+            object.__setattr__(self, "tiers", self.regime().tiers)
 
-    def _regime(self) -> SweepRegime | None:
-        if not self.uses_sweep_regime:
-            return None
-        return get_preset(self.preset).sweep_regime(getattr(self, "tokenizer", "gpt2"))
-
-    def _base_tiers(self) -> tuple[int, ...]:
-        regime = self._regime()
-        return regime.tiers if regime else get_preset(self.preset).batch_tiers
+    def regime(self) -> SweepRegime:
+        """The regime this config starts from (the preset's own values as one when it uses no sweep regime)."""
+        preset = get_preset(self.preset)
+        if self.use_sweep_regime:
+            return preset.sweep_regime(getattr(self, "tokenizer", "gpt2"))
+        return SweepRegime(preset.batch_tiers, preset.early_tokens, preset.early_loss)
 
     def train_config(self) -> TrainConfig:
-        base = get_preset(self.preset).train
-        regime = self._regime()
-        return self.train.apply(regime.train_config(base) if regime else base)
+        return self.train.apply(self.regime().train_config(get_preset(self.preset).train))
 
     def model_changes(self) -> dict[str, Any]:
-        """ModelConfig changes: the sweep regime's, then the config's own `model_overrides`."""
-        regime = self._regime()
-        return {**(dict(regime.model) if regime else {}), **dict(getattr(self, "model_overrides", {}))}
+        """ModelConfig changes: the regime's, then the config's own `model_overrides`."""
+        return {**dict(self.regime().model), **dict(getattr(self, "model_overrides", {}))}
 
     def probe_config(self) -> ProbeConfig:
         return self.probe.apply(get_preset(self.preset).probe)

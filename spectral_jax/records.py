@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint
 
-from spectral_jax.errors import CorruptRecordError
+from spectral_jax.errors import CorruptRecordError, UserError
 
 FILE_MODE = 0o644
 
@@ -87,9 +87,9 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{path} does not exist") from None
+        raise UserError(f"{path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it to recompute it") from None
+        raise CorruptRecordError(f"{path} is not valid JSON ({err}); delete it to recompute it") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -37,6 +37,7 @@ from flax import nnx
 
 from spectral_jax import checkpoints
 from spectral_jax.data.shards import TokenDataset
+from spectral_jax.errors import CorruptRecordError, UserError
 from spectral_jax.lock import results_lock
 from spectral_jax.models.config import ModelConfig
 from spectral_jax.models.gpt import GPT
@@ -348,9 +349,14 @@ def train(
     resume: bool = True,
     log: Callable[[str], None] | None = None,
     run_info: Mapping[str, Any] | None = None,
+    identity: Mapping[str, Any] | None = None,
     stop_after_steps: int | None = None,
 ) -> dict:
     """Train one tier; returns (and writes, last) result.json's dict.
+
+    identity: everything besides model, training config and LRs that determines the records (data identity,
+    vocabulary map, probe settings); part of the run's fingerprint. A run directory that holds a run with another
+    fingerprint is refused with the differing fields named, unless resume=False (start it over).
 
     resume: continue from the newest checkpoint in out_dir/checkpoints at or before this budget's last step
     (else start fresh). A finished run of the same config is returned as is when it answers this budget
@@ -360,14 +366,46 @@ def train(
     """
     log = log or log_stderr
     with results_lock(out_dir, log):
-        return _train(config, tc, dataset, pathlib.Path(out_dir), callbacks, resume, log, run_info, stop_after_steps)
+        return _train(
+            config, tc, dataset, pathlib.Path(out_dir), callbacks, resume, log, run_info, identity, stop_after_steps
+        )
 
 
-def _train(config, tc, dataset, out, callbacks, resume, log, run_info, stop_after_steps) -> dict:
+def check_resumable(
+    config: ModelConfig, tc: TrainConfig, out_dir: str | os.PathLike, identity: Mapping[str, Any] | None = None
+) -> None:
+    """UserError naming the differing fields when `out_dir` holds a run made with other settings (what train()
+    with resume=True would refuse), so a caller can check every run before writing anything."""
+    lrs = group_learning_rates(config, tc.lr)
+    _refuse_other_settings(pathlib.Path(out_dir), checkpoints.config_fingerprint(config, tc, lrs, identity))
+
+
+def _refuse_other_settings(out: pathlib.Path, fingerprint: str) -> None:
+    """A directory holding a run with another fingerprint is not silently overwritten or mixed into."""
+    run_json = out / "run.json"
+    if not run_json.is_file():
+        return
+    try:
+        stored = read_json(run_json).get("fingerprint")
+    except ValueError as err:
+        raise CorruptRecordError(
+            f"{run_json} is unreadable ({err}); delete {out} or pass --noresume to start the run over"
+        ) from None
+    if stored is not None and not checkpoints.same_config(stored, fingerprint):
+        changed = ", ".join(checkpoints.fingerprint_diff(stored, fingerprint))
+        raise UserError(
+            f"{out} holds a run made with other settings ({changed} differ); pass another --out, or --noresume to "
+            "start it over"
+        )
+
+
+def _train(config, tc, dataset, out, callbacks, resume, log, run_info, identity, stop_after_steps) -> dict:
     """train() under the run directory's lock."""
     sched = Schedules.build(config, tc)
     lrs = group_learning_rates(config, tc.lr)
-    fingerprint = checkpoints.config_fingerprint(config, tc, lrs)
+    fingerprint = checkpoints.config_fingerprint(config, tc, lrs, identity)
+    if resume:
+        _refuse_other_settings(out, fingerprint)
     result_path = out / "result.json"
     if resume and result_path.is_file():
         done = read_json(result_path)
@@ -394,7 +432,7 @@ def _train(config, tc, dataset, out, callbacks, resume, log, run_info, stop_afte
         data=dict(dataset.metadata),
         **(run_info or {}),
     )
-    write_json(out / "run.json", dict(info, environment=environment(), fingerprint=fingerprint))
+    write_json(out / "run.json", dict(info, environment=environment(), identity=identity, fingerprint=fingerprint))
     run = _TierRun(config, tc, dataset, out, callbacks, log, fingerprint, lrs)
     run.restore(resume)
     return run.run(stop_after_steps)
@@ -416,7 +454,8 @@ def replay(
     checkpoints are left as they are."""
     out = pathlib.Path(run_dir)
     lrs = group_learning_rates(config, tc.lr)
-    fingerprint = checkpoints.config_fingerprint(config, tc, lrs)
+    identity = read_json(out / "run.json").get("identity") if (out / "run.json").is_file() else None
+    fingerprint = checkpoints.config_fingerprint(config, tc, lrs, identity)
     run = _TierRun(config, tc, dataset, out, (), log or log_stderr, fingerprint, lrs)
     if min(steps) < 1:
         raise ValueError(f"replay steps must be >= 1 (step 0 is the initial model), got {sorted(steps)}")
@@ -426,6 +465,7 @@ def replay(
 
 
 __all__ = [
+    "check_resumable",
     "TrainConfig",
     "TrainingDiverged",
     "RunState",

@@ -204,3 +204,24 @@ def test_bad_flags_fail_before_any_work(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         run_batch_sweep(SweepConfig(out=str(out), **changes), log=lambda m: None)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "changes, fields",
+    [
+        (dict(matrices=("mlp_out",), probe=ProbeOverrides(pool_sequences=8, grad_samples=4)), "identity.probe"),
+        (dict(tokenizer="bytes", lr="sqrt"), "identity.data.metadata"),
+    ],
+)
+def test_a_rerun_with_other_data_or_probes_is_refused_before_anything_is_written(sweep, tmp_path, changes, fields):
+    cfg, out, _ = sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != ".lock"}
+    rerun = SweepConfig(**{**cfg.__dict__, "out": str(copy), **changes})
+    with pytest.raises(
+        ValueError,
+        match=rf"holds a run made with other settings \(.*{fields}.* differ\); pass another --out, or --noresume",
+    ):
+        run_batch_sweep(rerun, log=lambda m: None)
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != ".lock"} == before

@@ -162,10 +162,18 @@ def test_a_finished_result_is_reused_only_when_it_answers_the_budget(dataset):
 
 def test_resume_refuses_a_checkpoint_from_another_config(dataset, tmp_path):
     train(_config(), _tc(), dataset, tmp_path, log=lambda m: None, stop_after_steps=4)
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"other settings \(train\.batch_size differ\); pass another --out"):
         train(_config(), _tc(batch_size=2), dataset, tmp_path, log=lambda m: None)
+    with pytest.raises(ValueError, match=r"other settings \(model\.n_layer differ\)"):
+        train(_config(n_layer=4), _tc(), dataset, tmp_path, log=lambda m: None)
+    with pytest.raises(ValueError, match=r"other settings \(identity differ\)"):
+        train(_config(), _tc(), dataset, tmp_path, log=lambda m: None, identity=dict(data="other"))
+    (tmp_path / "run.json").unlink()  # the checkpoint's own fingerprint still guards it
     with pytest.raises(ValueError, match="different configuration"):  # other shapes: refused before restoring
         train(_config(n_layer=4), _tc(), dataset, tmp_path, log=lambda m: None)
+    # --noresume starts the directory over
+    done = train(_config(), _tc(batch_size=2), dataset, tmp_path, log=lambda m: None, resume=False)
+    assert done["batch"] == 2
 
 
 def test_nan_loss_stops_with_a_clear_message_and_no_probe(dataset, tmp_path):

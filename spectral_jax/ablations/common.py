@@ -94,6 +94,7 @@ def run_sweep(
         early_fraction=cfg.early_fraction,
         train=train,
         probe=cfg.probe,
+        use_sweep_regime=False,  # the ablations run at the preset's own tiers, target and cadences
     )
     old = out / "sweep.json"
     if old.is_file():

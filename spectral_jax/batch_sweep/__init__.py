@@ -39,7 +39,7 @@ from spectral_jax.models import make_config
 from spectral_jax.presets import DEFAULT_BATCH_TIERS, ProbeOverrides, UsesPreset, get_preset
 from spectral_jax.records import append_jsonl, log_stderr, save_npz, write_json
 from spectral_jax.schemas import ProbeRecord
-from spectral_jax.train import RunState, train
+from spectral_jax.train import RunState, check_resumable, train
 from spectral_jax.train_config import TrainOverrides
 
 DEFAULT_TIERS = DEFAULT_BATCH_TIERS
@@ -50,7 +50,6 @@ class SweepConfig(UsesPreset):
     """One family across batch tiers, on a preset, in the preset's sweep regime for the tokenizer (its tiers, target,
     cadences and early points, `presets.SweepRegime`); `train` and `probe` change those values."""
 
-    uses_sweep_regime = True
     family: str = option("betterwin", "family of the chain (spectral_jax.models.FAMILIES)")
     preset: str = option("tiny", "model/training preset: tiny (CPU), d12, d36, d48 (spectral_jax.presets)")
     tiers: tuple[int, ...] | None = option(None, "batch tiers B, sequences per step (default: the preset's)")
@@ -87,6 +86,7 @@ class SweepConfig(UsesPreset):
     train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
     probe: ProbeOverrides = option(ProbeOverrides(), "changes to the preset's probe sizes")
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
+    use_sweep_regime: bool = dataclasses.field(default=True, metadata={"flag": False})  # False: preset's own
 
     def out_dir(self) -> pathlib.Path:
         suffix = "" if self.tokenizer == "gpt2" else f"_{self.tokenizer}"
@@ -94,7 +94,7 @@ class SweepConfig(UsesPreset):
 
     def early_defaults(self) -> tuple[int, float]:
         """(early tokens, early loss): the flags, else the sweep regime's."""
-        regime = self._regime()
+        regime = self.regime()
         return self.early_tokens or regime.early_tokens, self.early_loss or regime.early_loss
 
 
@@ -184,6 +184,7 @@ def resolve_tier_lrs(cfg: SweepConfig, model_cfg, log: Callable[[str], None] = l
                     out=str(table.parent),
                     train=cfg.train,
                     model_overrides=cfg.model_overrides,
+                    use_sweep_regime=cfg.use_sweep_regime,
                 ),
                 log=log,
             )
@@ -251,6 +252,23 @@ def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
     base_tc = cfg.train_config()
     pool = dataset.measurement_pool(model_cfg.seq_len, probe.pool_sequences, val_tokens=base_tc.val_tokens)
     tail, bank = preset.tail_window, preset.local_windows
+    probe_args = dict(
+        layers=cfg.layers,
+        matrices=cfg.matrices,
+        grad_samples=probe.grad_samples,
+        chunk=probe.chunk,
+        tail=tail,
+        bank=bank,
+    )
+    # besides model, training and LRs, what the tiers' records depend on (a rerun with other values is refused)
+    identity = dict(
+        data=dataset.identity(),
+        vocab_map=vmap and vmap.describe(),
+        probe=dict(probe_args, pool_sequences=probe.pool_sequences),
+    )
+    if cfg.resume:  # refuse before anything is written
+        for b in cfg.tiers:
+            check_resumable(model_cfg, base_tc.for_batch(b, lr=lrs[b][0]), out / f"tier_B{b}", identity)
     write_json(
         out / "sweep.json",
         dict(
@@ -261,14 +279,6 @@ def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
             local_windows=bank,
             data=dataset.metadata,
         ),
-    )
-    probe_args = dict(
-        layers=cfg.layers,
-        matrices=cfg.matrices,
-        grad_samples=probe.grad_samples,
-        chunk=probe.chunk,
-        tail=tail,
-        bank=bank,
     )
     callback = ProbeCallback(pool, **probe_args)
     early_callback = ProbeCallback(pool, **probe_args, records=EARLY_RECORDS, spectra_prefix="exact")
@@ -290,6 +300,7 @@ def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
             resume=cfg.resume,
             log=log,
             run_info=dict(family=cfg.family, preset=cfg.preset, lr_rule=rule, vocab_map=vmap and vmap.describe()),
+            identity=identity,
         )
         probe_exact_early_points(
             model_cfg,

@@ -125,6 +125,7 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
             run_info=dict(
                 family=fam, preset=cfg.preset, lr_rule=rule, chain_batch=cfg.batch, vocab_map=vmap and vmap.describe()
             ),
+            identity=dict(data=dataset.identity(), vocab_map=vmap and vmap.describe()),
         )
     if cfg.throughput == "interleaved":
         _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, log)

@@ -21,6 +21,7 @@ Views of a dataset (docs/method.md §1.2, §3.2, §5), for a sequence length T:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -197,6 +198,10 @@ class SequenceSource:
         return f"SequenceSource(n={self._len}, T={self.seq_len}, stride={self.stride}, start={self.start})"
 
 
+def _head_hash(shard: np.ndarray, n: int = 65_536) -> str:
+    return hashlib.sha256(np.asarray(shard[:n]).tobytes()).hexdigest()
+
+
 @dataclasses.dataclass
 class TokenDataset:
     """Train / val / (optional) pool token streams of one dataset, plus its metadata."""
@@ -206,6 +211,25 @@ class TokenDataset:
     pool: TokenStream | None = None
     metadata: dict = dataclasses.field(default_factory=dict)
     root: pathlib.Path | None = None
+
+    def identity(self) -> dict:
+        """What identifies this data for a run's records: the metadata (tokenizer, vocabulary hash, corpus build)
+        without machine-local paths and timings, and per split every shard's name, token count and a hash of its
+        first 65,536 tokens."""
+        meta = {k: v for k, v in self.metadata.items() if k not in ("build_seconds", "root", "vocab_file", "python")}
+        shards = {}
+        for split in SPLITS:
+            stream = getattr(self, split)
+            if stream is not None:
+                shards[split] = [
+                    dict(
+                        name=n,
+                        tokens=len(sh),
+                        head_sha256=hashlib.sha256(np.asarray(sh[:65_536]).tobytes()).hexdigest(),
+                    )
+                    for sh, n in zip(stream.shards, stream.names)
+                ]
+        return dict(metadata=meta, shards=shards)
 
     def validation_set(self, seq_len: int, val_tokens: int) -> np.ndarray:
         """The fixed validation-loss set: the first val_tokens tokens of val as (N, T+1) windows, stride T."""
