@@ -11,7 +11,9 @@ smaller one and matches a straight run (successive halving relies on it).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,14 +21,17 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from spectral_jax.errors import CorruptRecordError, UserError
 from spectral_jax.models import GPT, make_config
 from spectral_jax.models.config import ModelConfig
-from spectral_jax.optim import make_optimizer
+from spectral_jax.optim import group_learning_rates, make_optimizer
 from spectral_jax.records import json_text, read_json, to_jsonable
 from spectral_jax.train_config import TrainConfig
 from spectral_jax.train_step import Schedules
 
-BUDGET_FIELDS = ("max_tokens",)
+# TrainConfig fields that do not change a run's records: the budget (a longer run continues a shorter one), how
+# many checkpoints are kept and how often progress is logged; they stay out of the fingerprint
+BUDGET_FIELDS = ("max_tokens", "keep_checkpoints", "log_every_seconds")
 
 
 def config_fingerprint(
@@ -77,6 +82,34 @@ def same_config(stored: str | None, fingerprint: str) -> bool:
     return json.dumps(obj, sort_keys=True) == fingerprint
 
 
+def check_resumable(
+    config: ModelConfig, tc: TrainConfig, out_dir: str | os.PathLike, identity: Mapping[str, Any] | None = None
+) -> None:
+    """UserError naming the differing fields when `out_dir` holds a run made with other settings (what train()
+    with resume=True would refuse), so a caller can check every run before writing anything."""
+    lrs = group_learning_rates(config, tc.lr)
+    refuse_other_settings(pathlib.Path(out_dir), config_fingerprint(config, tc, lrs, identity))
+
+
+def refuse_other_settings(out: pathlib.Path, fingerprint: str) -> None:
+    """A directory holding a run with another fingerprint is not silently overwritten or mixed into."""
+    run_json = out / "run.json"
+    if not run_json.is_file():
+        return
+    try:
+        stored = read_json(run_json).get("fingerprint")
+    except ValueError as err:
+        raise CorruptRecordError(
+            f"{run_json} is unreadable ({err}); delete {out} or pass --noresume to start the run over"
+        ) from None
+    if stored is not None and not same_config(stored, fingerprint):
+        changed = ", ".join(fingerprint_diff(stored, fingerprint))
+        raise UserError(
+            f"{out} holds a run made with other settings ({changed} differ); pass another --out, or --noresume to "
+            "start it over"
+        )
+
+
 def result_answers(done: Mapping[str, Any], max_steps: int) -> bool:
     """Whether a finished run's result.json is what training to a budget of `max_steps` would give.
 
@@ -112,6 +145,46 @@ def prune(run_dir: str | pathlib.Path, keep: int = 1) -> list[int]:
         mgr.delete(step)
     mgr.close()
     return drop
+
+
+def restore_newest(mgr: ocp.CheckpointManager, at_most: int, fingerprint: str, params, opt_state, log):
+    """(meta, params, optimizer state) of the newest readable checkpoint at or before step `at_most`, its config
+    checked before any array is restored; a damaged checkpoint is reported through `log`, deleted, and the one
+    before it tried. None when none is left."""
+    for step in sorted((s for s in mgr.all_steps() if s <= at_most), reverse=True):
+        try:
+            meta = restore_meta(mgr, step)
+        except Exception as err:  # noqa: BLE001 -- orbax raises many types for a damaged checkpoint
+            _drop_corrupt(mgr, step, err, log)
+            continue
+        if not same_config(meta.get("fingerprint"), fingerprint):
+            raise UserError(
+                f"checkpoint in {mgr.directory} was written by a different configuration; use another --out "
+                "directory or --noresume to start over"
+            )
+        try:
+            return (meta, *restore_state(mgr, step, params, opt_state))
+        except Exception as err:  # noqa: BLE001
+            _drop_corrupt(mgr, step, err, log)
+    return None
+
+
+def _drop_corrupt(mgr: ocp.CheckpointManager, step: int, err: Exception, log) -> None:
+    what = (str(err).strip().splitlines() or [""])[0][:200]
+    log(
+        f"warning: the checkpoint at step {step} in {mgr.directory} is unreadable ({type(err).__name__}: {what}); "
+        "deleting it and falling back to the one before"
+    )
+    delete_step(mgr, step)
+
+
+def delete_step(mgr: ocp.CheckpointManager, step: int) -> None:
+    """Remove checkpoint `step`, also when it is too damaged for orbax to delete."""
+    try:
+        mgr.delete(step)
+    except Exception:  # noqa: BLE001 -- a damaged checkpoint; remove its directory directly
+        shutil.rmtree(pathlib.Path(mgr.directory) / str(step), ignore_errors=True)
+    mgr.reload()
 
 
 def save(mgr: ocp.CheckpointManager, step: int, params, opt_state, meta: Mapping[str, Any]) -> None:
@@ -182,6 +255,10 @@ __all__ = [
     "BUDGET_FIELDS",
     "prune",
     "config_fingerprint",
+    "refuse_other_settings",
+    "check_resumable",
+    "delete_step",
+    "restore_newest",
     "fingerprint_diff",
     "same_config",
     "result_answers",

@@ -40,7 +40,7 @@ from spectral_jax.lock import results_lock
 from spectral_jax.lr_rules import default_lr_table, packaged_lr_table
 from spectral_jax.models import ModelConfig, make_config
 from spectral_jax.optim import group_learning_rates
-from spectral_jax.presets import DEFAULT_BATCH_TIERS, UsesPreset
+from spectral_jax.presets import DEFAULT_BATCH_TIERS, UsesPreset, get_preset
 from spectral_jax.records import json_text, log_stderr, read_json, write_json
 from spectral_jax.train import TrainingDiverged, train
 from spectral_jax.train_config import TrainConfig, TrainOverrides
@@ -298,7 +298,7 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
     model_cfg = make_config(cfg.family, cfg.preset, **cfg.model_changes())
     base_tc = cfg.train_config()
     if cfg.train.keep_checkpoints is None:  # the sweep regime keeps many for the batch sweep's replay; not here
-        base_tc = base_tc.replace(keep_checkpoints=1)
+        base_tc = base_tc.replace(keep_checkpoints=get_preset(cfg.preset).train.keep_checkpoints)
     rungs = _sweep_rungs(cfg, base_tc)
     with results_lock(cfg.out_dir(), log):
         return _run_locked(cfg, model_cfg, base_tc, rungs, log)

@@ -37,7 +37,6 @@ from flax import nnx
 
 from spectral_jax import checkpoints
 from spectral_jax.data.shards import TokenDataset
-from spectral_jax.errors import CorruptRecordError, UserError
 from spectral_jax.lock import results_lock
 from spectral_jax.models.config import ModelConfig
 from spectral_jax.models.gpt import GPT
@@ -124,18 +123,13 @@ class _TierRun:
 
     # ---- resume --------------------------------------------------------------------------------------------
     def load_latest(self, at_most: int) -> bool:
-        """Load the newest checkpoint at or before step `at_most` (its config checked first); False if none."""
-        usable = [s for s in self.manager.all_steps() if s <= at_most]
-        if not usable:
+        """Load the newest readable checkpoint at or before step `at_most` (`checkpoints.restore_newest`)."""
+        found = checkpoints.restore_newest(
+            self.manager, at_most, self.fingerprint, self.params, self.opt_state, lambda m: self.log(f"{self.tag} {m}")
+        )
+        if found is None:
             return False
-        latest = max(usable)
-        meta = checkpoints.restore_meta(self.manager, latest)  # before any array of another shape is restored
-        if not checkpoints.same_config(meta.get("fingerprint"), self.fingerprint):
-            raise ValueError(
-                f"checkpoint in {self.out / 'checkpoints'} was written by a different "
-                "configuration; use another --out directory or delete it to start over"
-            )
-        self.params, self.opt_state = checkpoints.restore_state(self.manager, latest, self.params, self.opt_state)
+        meta, self.params, self.opt_state = found
         self.step, self.timed_tokens, self.timed_seconds = meta["step"], meta["timed_tokens"], meta["timed_seconds"]
         self.train_loss = float("nan") if meta.get("train_loss") is None else meta["train_loss"]
         self.start_step = self.step
@@ -371,41 +365,13 @@ def train(
         )
 
 
-def check_resumable(
-    config: ModelConfig, tc: TrainConfig, out_dir: str | os.PathLike, identity: Mapping[str, Any] | None = None
-) -> None:
-    """UserError naming the differing fields when `out_dir` holds a run made with other settings (what train()
-    with resume=True would refuse), so a caller can check every run before writing anything."""
-    lrs = group_learning_rates(config, tc.lr)
-    _refuse_other_settings(pathlib.Path(out_dir), checkpoints.config_fingerprint(config, tc, lrs, identity))
-
-
-def _refuse_other_settings(out: pathlib.Path, fingerprint: str) -> None:
-    """A directory holding a run with another fingerprint is not silently overwritten or mixed into."""
-    run_json = out / "run.json"
-    if not run_json.is_file():
-        return
-    try:
-        stored = read_json(run_json).get("fingerprint")
-    except ValueError as err:
-        raise CorruptRecordError(
-            f"{run_json} is unreadable ({err}); delete {out} or pass --noresume to start the run over"
-        ) from None
-    if stored is not None and not checkpoints.same_config(stored, fingerprint):
-        changed = ", ".join(checkpoints.fingerprint_diff(stored, fingerprint))
-        raise UserError(
-            f"{out} holds a run made with other settings ({changed} differ); pass another --out, or --noresume to "
-            "start it over"
-        )
-
-
 def _train(config, tc, dataset, out, callbacks, resume, log, run_info, identity, stop_after_steps) -> dict:
     """train() under the run directory's lock."""
     sched = Schedules.build(config, tc)
     lrs = group_learning_rates(config, tc.lr)
     fingerprint = checkpoints.config_fingerprint(config, tc, lrs, identity)
     if resume:
-        _refuse_other_settings(out, fingerprint)
+        checkpoints.refuse_other_settings(out, fingerprint)
     result_path = out / "result.json"
     if resume and result_path.is_file():
         done = read_json(result_path)
@@ -465,7 +431,6 @@ def replay(
 
 
 __all__ = [
-    "check_resumable",
     "TrainConfig",
     "TrainingDiverged",
     "RunState",

@@ -31,7 +31,9 @@ class TrainConfig:
     eval_batch: int = option(8, "sequences per eval forward")
     probe_every_evals: int = option(1, "probe spectra at every k-th eval (and at the stop eval)")
     checkpoint_every_tokens: int = option(209_715_200, "checkpoint cadence in training tokens")
-    keep_checkpoints: int = option(1, "checkpoints kept per run")
+    keep_checkpoints: int = option(
+        2, "checkpoints kept per run (the newest; a corrupt one falls back to the one before)"
+    )
     schedule_scale: float = option(1.0, "extra factor on every family step count (1 on GPU presets)")
     seed: int = option(42, "model init seed")
     data_seed: int | None = option(0, "train-stream shuffle seed (None: the reference's contiguous order)")

@@ -225,3 +225,30 @@ def test_a_rerun_with_other_data_or_probes_is_refused_before_anything_is_written
     ):
         run_batch_sweep(rerun, log=lambda m: None)
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_diverged_tier_stays_diverged_and_the_sweep_goes_on(tmp_path):
+    """A tier whose loss becomes non-finite is recorded as diverged; the other tiers still train and the summary
+    warns; a rerun keeps it diverged, and --retry_diverged retrains it."""
+    table = tmp_path / "lrs.json"
+    table.write_text(json.dumps({"betterwin": {"1": 0.5, "2": 1e9}}))
+    cfg = SweepConfig(
+        tiers=(1, 2),
+        lr=str(table),
+        out=str(tmp_path / "out"),
+        probe=ProbeOverrides(pool_sequences=4, grad_samples=4),
+        train=TrainOverrides(target_loss=7.0, max_tokens=4_096, val_tokens=512, micro_batch=1, probe_every_evals=1),
+    )
+    logs = []
+    summary = run_batch_sweep(cfg, log=logs.append)
+    status = {t["batch"]: t["status"] for t in summary["tiers"]}
+    assert status[2] == "diverged" and status[1] != "diverged"
+    assert any("B=2 did not reach the target (diverged)" in w for w in summary["warnings"])
+    assert any("the sweep goes on without this tier" in m for m in logs)
+    logs.clear()
+    again = run_batch_sweep(cfg, log=logs.append)
+    assert {t["batch"]: t["status"] for t in again["tiers"]} == status
+    assert any("diverged in an earlier run; --retry_diverged retrains it" in m for m in logs)
+    logs.clear()
+    run_batch_sweep(SweepConfig(**{**cfg.__dict__, "retry_diverged": True}), log=logs.append)
+    assert any("retraining the diverged tier from step 0" in m for m in logs)

@@ -314,3 +314,26 @@ def test_replay_to_an_exact_step_equals_the_uninterrupted_run_bitwise(dataset, t
     assert (run_dir / "metrics.jsonl").read_text() == metrics
     with pytest.raises(ValueError, match="step 0 is the initial model"):
         replay(config, tc, dataset, run_dir, [0], lambda s: None)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble_meta"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(dataset, tmp_path, damage):
+    """Two checkpoints are kept; when the newest is damaged the rerun says so, deletes it, resumes from the one
+    before, and ends with the records of an uninterrupted run."""
+    straight = train(_config(), _tc(), dataset, tmp_path / "straight", log=lambda m: None)
+    run = tmp_path / "run"
+    train(_config(), _tc(), dataset, run, log=lambda m: None, stop_after_steps=7)  # checkpoints at steps 3 and 6
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+    files = sorted(p for p in (run / "checkpoints" / "6").rglob("*") if p.is_file() and p.stat().st_size > 64)
+    if damage == "truncate":
+        target = max(files, key=lambda p: p.stat().st_size)  # the largest array file
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    else:
+        target = next(p for p in (run / "checkpoints" / "6").rglob("*") if p.is_file() and "meta" in str(p))
+        target.write_text("{ not json")
+    logs = []
+    resumed = train(_config(), _tc(), dataset, run, log=logs.append)
+    assert any("checkpoint at step 6" in m and "unreadable" in m for m in logs), logs
+    assert any("resumed from checkpoint at step 3" in m for m in logs), logs
+    assert _clean(read_jsonl(run / "metrics.jsonl")) == _clean(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+    assert resumed["final_val_loss"] == straight["final_val_loss"]

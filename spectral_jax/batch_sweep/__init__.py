@@ -37,9 +37,9 @@ from spectral_jax.lr_rules import default_lr_table, resolve_lr
 from spectral_jax.lr_sweep import LRSweepConfig, run_lr_sweep
 from spectral_jax.models import make_config
 from spectral_jax.presets import DEFAULT_BATCH_TIERS, ProbeOverrides, UsesPreset, get_preset
-from spectral_jax.records import append_jsonl, log_stderr, save_npz, write_json
+from spectral_jax.records import append_jsonl, log_stderr, read_json, save_npz, write_json
 from spectral_jax.schemas import ProbeRecord
-from spectral_jax.train import RunState, check_resumable, train
+from spectral_jax.train import RunState, TrainingDiverged, train
 from spectral_jax.train_config import TrainOverrides
 
 DEFAULT_TIERS = DEFAULT_BATCH_TIERS
@@ -70,7 +70,10 @@ class SweepConfig(UsesPreset):
         "results/lr_sweep/<family>_<preset>[_bytes]/lr_table.json)",
     )
     out: str | None = option(None, "results directory (default results/batch_sweep/<family>_<preset>)")
-    resume: bool = option(True, "reuse finished tiers and resume interrupted ones from their checkpoints")
+    resume: bool = option(
+        True, "reuse finished tiers and resume interrupted ones from their checkpoints (--noresume starts them over)"
+    )
+    retry_diverged: bool = option(False, "retrain tiers whose earlier run diverged (else they stay diverged)")
     layers: tuple[int, ...] = option((-1,), "probe layers for activation spectra (block indices; -1 = deepest)")
     matrices: tuple[str, ...] = option(
         ("final_attn_out",),
@@ -268,7 +271,7 @@ def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
     )
     if cfg.resume:  # refuse before anything is written
         for b in cfg.tiers:
-            check_resumable(model_cfg, base_tc.for_batch(b, lr=lrs[b][0]), out / f"tier_B{b}", identity)
+            checkpoints.check_resumable(model_cfg, base_tc.for_batch(b, lr=lrs[b][0]), out / f"tier_B{b}", identity)
     write_json(
         out / "sweep.json",
         dict(
@@ -282,7 +285,6 @@ def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
     )
     callback = ProbeCallback(pool, **probe_args)
     early_callback = ProbeCallback(pool, **probe_args, records=EARLY_RECORDS, spectra_prefix="exact")
-    early_tokens, early_loss = cfg.early_defaults()
     t0 = time.perf_counter()
     for i, batch in enumerate(sorted(cfg.tiers)):
         lr, rule = lrs[batch]
@@ -290,34 +292,66 @@ def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
             f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} sequences x "
             f"{model_cfg.seq_len} tokens, LR {rule} = {lr} ({time.perf_counter() - t0:.0f}s elapsed)"
         )
-        tc = base_tc.for_batch(batch, lr=lr)
-        train(
-            model_cfg,
-            tc,
-            dataset,
-            out / f"tier_B{batch}",
-            callbacks=[callback],
-            resume=cfg.resume,
-            log=log,
-            run_info=dict(family=cfg.family, preset=cfg.preset, lr_rule=rule, vocab_map=vmap and vmap.describe()),
-            identity=identity,
-        )
-        probe_exact_early_points(
-            model_cfg,
-            tc,
-            dataset,
-            out / f"tier_B{batch}",
-            early_callback,
-            fraction=cfg.early_fraction,
-            tokens=early_tokens,
-            loss=early_loss,
-            log=log,
-        )
-        if cfg.train.keep_checkpoints is None:  # the regime's extra checkpoints served the replay
-            checkpoints.prune(out / f"tier_B{batch}", keep=1)
+        run_info = dict(family=cfg.family, preset=cfg.preset, lr_rule=rule, vocab_map=vmap and vmap.describe())
+        if _train_tier(
+            cfg, model_cfg, base_tc.for_batch(batch, lr=lr), dataset, out, callback, run_info, identity, log
+        ):
+            _exact_early_points(cfg, model_cfg, base_tc.for_batch(batch, lr=lr), dataset, out, early_callback, log)
     summary = summarize_sweep(out, log=log)
     log(format_table(summary))
     return summary
+
+
+def _train_tier(cfg: SweepConfig, model_cfg, tc, dataset, out, callback, run_info, identity, log) -> bool:
+    """Train (or reuse) one tier; False when it diverged, now or in an earlier run (the sweep goes on without it)."""
+    batch = tc.batch_size
+    tier = out / f"tier_B{batch}"
+    retry = cfg.retry_diverged and _diverged(tier)
+    if retry:
+        log(f"[B={batch}] retraining the diverged tier from step 0 (--retry_diverged)")
+    try:
+        result = train(
+            model_cfg,
+            tc,
+            dataset,
+            tier,
+            callbacks=[callback],
+            resume=cfg.resume and not retry,
+            log=log,
+            run_info=run_info,
+            identity=identity,
+        )
+    except TrainingDiverged as err:
+        log(f"[B={batch}] {err}; the sweep goes on without this tier (--retry_diverged retrains it)")
+        return False
+    if result["status"] == "diverged":
+        log(f"[B={batch}] this tier diverged in an earlier run; --retry_diverged retrains it")
+        return False
+    return True
+
+
+def _exact_early_points(cfg: SweepConfig, model_cfg, tc, dataset, out, early_callback, log) -> None:
+    """Replay the tier to its exact early points and probe there; then prune the checkpoints kept for it."""
+    tier = out / f"tier_B{tc.batch_size}"
+    early_tokens, early_loss = cfg.early_defaults()
+    probe_exact_early_points(
+        model_cfg,
+        tc,
+        dataset,
+        tier,
+        early_callback,
+        fraction=cfg.early_fraction,
+        tokens=early_tokens,
+        loss=early_loss,
+        log=log,
+    )
+    if cfg.train.keep_checkpoints is None:  # the regime's extra checkpoints served the replay
+        checkpoints.prune(tier, keep=get_preset(cfg.preset).train.keep_checkpoints)
+
+
+def _diverged(tier: pathlib.Path) -> bool:
+    path = tier / "result.json"
+    return path.is_file() and read_json(path).get("status") == "diverged"
 
 
 def sweep_config_record(cfg: SweepConfig) -> dict:
