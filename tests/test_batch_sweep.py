@@ -1,5 +1,6 @@
 """The main job end to end at reduced budgets: records, summary, figures, report rebuild, resume, CLI errors."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -10,6 +11,7 @@ import sys
 
 import pytest
 
+from spectral_jax import train as train_module
 from spectral_jax.batch_sweep import SweepConfig, format_table, run_batch_sweep, summarize_sweep
 from spectral_jax.presets import ProbeOverrides
 from spectral_jax.train_config import TrainOverrides
@@ -227,14 +229,21 @@ def test_a_rerun_with_other_data_or_probes_is_refused_before_anything_is_written
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
-def test_a_diverged_tier_stays_diverged_and_the_sweep_goes_on(tmp_path):
+def test_a_diverged_tier_stays_diverged_and_the_sweep_goes_on(tmp_path, monkeypatch):
     """A tier whose loss becomes non-finite is recorded as diverged; the other tiers still train and the summary
-    warns; a rerun keeps it diverged, and --retry_diverged retrains it."""
-    table = tmp_path / "lrs.json"
-    table.write_text(json.dumps({"betterwin": {"1": 0.5, "2": 1e9}}))
+    warns; a rerun keeps it diverged, and --retry_diverged retrains it. (The loop's loss read is patched to give
+    NaN from step 3 of B = 2: the normalised model does not overflow even at absurd learning rates.)"""
+    real_read = train_module._TierRun._read
+
+    def read(self, pending):
+        if self.tc.batch_size == 2 and pending.step >= 3 and not getattr(self, "healthy", False):
+            pending = dataclasses.replace(pending, loss_sum=float("nan"))
+        return real_read(self, pending)
+
+    monkeypatch.setattr(train_module._TierRun, "_read", read)
     cfg = SweepConfig(
         tiers=(1, 2),
-        lr=str(table),
+        lr="sqrt",
         out=str(tmp_path / "out"),
         probe=ProbeOverrides(pool_sequences=4, grad_samples=4),
         train=TrainOverrides(target_loss=7.0, max_tokens=4_096, val_tokens=512, micro_batch=1, probe_every_evals=1),
@@ -250,5 +259,7 @@ def test_a_diverged_tier_stays_diverged_and_the_sweep_goes_on(tmp_path):
     assert {t["batch"]: t["status"] for t in again["tiers"]} == status
     assert any("diverged in an earlier run; --retry_diverged retrains it" in m for m in logs)
     logs.clear()
-    run_batch_sweep(SweepConfig(**{**cfg.__dict__, "retry_diverged": True}), log=logs.append)
+    monkeypatch.setattr(train_module._TierRun, "healthy", True, raising=False)
+    retried = run_batch_sweep(SweepConfig(**{**cfg.__dict__, "retry_diverged": True}), log=logs.append)
     assert any("retraining the diverged tier from step 0" in m for m in logs)
+    assert {t["batch"]: t["status"] for t in retried["tiers"]}[2] != "diverged"
