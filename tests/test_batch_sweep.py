@@ -108,6 +108,7 @@ def test_summary_reads_the_probed_layer_and_matrix(tmp_path):
     cfg = SweepConfig(
         family="betterwin",
         tiers=(1, 2),
+        lr="sqrt",  # at these budgets the sqrt rule's loss ranges overlap (matched loss needs that)
         out=str(tmp_path),
         layers=(3,),
         matrices=("mlp_out",),

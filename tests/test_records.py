@@ -45,7 +45,7 @@ def test_one_writer_per_results_directory(tmp_path):
     with pytest.raises(UserError, match=rf"{out} is being written by another run \(pid {holder.pid} on "):
         run_batch_sweep(SweepConfig(out=str(out), lr="sqrt"), log=lambda m: None)
     holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    holder.communicate()
     logs = []
     with results_lock(out, logs.append):
         assert (out / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} on ")

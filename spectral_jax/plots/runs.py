@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from spectral_jax import spectra
 from spectral_jax.plots.base import _figure, _finite, series_colors
@@ -109,6 +110,7 @@ def plot_loss_curves(
         keep = t > 0
         ax.plot(t[keep], y[keep], color=color, label=label, lw=1.5, marker="o", ms=2)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     if target is not None:
         ax.axhline(target, color="crimson", ls="--", lw=1)
         ax.text(
