@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from matplotlib.ticker import NullFormatter
+
 from spectral_jax.plots.base import _axes, _finite, series_colors
 
 
@@ -23,6 +25,8 @@ def plot_seeded_tokens(tiers: Sequence[Mapping], *, target: float, title: str):
         means, sds = zip(*(_ms(t[key]) for t in rows)) if rows else ((), ())
         ax.errorbar(bs, means, yerr=sds, marker="o", capsize=4, color=series_colors(1)[0])
         ax.set_xscale("log", base=2)
+        ax.set_xticks(bs, [str(b) for b in bs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("batch size B (sequences per optimizer step)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
