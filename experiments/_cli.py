@@ -10,6 +10,7 @@ entry point adopts this module's flags as its key flags (`flags.adopt_module_key
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import sys
 import types
@@ -18,18 +19,26 @@ from typing import Any
 
 from absl import flags, logging
 
+from spectral_jax.errors import UserError
 from spectral_jax.fields import Overrides, flag_name, help_of, is_flag
 from spectral_jax.host import tune_cpu_host
 from spectral_jax.train import TrainingDiverged
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (ValueError, OSError, KeyError, TrainingDiverged)
+# what a user can fix: one `error:` line and exit code 2; any other exception is a bug and keeps its traceback
+USER_ERRORS = (UserError, TrainingDiverged, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {' '.join(msg.split())}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def user_errors_exit_2(main):
-    """Bad input (unknown family, corrupt shard, missing directory, diverged run) -> 'error: ...' and exit 2.
-    Also the entry points' common set-up: absl logs at WARNING (orbax logs every checkpoint file at INFO, JAX
-    every backend it probes) and the CPU host settings (spectral_jax.host)."""
+    """Bad input (unknown family, corrupt shard or record, missing directory, diverged run, a full disk) -> one
+    'error: ...' line and exit 2; anything else is a bug and keeps its traceback. Also the entry points' common
+    set-up: absl logs at WARNING (orbax logs every checkpoint file at INFO, JAX every backend it probes) and the CPU
+    host settings (spectral_jax.host)."""
 
     @functools.wraps(main)
     def wrapped(argv):
@@ -38,25 +47,36 @@ def user_errors_exit_2(main):
         try:
             return main(argv)
         except USER_ERRORS as err:
-            msg = " ".join(str(err).split()) or type(err).__name__
-            print(f"error: {msg}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            _fail(str(err) or type(err).__name__)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            where = err.filename or "the results"
+            _fail(f"no space left on the device while writing {where}: free space or pass another --out")
 
     return wrapped
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag as one 'error:' line and exit code 2 (absl alone exits 1 with usage)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        _fail(f"{err}; see --help")
 
 
 def int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise ValueError(f"expected a comma-separated list of integers, got {text!r}") from None
+        raise UserError(f"expected a comma-separated list of integers, got {text!r}") from None
 
 
 def float_list(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise ValueError(f"expected a comma-separated list of numbers, got {text!r}") from None
+        raise UserError(f"expected a comma-separated list of numbers, got {text!r}") from None
 
 
 def str_list(text: str) -> tuple[str, ...]:

@@ -228,7 +228,7 @@ def load_model(run_dir: str | pathlib.Path, step: int | None = None) -> tuple[GP
     config = make_config(run["family"], run["preset"], **overrides)
     tc = TrainConfig(**run["train"])
     if config_fingerprint(config, tc, run["learning_rates"], run.get("identity")) != run["fingerprint"]:
-        raise ValueError(
+        raise UserError(
             f"{run_dir}: the model config rebuilt from run.json does not match the run's fingerprint "
             "(written by another code version?); retrain the tier or pass another run directory"
         )

@@ -40,19 +40,19 @@ def resolve_lr(
             "untuned sqrt(B/B0) rule"
         )
         if not path.is_file():
-            raise ValueError(
+            raise UserError(
                 f"no tuned LR table ships for family {family!r}, preset {preset!r}, {tokenizer} tokens; {fix}"
             )
         entry = read_json(path)["multipliers"].get(str(batch))
         if entry is None:
-            raise ValueError(f"the tuned LR table {path.name} has no tier B={batch}; {fix}")
+            raise UserError(f"the tuned LR table {path.name} has no tier B={batch}; {fix}")
         return entry, f"tuned by successive halving ({path.name})"
     if spec in ("sqrt", "linear", "none"):
         return lr_multiplier_for_batch(batch, reference_batch, spec), f"{spec}(B/{reference_batch})"
     if spec == "auto":
         path = pathlib.Path(lr_table) if lr_table else default_lr_table(family, preset, tokenizer)
         if not path.is_file():
-            raise ValueError(
+            raise UserError(
                 f"--lr=auto needs the successive-halving LR table, and {path} does not exist: run "
                 f"python -m experiments.lr_sweep --family={family} --preset={preset} --tiers=<the tiers> "
                 "first (or pass --lr_table=PATH)"
@@ -70,9 +70,7 @@ def resolve_lr(
         return _positive_lr(value, f"--lr={spec}"), "constant multiplier"
     path = pathlib.Path(spec)
     if not path.is_file():
-        raise ValueError(
-            f"--lr={spec!r} is neither tuned, auto, a rule (sqrt, linear, none), a number, nor a JSON file"
-        )
+        raise UserError(f"--lr={spec!r} is neither tuned, auto, a rule (sqrt, linear, none), a number, nor a JSON file")
     return _table_entry(path, family, batch, fix="add it or pick another --lr"), f"table {path}"
 
 

@@ -35,6 +35,7 @@ from typing import Any
 from spectral_jax import halving, plots
 from spectral_jax.data import TokenDataset, load_data
 from spectral_jax.data.vocab import VocabMap, fit_vocab
+from spectral_jax.errors import UserError
 from spectral_jax.fields import option
 from spectral_jax.lock import results_lock
 from spectral_jax.lr_rules import default_lr_table, packaged_lr_table
@@ -134,7 +135,7 @@ def _sweep_rungs(cfg: LRSweepConfig, base_tc: TrainConfig) -> tuple[int, ...]:
     else:
         rungs = preset_rungs(cfg.family, cfg.preset, base_tc, **cfg.model_changes())
     if any(b2 <= b1 for b1, b2 in zip(rungs, rungs[1:])) or rungs[0] < 1:
-        raise ValueError(f"--rungs must be positive, strictly increasing token budgets, got {rungs}")
+        raise UserError(f"--rungs must be positive, strictly increasing token budgets, got {rungs}")
     return rungs
 
 
@@ -292,9 +293,9 @@ def _select_tier(ctx: _SweepContext, i: int, batch: int, t0: float) -> None:
 def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) -> dict:
     """Successive halving for every tier (resuming), then lr_table.json, summary.json and figures."""
     if not cfg.tiers or any(b < 1 for b in cfg.tiers):
-        raise ValueError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
+        raise UserError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
     if not cfg.eta > 1:
-        raise ValueError(f"--eta must be > 1 (2 keeps the top half, the reference used 3), got {cfg.eta}")
+        raise UserError(f"--eta must be > 1 (2 keeps the top half, the reference used 3), got {cfg.eta}")
     model_cfg = make_config(cfg.family, cfg.preset, **cfg.model_changes())
     base_tc = cfg.train_config()
     if cfg.train.keep_checkpoints is None:  # the sweep regime keeps many for the batch sweep's replay; not here
@@ -344,7 +345,7 @@ def _check_shared(path: pathlib.Path, shared: Mapping[str, Any]) -> None:
         before = read_json(path)
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise ValueError(
+            raise UserError(
                 f"{path.parent} holds LR-sweep results made with other settings ({', '.join(changed)} "
                 "differ); use another --out or --resume=false to start this tier over"
             )
@@ -392,7 +393,7 @@ def make_lr_table(lr_sweep_out: str | pathlib.Path, family: str, *, tokenizer: s
     (the final rung's survivors), the rungs, the grid extensions and the command that made it."""
     tiers = [t for t in load_selections(lr_sweep_out) if t["family"] == family]
     if not tiers:
-        raise ValueError(f"{lr_sweep_out} holds no LR-sweep tier of family {family!r}")
+        raise UserError(f"{lr_sweep_out} holds no LR-sweep tier of family {family!r}")
     return dict(
         family=family,
         preset=tiers[0]["preset"],

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from spectral_jax import spectra
+from spectral_jax.errors import UserError
 from spectral_jax.fields import option, overrides_of
 from spectral_jax.train_config import TrainConfig
 
@@ -156,7 +157,7 @@ _PRESETS: dict[str, Preset] = {}
 def register_preset(preset: Preset, *, replace: bool = False) -> Preset:
     """Make `preset` available by name to every entry point and library function."""
     if preset.name in _PRESETS and not replace:
-        raise ValueError(f"preset {preset.name!r} already exists; pass replace=True to redefine it")
+        raise UserError(f"preset {preset.name!r} already exists; pass replace=True to redefine it")
     _PRESETS[preset.name] = preset
     return preset
 
@@ -167,7 +168,7 @@ def unregister_preset(name: str) -> None:
 
 def get_preset(name: str) -> Preset:
     if name not in _PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(_PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; choose one of {sorted(_PRESETS)}")
     return _PRESETS[name]
 
 

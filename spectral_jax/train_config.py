@@ -6,6 +6,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
+from spectral_jax.errors import UserError
 from spectral_jax.fields import option, overrides_of
 
 
@@ -42,16 +43,16 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
         mb = self.resolved_micro_batch
         if self.batch_size % mb:
-            raise ValueError(
+            raise UserError(
                 f"batch_size {self.batch_size} is not a multiple of micro_batch {mb}; "
                 "pick a micro_batch that divides it"
             )
         for name in ("eval_every_tokens", "val_tokens", "checkpoint_every_tokens", "max_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -65,7 +66,7 @@ class TrainConfig:
     def resolved_micro_batch(self) -> int:
         if self.micro_batch is not None:
             if self.micro_batch < 1:
-                raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
+                raise UserError(f"micro_batch must be >= 1, got {self.micro_batch}")
             return self.micro_batch
         if self.batch_size > self.max_micro_batch:
             return math.gcd(self.batch_size, self.max_micro_batch)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from spectral_jax.batch_sweep import SweepConfig, TierRecords, run_batch_sweep, sweep_config_record
+from spectral_jax.errors import UserError
 from spectral_jax.fields import option
 from spectral_jax.models import make_config
 from spectral_jax.presets import ProbeOverrides, UsesPreset, get_preset
@@ -103,7 +104,7 @@ def run_sweep(
         new = to_jsonable(sweep_config_record(sc))
         diff = [k for k in keys if stored.get(k) != new[k]]
         if diff:
-            raise ValueError(
+            raise UserError(
                 f"{out} holds a sweep with other {', '.join(diff)} "
                 f"({', '.join(f'{k}={stored.get(k)}' for k in diff)}); its finished tiers would be "
                 "reused without the requested spectra: use another --out or delete that directory"

@@ -15,6 +15,7 @@ from spectral_jax.ablations.common import AblationConfig, ratio, write_ablation
 from spectral_jax.checkpoints import load_model
 from spectral_jax.data import SequenceSource, TokenDataset, load_data
 from spectral_jax.data.vocab import fit_vocab, source_eot
+from spectral_jax.errors import UserError
 from spectral_jax.models import GPT, attention, make_config
 from spectral_jax.presets import get_preset
 from spectral_jax.records import log_stderr, read_json
@@ -39,14 +40,12 @@ def _mapped(dataset, like, vmap):
     """`dataset` read through the model's vocabulary map (built on its training data `like`)."""
     for key in ("tokenizer", "vocab_sha256"):
         if dataset.metadata.get(key) != like.metadata.get(key):
-            raise ValueError(
+            raise UserError(
                 f"data source tokenised with {key}={dataset.metadata.get(key)!r} but the model's "
                 f"training data uses {like.metadata.get(key)!r}; tokenise both with the same vocabulary"
             )
     if source_eot(dataset) != source_eot(like):
-        raise ValueError(
-            f"data source EOT id {source_eot(dataset)} differs from the training data's {source_eot(like)}"
-        )
+        raise UserError(f"data source EOT id {source_eot(dataset)} differs from the training data's {source_eot(like)}")
     if vmap is None:
         return dataset
     streams = {k: getattr(dataset, k) for k in ("train", "val", "pool")}

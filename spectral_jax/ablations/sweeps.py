@@ -27,6 +27,7 @@ from spectral_jax.ablations.common import (
 )
 from spectral_jax.batch_sweep import load_spectrum, load_sweep
 from spectral_jax.batch_sweep.summary import early_readout
+from spectral_jax.errors import UserError
 from spectral_jax.presets import get_preset
 from spectral_jax.records import log_stderr
 
@@ -259,7 +260,7 @@ def seed_control(cfg: AblationConfig, log: Callable[[str], None] = log_stderr) -
     against the separation across the tiers of the probe sweep (one seed)."""
     name = "seed_control"
     if len(set(cfg.seeds)) < 2:
-        raise ValueError(f"seed_control needs at least two distinct seeds, got {cfg.seeds}; pass --seeds=42,43,44")
+        raise UserError(f"seed_control needs at least two distinct seeds, got {cfg.seeds}; pass --seeds=42,43,44")
     sweep_dir = probe_sweep(cfg, log)
     sweep, tiers = load_sweep(sweep_dir)
     last = sweep["model"]["n_layer"] - 1

@@ -206,7 +206,7 @@ def seed_configs(cfg: SweepConfig) -> list[tuple[pathlib.Path, TrainOverrides]]:
     """(results directory, training changes) of every seed: one seed writes to --out itself; N seeds to
     --out/seed{k}, with model init seed and data-order seed both offset by k."""
     if cfg.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
+        raise UserError(f"--seeds must be >= 1, got {cfg.seeds}")
     out = cfg.out_dir()
     if cfg.seeds == 1:
         return [(out, cfg.train)]

@@ -49,6 +49,7 @@ from spectral_jax.chain.summary import (
 )
 from spectral_jax.data import load_data
 from spectral_jax.data.vocab import fit_vocab
+from spectral_jax.errors import UserError
 from spectral_jax.lr_rules import resolve_lr
 from spectral_jax.models import make_config
 from spectral_jax.presets import get_preset
@@ -62,9 +63,9 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
     families = cfg.resolved_families()
     preset = get_preset(cfg.preset)
     if cfg.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {cfg.batch}")
+        raise UserError(f"--batch must be >= 1, got {cfg.batch}")
     if len(families) < 2 or not transitions_of(families):
-        raise ValueError(
+        raise UserError(
             f"families {list(families)} contain no transition (a family and its parent); "
             "name consecutive families, e.g. --families=baseline,rope,muon,untied"
         )

@@ -7,6 +7,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from spectral_jax.errors import UserError
 from spectral_jax.fields import option
 from spectral_jax.models import FAMILIES
 from spectral_jax.presets import ProbeOverrides, UsesPreset
@@ -58,15 +59,15 @@ class ChainConfig(UsesPreset):
     def __post_init__(self):
         super().__post_init__()
         if self.throughput not in ("interleaved", "train"):
-            raise ValueError(f"--throughput must be interleaved or train, got {self.throughput!r}")
+            raise UserError(f"--throughput must be interleaved or train, got {self.throughput!r}")
 
     def resolved_families(self) -> tuple[str, ...]:
         names = tuple(FAMILIES) if self.families is None else tuple(self.families)
         unknown = [f for f in names if f not in FAMILIES]
         if unknown:
-            raise ValueError(f"unknown family {unknown[0]!r}; choose from {list(FAMILIES)}")
+            raise UserError(f"unknown family {unknown[0]!r}; choose from {list(FAMILIES)}")
         if not names:
-            raise ValueError("--families is empty; name at least two families of the chain")
+            raise UserError("--families is empty; name at least two families of the chain")
         return tuple(f for f in FAMILIES if f in names)  # chain order, duplicates dropped
 
     def out_dir(self) -> pathlib.Path:
@@ -83,5 +84,5 @@ def family_batch(model_cfg, trunk_seq_len: int, batch: int) -> int:
     """Sequences per step giving the chain's tokens per step (batch x trunk T) at this family's T."""
     tokens = batch * trunk_seq_len
     if tokens % model_cfg.seq_len:
-        raise ValueError(f"batch {batch} x trunk T {trunk_seq_len} is not a multiple of T = {model_cfg.seq_len}")
+        raise UserError(f"batch {batch} x trunk T {trunk_seq_len} is not a multiple of T = {model_cfg.seq_len}")
     return tokens // model_cfg.seq_len

@@ -16,6 +16,7 @@ import numpy as np
 from spectral_jax import efficiency, plots, spectra
 from spectral_jax.batch_sweep import TierRecords, load_spectrum, load_tier
 from spectral_jax.chain.config import GRAD_MATRIX, transitions_of
+from spectral_jax.errors import UserError
 from spectral_jax.probes import ALIASES
 from spectral_jax.records import log_stderr, read_json, write_json, write_text
 from spectral_jax.taxonomy import TaxonomyThresholds, classify_transition
@@ -74,7 +75,7 @@ def resolve_gain_target(spec: str | float, runs: Mapping[str, TierRecords]) -> f
     if spec == "train":
         targets = {r.result.target_loss for r in runs.values()}
         if len(targets) != 1:
-            raise ValueError(f"the runs were trained to different targets {sorted(targets)}; pass a gain target")
+            raise UserError(f"the runs were trained to different targets {sorted(targets)}; pass a gain target")
         return targets.pop()
     if spec == "common":
         best = [
@@ -83,12 +84,12 @@ def resolve_gain_target(spec: str | float, runs: Mapping[str, TierRecords]) -> f
             if any(e.step > 0 for e in r.evals)
         ]
         if len(best) != len(runs):
-            raise ValueError("a run has no eval after step 0, so no common loss exists; train longer")
+            raise UserError("a run has no eval after step 0, so no common loss exists; train longer")
         return float(max(best))
     try:
         return float(spec)
     except (TypeError, ValueError):
-        raise ValueError(f"gain target {spec!r} is neither 'train', 'common' nor a loss value") from None
+        raise UserError(f"gain target {spec!r} is neither 'train', 'common' nor a loss value") from None
 
 
 def family_row(name: str, run: TierRecords, gain_target: float, q_side: Mapping | None) -> dict:

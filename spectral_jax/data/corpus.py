@@ -24,6 +24,7 @@ import time
 
 from spectral_jax.data.shards import ShardError, TokenDataset, load_shard_dir, write_dataset
 from spectral_jax.data.tokenize import Tokenizer
+from spectral_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def build_text_corpus(
         by_split[split_of(str(p.relative_to(root)))].append(p.read_bytes().decode("utf-8", errors="replace"))
     empty = [s for s, docs in by_split.items() if not docs]
     if empty:
-        raise ValueError(
+        raise UserError(
             f"{len(files)} text files under {root} leave split(s) {empty} empty; "
             "provide more files (files are assigned to splits by a hash of their path)"
         )

@@ -29,6 +29,7 @@ import pathlib
 import grain
 import numpy as np
 
+from spectral_jax.errors import UserError
 from spectral_jax.records import atomic_write_bytes
 
 MAGIC = 20240520
@@ -40,7 +41,7 @@ HEADER_BYTES = HEADER_INTS * 4
 SPLITS = ("train", "val", "pool")
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """A shard or shard directory that cannot be read; the message names the file and the fix."""
 
 
@@ -48,9 +49,9 @@ def write_shard(path: str | os.PathLike, tokens) -> pathlib.Path:
     """Write tokens as a version-1 uint16 shard (ids < 65,536) or a version-2 uint32 one, atomically."""
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
-        raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
+        raise UserError(f"tokens must be 1-D, got shape {tokens.shape}")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**32):
-        raise ValueError(f"token ids must lie in [0, 2^32), got [{tokens.min()}, {tokens.max()}]")
+        raise UserError(f"token ids must lie in [0, 2^32), got [{tokens.min()}, {tokens.max()}]")
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     if tokens.size and tokens.max() >= 2**16:
         header[:4] = (MAGIC, VERSION_WIDTH, tokens.size, 4)
@@ -165,7 +166,7 @@ class SequenceSource:
         num_sequences: int | None = None,
     ):
         if seq_len < 1:
-            raise ValueError(f"seq_len must be positive, got {seq_len}")
+            raise UserError(f"seq_len must be positive, got {seq_len}")
         self.stream, self.seq_len = stream, seq_len
         self.stride = seq_len if stride is None else stride
         self.start = start
@@ -173,7 +174,7 @@ class SequenceSource:
         if num_sequences is None:
             num_sequences = available
         if num_sequences > available or num_sequences < 1:
-            raise ValueError(
+            raise UserError(
                 f"need {num_sequences} sequences of {seq_len + 1} tokens (stride {self.stride}) from "
                 f"token {start}, but the stream has {len(stream)} tokens ({max(available, 0)} "
                 "sequences); use more data, a shorter seq_len or fewer sequences"
@@ -235,7 +236,7 @@ class TokenDataset:
         """The fixed validation-loss set: the first val_tokens tokens of val as (N, T+1) windows, stride T."""
         n = val_tokens // seq_len
         if n < 1:
-            raise ValueError(f"val_tokens={val_tokens} is shorter than one sequence of {seq_len} tokens")
+            raise UserError(f"val_tokens={val_tokens} is shorter than one sequence of {seq_len} tokens")
         return SequenceSource(self.val, seq_len, num_sequences=n).as_array()
 
     def measurement_pool(self, seq_len: int, num_sequences: int, *, val_tokens: int) -> np.ndarray:

@@ -25,6 +25,8 @@ import numpy as np
 import tiktoken
 from tiktoken_ext.openai_public import r50k_pat_str
 
+from spectral_jax.errors import UserError
+
 EOT_ID = 50256
 GPT2_VOCAB_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 _R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
@@ -81,7 +83,7 @@ class Tokenizer:
 
     def __init__(self, vocab_file: str | os.PathLike | None = None, *, kind: str = "gpt2"):
         if kind not in KINDS:
-            raise ValueError(f"unknown tokenizer {kind!r}; choose one of {KINDS}")
+            raise UserError(f"unknown tokenizer {kind!r}; choose one of {KINDS}")
         self.vocab_file: pathlib.Path | None = None
         self.vocab_sha256: str | None = None
         self._enc = None
@@ -99,7 +101,7 @@ class Tokenizer:
         self.vocab_file = path
         self.vocab_sha256 = hashlib.sha256(contents).hexdigest()
         if self.vocab_sha256 != GPT2_VOCAB_SHA256:
-            raise ValueError(
+            raise UserError(
                 f"vocabulary file {path} has sha256 {self.vocab_sha256[:12]}..., not GPT-2's "
                 f"{GPT2_VOCAB_SHA256[:12]}...; it is not the r50k_base/gpt2 BPE"
             )

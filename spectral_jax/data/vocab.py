@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from spectral_jax.data.shards import TokenDataset
+from spectral_jax.errors import UserError
 
 DEFAULT_SOURCE_EOT = 50256
 
@@ -47,12 +48,12 @@ def compact_vocab(
 ) -> VocabMap:
     """Frequency-ranked map of the train split onto `vocab_size` ids, one of them UNK."""
     if vocab_size < 3:
-        raise ValueError(f"a compact vocabulary needs at least 3 ids (EOT, UNK, one token), got {vocab_size}")
+        raise UserError(f"a compact vocabulary needs at least 3 ids (EOT, UNK, one token), got {vocab_size}")
     if not 0 <= eot_id < vocab_size:
-        raise ValueError(f"eot_id {eot_id} outside [0, {vocab_size})")
+        raise UserError(f"eot_id {eot_id} outside [0, {vocab_size})")
     n = min(len(dataset.train), count_tokens)
     if n == 0:
-        raise ValueError("cannot build a vocabulary map from an empty train split")
+        raise UserError("cannot build a vocabulary map from an empty train split")
     counts = np.bincount(dataset.train.read(0, n), minlength=1)
     eot = source_eot(dataset)
     size = max(len(counts), eot + 1, 65536)

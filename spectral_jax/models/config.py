@@ -18,6 +18,7 @@ import dataclasses
 import math
 from typing import Any
 
+from spectral_jax.errors import UserError
 from spectral_jax.optim import OptimConfig
 from spectral_jax.presets import ModelDims, get_preset
 
@@ -31,7 +32,7 @@ DTYPES = ("float32", "bfloat16")
 
 def _choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise ValueError(f"ModelConfig.{name}={value!r} is not one of {choices}")
+        raise UserError(f"ModelConfig.{name}={value!r} is not one of {choices}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,38 +94,38 @@ class ModelConfig:
         _choice("init", self.init, INITS)
         _choice("compute_dtype", self.compute_dtype, DTYPES)
         if self.n_head * self.head_dim != self.d_model:
-            raise ValueError(
+            raise UserError(
                 f"n_head*head_dim = {self.n_head}*{self.head_dim} != d_model {self.d_model}; "
                 "set head_dim = d_model // n_head"
             )
         if self.pos != "learned" and self.head_dim % 4:
-            raise ValueError(f"rotary needs head_dim divisible by 4, got {self.head_dim}")
+            raise UserError(f"rotary needs head_dim divisible by 4, got {self.head_dim}")
         if (self.unet or self.value_mix == "vte_half") and self.n_layer % 2:
-            raise ValueError(f"U-Net skips and mirrored value chunks need an even n_layer, got {self.n_layer}")
+            raise UserError(f"U-Net skips and mirrored value chunks need an even n_layer, got {self.n_layer}")
         if self.value_mix == "vte_half" and not self.unet:
-            raise ValueError("value_mix='vte_half' mirrors the U-Net decoder: set unet=True")
+            raise UserError("value_mix='vte_half' mirrors the U-Net decoder: set unet=True")
         if self.no_attn_layer is not None and not 0 <= self.no_attn_layer < self.n_layer:
-            raise ValueError(f"no_attn_layer={self.no_attn_layer} outside [0, {self.n_layer})")
+            raise UserError(f"no_attn_layer={self.no_attn_layer} outside [0, {self.n_layer})")
         if self.no_attn_layer == 0 and self.value_mix == "block0":
-            raise ValueError("value_mix='block0' needs attention in block 0; move no_attn_layer")
+            raise UserError("value_mix='block0' needs attention in block 0; move no_attn_layer")
         if not all(-self.n_layer <= i < self.n_layer for i in self.probe_layers):
-            raise ValueError(f"probe_layers {self.probe_layers} outside [-{self.n_layer}, {self.n_layer})")
+            raise UserError(f"probe_layers {self.probe_layers} outside [-{self.n_layer}, {self.n_layer})")
         if self.window != "none":
             self._check_windows()
 
     def _check_windows(self):
         bs = self.attn_block_size
         if self.seq_len % bs:
-            raise ValueError(
+            raise UserError(
                 f"seq_len {self.seq_len} is not a multiple of attn_block_size {bs}; "
                 f"use seq_len {math.ceil(self.seq_len / bs) * bs} or another block size"
             )
         if not 1 <= self.window_min <= self.window_max:
-            raise ValueError(f"need 1 <= window_min <= window_max, got {self.window_min}, {self.window_max}")
+            raise UserError(f"need 1 <= window_min <= window_max, got {self.window_min}, {self.window_max}")
         if self.window in ("block", "lswa") and self.window_max % bs:
-            raise ValueError(f"block windows need window_max ({self.window_max}) to be a multiple of {bs}")
+            raise UserError(f"block windows need window_max ({self.window_max}) to be a multiple of {bs}")
         if self.max_window > self.seq_len:
-            raise ValueError(
+            raise UserError(
                 f"attention window {self.max_window} tokens is wider than seq_len {self.seq_len}; "
                 "raise seq_len or lower window_max / fixed_window"
             )

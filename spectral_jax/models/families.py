@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from spectral_jax.errors import UserError
 from spectral_jax.models.config import ModelConfig, base_config
 from spectral_jax.presets import ModelDims, get_preset
 
@@ -236,7 +237,7 @@ FAMILIES: Mapping[str, Family] = OrderedDict(
 def family_chain(family: str) -> list[str]:
     """Family names from the root down to `family`."""
     if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {list(FAMILIES)}")
+        raise UserError(f"unknown family {family!r}; choose one of {list(FAMILIES)}")
     chain = []
     name: str | None = family
     while name is not None:

@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from spectral_jax.errors import UserError
 from spectral_jax.probes.matrices import _resolve_layer
 
 METHODS: tuple[str, ...] = ("vmap", "capture", "auto")
@@ -37,7 +38,7 @@ def split_windows(pool_NxT1) -> tuple[np.ndarray, np.ndarray]:
     """Pool windows (N, T+1) -> inputs x = w[:, :-1] and targets y = w[:, 1:] (int32)."""
     w = np.asarray(pool_NxT1)
     if w.ndim != 2 or w.shape[1] < 2:
-        raise ValueError(f"pool windows must be (N, T+1) token ids, got shape {w.shape}")
+        raise UserError(f"pool windows must be (N, T+1) token ids, got shape {w.shape}")
     return w[:, :-1].astype(np.int32), w[:, 1:].astype(np.int32)
 
 
@@ -54,16 +55,16 @@ def _check_window(config, window):
         return None
     w = int(window)
     if not 1 <= w <= config.window_max:
-        raise ValueError(f"window {w} outside [1, window_max={config.window_max}]")
+        raise UserError(f"window {w} outside [1, window_max={config.window_max}]")
     return jnp.int32(w)
 
 
 def _check_tokens(config, x, name="inputs") -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2:
-        raise ValueError(f"{name} must be (sequences, T) token ids, got shape {x.shape}")
+        raise UserError(f"{name} must be (sequences, T) token ids, got shape {x.shape}")
     if x.shape[1] > config.seq_len:
-        raise ValueError(f"{name} have T={x.shape[1]} > config.seq_len={config.seq_len}")
+        raise UserError(f"{name} have T={x.shape[1]} > config.seq_len={config.seq_len}")
     return x.astype(np.int32)
 
 

@@ -20,6 +20,8 @@ import re
 
 import jax
 
+from spectral_jax.errors import UserError
+
 MATRICES: tuple[str, ...] = ("attn_out", "attn_q", "attn_v", "mlp_out")
 ALIASES: dict[str, tuple[str, int]] = {"final_attn_out": ("attn_out", -1)}
 
@@ -54,9 +56,9 @@ def _resolve_layer(config, layer: int | None) -> int:
     try:
         layer = int(layer)
     except (TypeError, ValueError):
-        raise ValueError(f"layer must be an int in [-{L}, {L}), got {layer!r}") from None
+        raise UserError(f"layer must be an int in [-{L}, {L}), got {layer!r}") from None
     if not -L <= layer < L:
-        raise ValueError(
+        raise UserError(
             f"layer {layer} outside the model's blocks: valid layers are 0..{L - 1} (or -{L}..-1 from the end)"
         )
     return layer % L
@@ -68,22 +70,22 @@ def resolve_matrix(config, matrix: str = "final_attn_out", layer: int | None = N
     `matrix` is one of MATRICES, an alias in ALIASES ("final_attn_out"), or a key "L{l}.{name}".
     """
     if not isinstance(matrix, str):
-        raise ValueError(f"matrix must be a string, got {matrix!r}")
+        raise UserError(f"matrix must be a string, got {matrix!r}")
     valid = f"{list(ALIASES) + list(MATRICES)} or a key like 'L{config.n_layer - 1}.attn_out'"
     name = matrix
     if matrix in ALIASES:
         name, fixed = ALIASES[matrix]
         fixed %= config.n_layer
         if layer is not None and _resolve_layer(config, layer) != fixed:
-            raise ValueError(f"matrix {matrix!r} is fixed to block {fixed}; use matrix={name!r} with layer={layer}")
+            raise UserError(f"matrix {matrix!r} is fixed to block {fixed}; use matrix={name!r} with layer={layer}")
         layer = fixed
     elif (m := _KEY_RE.match(matrix)) is not None:
         key_layer, name = int(m.group(1)), m.group(2)
         if layer is not None and _resolve_layer(config, layer) != _resolve_layer(config, key_layer):
-            raise ValueError(f"matrix key {matrix!r} names block {key_layer} but layer={layer}")
+            raise UserError(f"matrix key {matrix!r} names block {key_layer} but layer={layer}")
         layer = key_layer
     if name not in MATRICES:
-        raise ValueError(f"unknown matrix {matrix!r}; valid choices: {valid}")
+        raise UserError(f"unknown matrix {matrix!r}; valid choices: {valid}")
     l = _resolve_layer(config, layer)
     d = config.d_model
     blk = ("blocks", l)
@@ -99,7 +101,7 @@ def resolve_matrix(config, matrix: str = "final_attn_out", layer: int | None = N
             (hidden, d),
         )
     if config.no_attn_layer is not None and l == config.no_attn_layer:
-        raise ValueError(
+        raise UserError(
             f"block {l} has no attention (config.no_attn_layer={config.no_attn_layer}), so "
             f"{matrix!r} does not exist there; pick another layer or matrix 'mlp_out'"
         )

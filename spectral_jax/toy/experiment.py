@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from spectral_jax import halving as sweep_lib
+from spectral_jax.errors import UserError
 from spectral_jax.fields import option, overrides_of
 from spectral_jax.records import environment, json_text, log_stderr, read_json, to_jsonable, write_json
 from spectral_jax.toy import fourier
@@ -72,26 +73,26 @@ class ToyExperimentConfig:
 
     def __post_init__(self):
         if not self.stages:
-            raise ValueError("need at least one stage")
+            raise UserError("need at least one stage")
         for s in self.stages:
             check_stage(s)
         if len(set(self.stages)) != len(self.stages):
-            raise ValueError(f"stages repeat: {self.stages}")
+            raise UserError(f"stages repeat: {self.stages}")
         if not self.batches or any(int(b) < 1 for b in self.batches):
-            raise ValueError(f"batches must be >= 1, got {self.batches}")
+            raise UserError(f"batches must be >= 1, got {self.batches}")
         if not self.seeds:
-            raise ValueError("need at least one seed")
+            raise UserError("need at least one seed")
         if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+            raise UserError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         fr = self.rung_fractions
         if not fr or any(not 0 < f <= 1 for f in fr) or list(fr) != sorted(set(fr)) or fr[-1] != 1.0:
-            raise ValueError(f"rung_fractions must increase strictly within (0, 1] and end at 1.0, got {fr}")
+            raise UserError(f"rung_fractions must increase strictly within (0, 1] and end at 1.0, got {fr}")
         if any(not 0 < f <= 1 for f in self.checkpoint_fractions):
-            raise ValueError(f"checkpoint_fractions must lie in (0, 1], got {self.checkpoint_fractions}")
+            raise UserError(f"checkpoint_fractions must lie in (0, 1], got {self.checkpoint_fractions}")
         if self.max_steps < 1 or self.eval_every < 1 or self.measure_every < 1:
-            raise ValueError("max_steps, eval_every and measure_every must be >= 1")
+            raise UserError("max_steps, eval_every and measure_every must be >= 1")
         if not (math.isfinite(self.target) and self.lr_base > 0):
-            raise ValueError("target must be finite and lr_base positive")
+            raise UserError("target must be finite and lr_base positive")
 
     def step_scale(self, batch: int) -> int:
         """Steps at batch B per step at the reference batch: max(1, B0 / B) (the reference's extension script), so a
@@ -295,7 +296,7 @@ def summarize(out: str | pathlib.Path, *, figures: bool = True, wall_seconds: fl
     out = pathlib.Path(out)
     cfg, runs = load_runs(out)
     if not runs:
-        raise ValueError(f"no finished runs of this configuration in {out / 'runs'}")
+        raise UserError(f"no finished runs of this configuration in {out / 'runs'}")
     return write_summary(out, cfg, runs, figures=figures, wall_seconds=wall_seconds)
 
 
