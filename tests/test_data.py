@@ -21,6 +21,7 @@ from spectral_jax.data import (
     write_dataset,
     write_shard,
 )
+from spectral_jax.data.sanity import data_warnings
 from spectral_jax.data.vocab import fit_vocab
 
 
@@ -218,3 +219,30 @@ def test_compact_vocabulary_maps_frequent_tokens_eot_and_unk(tmp_path):
     assert np.all(out[kept] >= 2) and np.all(out[~kept & (tokens != 50256)] == 1), "top 62 keep ids, rest UNK"
     assert vmap.coverage == pytest.approx((kept.sum() + 2) / len(tokens))
     assert small.val.read(0, 10).max() < 64 and small.metadata["vocab_map"]["unk_id"] == 1
+
+
+def test_data_that_would_make_results_meaningless_is_warned_about(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRAL_JAX_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    # binary garbage named .txt: decoded with replacement characters
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    for i in range(200):
+        (garbage / f"f{i:03d}.txt").write_bytes(rng.integers(0, 256, 400, dtype=np.uint8).tobytes())
+    ds, vmap = fit_vocab(load_data(str(garbage)), 8192, 0)
+    assert any("not valid UTF-8" in w for w in data_warnings(ds, vmap))
+    # uniform random ids over the GPT-2 range: most map to UNK, and the unigram distribution is flat
+    splits = {s: rng.integers(1, 50_257, n).astype(np.uint16) for s, n in (("train", 200_000), ("val", 20_000))}
+    write_dataset(tmp_path / "uniform", splits, {"eot_id": 50_256, "vocab_size": 50_257})
+    ds, vmap = fit_vocab(load_shard_dir(tmp_path / "uniform"), 8192, 0)
+    warned = data_warnings(ds, vmap)
+    assert any("keep their own id in the 8,192-id vocabulary" in w for w in warned)
+    assert any("near uniform" in w for w in warned)
+    # natural text: no warning
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    words = ["the", "model", "learns", "a", "spectrum", "of", "tokens", "and", "batch", "size"]
+    for i in range(200):
+        (docs / f"d{i:03d}.txt").write_text(" ".join(words[int(k)] for k in rng.zipf(1.5, 300) % len(words)))
+    ds, vmap = fit_vocab(load_data(str(docs)), 8192, 0)
+    assert data_warnings(ds, vmap) == []

@@ -28,6 +28,7 @@ from spectral_jax.batch_sweep.records import TierRecords, load_spectrum, load_sw
 from spectral_jax.batch_sweep.seeds import format_seeds_table, summarize_seeds
 from spectral_jax.batch_sweep.summary import format_table, probed_series, summarize_sweep
 from spectral_jax.data import load_data
+from spectral_jax.data.sanity import data_warnings
 from spectral_jax.data.tokenize import KINDS as TOKENIZERS
 from spectral_jax.data.vocab import fit_vocab
 from spectral_jax.errors import UserError
@@ -232,6 +233,9 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
     with results_lock(cfg.out_dir(), log):
         data = load_data(cfg.data, tokenizer=cfg.tokenizer)
         dataset, vmap = fit_vocab(data, model_cfg.vocab_size, model_cfg.eot_id)
+        dataset.metadata["warnings"] = data_warnings(dataset, vmap)
+        for w in dataset.metadata["warnings"]:
+            log(f"warning: {w}")
         t0 = time.perf_counter()
         for k, (out, train_changes) in enumerate(runs):
             seed_cfg = dataclasses.replace(cfg, out=str(out), seeds=1, train=train_changes)

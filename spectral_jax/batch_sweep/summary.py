@@ -259,7 +259,9 @@ def summarize_sweep(
         early_loss=early_loss,
         early_points=early_spearman,
         warnings=tuple(
-            _warnings(tiers, points, early_spearman["fraction"]["n"], fraction, early_tokens) + _lr_warnings(cfg)
+            [f"data: {w}" for w in sweep.get("data", {}).get("warnings", ())]
+            + _warnings(tiers, points, early_spearman["fraction"]["n"], fraction, early_tokens)
+            + _lr_warnings(cfg)
         ),
     )
     write_json(out / "summary.json", summary.to_dict())

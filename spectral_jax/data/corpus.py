@@ -75,9 +75,12 @@ def build_text_corpus(
             "provide more files (files are assigned to splits by a hash of their path)"
         )
     splits = {s: tokenizer.encode_documents(docs) for s, docs in by_split.items()}
+    chars = sum(len(d) for docs in by_split.values() for d in docs)
+    replaced = sum(d.count("\ufffd") for docs in by_split.values() for d in docs)
     meta = dict(
         tokenizer.metadata(),
         source=source,
+        replacement_character_fraction=round(replaced / max(chars, 1), 6),
         root=str(root),
         num_files=len(files),
         files_per_split={s: len(d) for s, d in by_split.items()},

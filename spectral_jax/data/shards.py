@@ -217,7 +217,11 @@ class TokenDataset:
         """What identifies this data for a run's records: the metadata (tokenizer, vocabulary hash, corpus build)
         without machine-local paths and timings, and per split every shard's name, token count and a hash of its
         first 65,536 tokens."""
-        meta = {k: v for k, v in self.metadata.items() if k not in ("build_seconds", "root", "vocab_file", "python")}
+        meta = {
+            k: v
+            for k, v in self.metadata.items()
+            if k not in ("build_seconds", "root", "vocab_file", "python", "warnings")
+        }
         shards = {}
         for split in SPLITS:
             stream = getattr(self, split)
