@@ -18,6 +18,7 @@ from absl import app, flags
 
 from experiments import _cli
 from spectral_jax.ablations import RUNNERS, AblationConfig
+from spectral_jax.errors import UserError
 
 _cli.define_flags(AblationConfig)
 flags.adopt_module_key_flags(_cli)
@@ -27,7 +28,7 @@ flags.adopt_module_key_flags(_cli)
 def main(argv):
     if len(argv) != 2 or argv[1] not in RUNNERS:
         got = " ".join(argv[1:]) or "nothing"
-        raise ValueError(f"expected one subcommand ({' | '.join(RUNNERS)}), got {got}")
+        raise UserError(f"expected one subcommand ({' | '.join(RUNNERS)}), got {got}")
     cfg = _cli.config_from_flags(AblationConfig)
     RUNNERS[argv[1]](cfg)
     print(f"results in {cfg.path()}")

@@ -15,6 +15,7 @@ from absl import app, flags
 
 from experiments import _cli
 from spectral_jax.batch_sweep import SweepConfig, run_batch_sweep
+from spectral_jax.errors import UserError
 
 _cli.define_flags(SweepConfig)
 flags.adopt_module_key_flags(_cli)
@@ -23,7 +24,7 @@ flags.adopt_module_key_flags(_cli)
 @_cli.user_errors_exit_2
 def main(argv):
     if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
+        raise UserError(f"unexpected arguments {argv[1:]}")
     cfg = _cli.config_from_flags(SweepConfig)
     run_batch_sweep(cfg)
     print(f"results in {cfg.out_dir()}")

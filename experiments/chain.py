@@ -14,6 +14,7 @@ from absl import app, flags
 
 from experiments import _cli
 from spectral_jax.chain import ChainConfig, run_chain
+from spectral_jax.errors import UserError
 
 _cli.define_flags(ChainConfig)
 flags.adopt_module_key_flags(_cli)
@@ -22,7 +23,7 @@ flags.adopt_module_key_flags(_cli)
 @_cli.user_errors_exit_2
 def main(argv):
     if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
+        raise UserError(f"unexpected arguments {argv[1:]}")
     cfg = _cli.config_from_flags(ChainConfig)
     run_chain(cfg)
     print(f"results in {cfg.out_dir()}")

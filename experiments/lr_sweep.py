@@ -11,6 +11,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from experiments import _cli
+from spectral_jax.errors import UserError
 from spectral_jax.lr_sweep import LRSweepConfig, run_lr_sweep
 
 _cli.define_flags(LRSweepConfig, skip=("max_tokens",))  # the rungs are the budgets
@@ -20,7 +21,7 @@ flags.adopt_module_key_flags(_cli)
 @_cli.user_errors_exit_2
 def main(argv):
     if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
+        raise UserError(f"unexpected arguments {argv[1:]}")
     cfg = _cli.config_from_flags(LRSweepConfig)
     run_lr_sweep(cfg)
     print(f"results in {cfg.out_dir()}")

@@ -16,6 +16,7 @@ import dataclasses
 from absl import app, flags
 
 from experiments import _cli
+from spectral_jax.errors import UserError
 from spectral_jax.toy.experiment import PRESETS, ToyOverrides, run_toy_experiment
 
 FLAGS = flags.FLAGS
@@ -29,7 +30,7 @@ flags.adopt_module_key_flags(_cli)
 @_cli.user_errors_exit_2
 def main(argv):
     if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
+        raise UserError(f"unexpected arguments {argv[1:]}")
     cfg = _cli.config_from_flags(ToyOverrides).apply(PRESETS["quick" if FLAGS.quick else FLAGS.preset])
     if FLAGS.val_sequences == 0:  # 0 = the whole val split
         cfg = dataclasses.replace(cfg, val_sequences=None)

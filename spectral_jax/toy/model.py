@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from spectral_jax.errors import UserError
 from spectral_jax.models import GPT, ModelConfig, make_config
 from spectral_jax.models.gpt import rms_norm
 from spectral_jax.optim import OptimConfig
@@ -56,14 +57,14 @@ class ToyDims:
     def __post_init__(self):
         for name in ("vocab_size", "seq_len", "d_model", "n_head", "n_layer", "ff_mult"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ToyDims.{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"ToyDims.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+            raise UserError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
 
 
 def check_stage(stage: str) -> str:
     if stage not in STAGES:
-        raise ValueError(f"unknown toy stage {stage!r}; choose one of {list(STAGES)}")
+        raise UserError(f"unknown toy stage {stage!r}; choose one of {list(STAGES)}")
     return stage
 
 

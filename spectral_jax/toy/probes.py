@@ -37,6 +37,7 @@ from flax import nnx
 
 from spectral_jax import probes as lm_probes
 from spectral_jax import spectra
+from spectral_jax.errors import UserError
 from spectral_jax.models.gpt import rms_norm
 from spectral_jax.toy import fourier
 from spectral_jax.toy import task as task_lib
@@ -67,13 +68,13 @@ class ToyProbeConfig:
 
     def __post_init__(self):
         if self.n_samples < 2:
-            raise ValueError(f"n_samples must be >= 2, got {self.n_samples}")
+            raise UserError(f"n_samples must be >= 2, got {self.n_samples}")
         if self.n_probe < 1 or self.n_sweep < 1 or self.chunk < 1:
-            raise ValueError("n_probe, n_sweep and chunk must be >= 1")
+            raise UserError("n_probe, n_sweep and chunk must be >= 1")
         if self.grad_samples < 0 or self.grad_samples == 1:
-            raise ValueError(f"grad_samples must be 0 (off) or >= 2, got {self.grad_samples}")
+            raise UserError(f"grad_samples must be 0 (off) or >= 2, got {self.grad_samples}")
         if self.probe_kind not in task_lib.PROBE_KINDS:
-            raise ValueError(f"probe_kind must be one of {task_lib.PROBE_KINDS}, got {self.probe_kind!r}")
+            raise UserError(f"probe_kind must be one of {task_lib.PROBE_KINDS}, got {self.probe_kind!r}")
 
 
 def band_key(band: tuple[int, int]) -> str:
@@ -106,7 +107,7 @@ def last_states(model, x_NxL, y_NxL, chunk: int = 512, with_grad: bool = True) -
     x_NxL, y_NxL = np.asarray(x_NxL, np.int32), np.asarray(y_NxL, np.int32)
     n = x_NxL.shape[0]
     if x_NxL.ndim != 2 or n == 0 or y_NxL.shape != x_NxL.shape:
-        raise ValueError(f"expected non-empty (N, L) inputs and targets of one shape, got {x_NxL.shape}, {y_NxL.shape}")
+        raise UserError(f"expected non-empty (N, L) inputs and targets of one shape, got {x_NxL.shape}, {y_NxL.shape}")
     pad = -n % chunk
     if pad:
         x_NxL = np.concatenate([x_NxL, np.repeat(x_NxL[-1:], pad, axis=0)])
@@ -129,7 +130,7 @@ def centred_eigenvalues(acts_NxD: np.ndarray) -> np.ndarray:
     spectral_jax.covariance pays ~1 s of dispatch per call)."""
     a = np.asarray(acts_NxD, np.float64)
     if a.ndim != 2 or a.shape[0] < 2:
-        raise ValueError(f"need at least 2 rows of a 2-D array, got shape {a.shape}")
+        raise UserError(f"need at least 2 rows of a 2-D array, got shape {a.shape}")
     s = np.linalg.svd(a - a.mean(axis=0), compute_uv=False)
     ev = np.zeros(a.shape[1])
     ev[: s.size] = s**2 / (a.shape[0] - 1)
@@ -187,7 +188,7 @@ class ToyProber:
         (same parameters: step 0 of every batch, RoPE and Muon at init) is answered from a cache keyed by a digest
         of its parameters."""
         if level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+            raise UserError(f"level must be one of {LEVELS}, got {level!r}")
         key = (params_digest(model), level)
         if key not in self._cache:
             self._cache[key] = self._measure(model, level)

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from spectral_jax.errors import UserError
+
 NOISE_KINDS = ("none", "gaussian", "student_t")
 PROBE_KINDS = ("clean_band", "matched_band")
 
@@ -54,15 +56,15 @@ class TaskConfig:
 
     def __post_init__(self):
         if not 2 <= self.c_min <= self.vocab_size:
-            raise ValueError(f"need 2 <= c_min <= vocab_size, got {self.c_min}")
+            raise UserError(f"need 2 <= c_min <= vocab_size, got {self.c_min}")
         if not 1 <= self.mix_min <= self.mix_max:
-            raise ValueError(f"need 1 <= mix_min <= mix_max, got {self.mix_min}, {self.mix_max}")
+            raise UserError(f"need 1 <= mix_min <= mix_max, got {self.mix_min}, {self.mix_max}")
         if self.noise not in NOISE_KINDS:
-            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
+            raise UserError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
         if self.noise == "student_t" and self.noise_df <= 2.0:
-            raise ValueError("student_t noise needs noise_df > 2 (finite variance)")
+            raise UserError("student_t noise needs noise_df > 2 (finite variance)")
         if not 0.0 <= self.noncoprime_prob <= 1.0:
-            raise ValueError(f"noncoprime_prob must lie in [0, 1], got {self.noncoprime_prob}")
+            raise UserError(f"noncoprime_prob must lie in [0, 1], got {self.noncoprime_prob}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -235,9 +237,9 @@ def probe_split(
     distribution; identical in form to clean_band when mix_max = 1 and noise = "none".
     """
     if kind not in PROBE_KINDS:
-        raise ValueError(f"kind must be one of {PROBE_KINDS}, got {kind!r}")
+        raise UserError(f"kind must be one of {PROBE_KINDS}, got {kind!r}")
     if c0 < 2 or o0 < 0 or o0 + c0 > cfg.vocab_size:
-        raise ValueError(f"band [{o0}, {o0 + c0}) must lie within the vocabulary and have c0 >= 2")
+        raise UserError(f"band [{o0}, {o0 + c0}) must lie within the vocabulary and have c0 >= 2")
     rng = np.random.default_rng(seed)
     length = cfg.seq_len + 1
     d_N, _ = sample_steps(cfg, np.full(n, c0), rng)

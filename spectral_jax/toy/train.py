@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from spectral_jax.errors import UserError
 from spectral_jax.optim import muon, param_labels
 from spectral_jax.toy.model import STAGE_OPTIMIZER, ToyDims, check_stage, init_toy_model, toy_config
 from spectral_jax.toy.task import Split
@@ -67,14 +68,14 @@ class ToyTrainConfig:
     def __post_init__(self):
         check_stage(self.stage)
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be positive and finite, got {self.lr}")
+            raise UserError(f"lr must be positive and finite, got {self.lr}")
         for name in ("max_steps", "eval_every", "measure_every", "micro_batch"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ToyTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"ToyTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.val_sequences is not None and self.val_sequences < 1:
-            raise ValueError(f"val_sequences must be >= 1 or None, got {self.val_sequences}")
+            raise UserError(f"val_sequences must be >= 1 or None, got {self.val_sequences}")
 
     @property
     def tokens_per_step(self) -> int:
