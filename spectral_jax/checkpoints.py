@@ -10,6 +10,7 @@ smaller one and matches a straight run (successive halving relies on it).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
@@ -127,6 +128,7 @@ def result_answers(done: Mapping[str, Any], max_steps: int) -> bool:
 
 
 def manager(directory: pathlib.Path, keep: int = 1) -> ocp.CheckpointManager:
+    remove_partial_saves(directory)  # a killed or failed save's temporary directory is never resumed from
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(pathlib.Path(directory).resolve(), options=options)
 
@@ -188,16 +190,48 @@ def delete_step(mgr: ocp.CheckpointManager, step: int) -> None:
 
 
 def save(mgr: ocp.CheckpointManager, step: int, params, opt_state, meta: Mapping[str, Any]) -> None:
-    """Checkpoint `step` (synchronously; a step that already has one is left as it is)."""
+    """Checkpoint `step` (synchronously; a step that already has one is left as it is). A failed save leaves no
+    temporary directory behind, and a full disk surfaces as the OSError(ENOSPC) it is, however orbax wrapped it."""
     if step in mgr.all_steps():
         return
-    mgr.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state)), meta=ocp.args.JsonSave(dict(meta))
-        ),
-    )
-    mgr.wait_until_finished()
+    try:
+        mgr.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state)),
+                meta=ocp.args.JsonSave(dict(meta)),
+            ),
+        )
+        mgr.wait_until_finished()
+    except Exception as err:
+        remove_partial_saves(mgr.directory)
+        full = _disk_full(err)
+        if full is not None and full is not err:
+            raise full from err
+        raise
+
+
+def remove_partial_saves(directory: str | os.PathLike) -> list[pathlib.Path]:
+    """Delete orbax's temporary directories (`<step>.orbax-checkpoint-tmp-*`) left by an interrupted save."""
+    directory = pathlib.Path(directory)
+    debris = sorted(directory.glob(f"*{_TMP_SUFFIX}*")) if directory.is_dir() else []
+    for path in debris:
+        shutil.rmtree(path, ignore_errors=True)
+    return debris
+
+
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def _disk_full(err: BaseException) -> OSError | None:
+    """The OSError(ENOSPC) behind `err` (its causes and contexts), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def restore_meta(mgr: ocp.CheckpointManager, step: int) -> dict:
@@ -258,6 +292,7 @@ __all__ = [
     "refuse_other_settings",
     "check_resumable",
     "delete_step",
+    "remove_partial_saves",
     "restore_newest",
     "fingerprint_diff",
     "same_config",

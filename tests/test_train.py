@@ -1,12 +1,15 @@
 """train.py: target stop and T(B), gradient accumulation, kill-and-resume, NaN stop, run directory."""
 
+import errno
 import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -336,4 +339,29 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(dataset, tmp_p
     assert any("checkpoint at step 6" in m and "unreadable" in m for m in logs), logs
     assert any("resumed from checkpoint at step 3" in m for m in logs), logs
     assert _clean(read_jsonl(run / "metrics.jsonl")) == _clean(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+    assert resumed["final_val_loss"] == straight["final_val_loss"]
+
+
+def test_a_full_disk_during_a_checkpoint_leaves_no_debris_and_says_so(dataset, tmp_path, monkeypatch):
+    """orbax wraps the write error and leaves `<step>.orbax-checkpoint-tmp-*`; train() removes it and raises the
+    OSError(ENOSPC) itself (which the entry points print as one line), and a rerun resumes cleanly."""
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        if step == 6:
+            (pathlib.Path(self.directory) / f"{step}.orbax-checkpoint-tmp-1234").mkdir()
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.directory))
+            except OSError as err:
+                raise RuntimeError("orbax: save failed") from err
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(OSError) as err:
+        train(_config(), _tc(), dataset, tmp_path, log=lambda m: None)
+    assert err.value.errno == errno.ENOSPC
+    assert not list((tmp_path / "checkpoints").glob("*orbax-checkpoint-tmp*"))
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+    straight = train(_config(), _tc(), dataset, tmp_path / "straight", log=lambda m: None)
+    resumed = train(_config(), _tc(), dataset, tmp_path, log=lambda m: None)
     assert resumed["final_val_loss"] == straight["final_val_loss"]
