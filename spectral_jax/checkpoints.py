@@ -92,23 +92,26 @@ def check_resumable(
     refuse_other_settings(pathlib.Path(out_dir), config_fingerprint(config, tc, lrs, identity))
 
 
-def refuse_other_settings(out: pathlib.Path, fingerprint: str) -> None:
-    """A directory holding a run with another fingerprint is not silently overwritten or mixed into."""
+def refuse_other_settings(out: pathlib.Path, fingerprint: str, log=None) -> bool:
+    """A directory holding a run with another fingerprint is not silently overwritten or mixed into. Returns False
+    when run.json is unreadable (reported through `log`): the caller then resumes from the checkpoints, whose own
+    fingerprints still guard the resume, and rewrites it."""
     run_json = out / "run.json"
     if not run_json.is_file():
-        return
+        return True
     try:
         stored = read_json(run_json).get("fingerprint")
-    except ValueError as err:
-        raise CorruptRecordError(
-            f"{run_json} is unreadable ({err}); delete {out} or pass --noresume to start the run over"
-        ) from None
+    except CorruptRecordError as err:
+        if log is not None:
+            log(f"warning: {err}; resuming from the checkpoints, which rewrites it")
+        return False
     if stored is not None and not same_config(stored, fingerprint):
         changed = ", ".join(fingerprint_diff(stored, fingerprint))
         raise UserError(
             f"{out} holds a run made with other settings ({changed} differ); pass another --out, or --noresume to "
             "start it over"
         )
+    return True
 
 
 def result_answers(done: Mapping[str, Any], max_steps: int) -> bool:

@@ -37,6 +37,7 @@ from flax import nnx
 
 from spectral_jax import checkpoints
 from spectral_jax.data.shards import TokenDataset
+from spectral_jax.errors import CorruptRecordError
 from spectral_jax.lock import results_lock
 from spectral_jax.models.config import ModelConfig
 from spectral_jax.models.gpt import GPT
@@ -370,11 +371,14 @@ def _train(config, tc, dataset, out, callbacks, resume, log, run_info, identity,
     sched = Schedules.build(config, tc)
     lrs = group_learning_rates(config, tc.lr)
     fingerprint = checkpoints.config_fingerprint(config, tc, lrs, identity)
-    if resume:
-        checkpoints.refuse_other_settings(out, fingerprint)
+    readable = checkpoints.refuse_other_settings(out, fingerprint, log) if resume else True
     result_path = out / "result.json"
-    if resume and result_path.is_file():
-        done = read_json(result_path)
+    if resume and readable and result_path.is_file():
+        try:
+            done = read_json(result_path)
+        except CorruptRecordError as err:
+            log(f"warning: {err}; resuming from the checkpoints instead")
+            done = {}
         if checkpoints.same_config(done.get("fingerprint"), fingerprint) and checkpoints.result_answers(
             done, sched.max_steps
         ):

@@ -365,3 +365,16 @@ def test_a_full_disk_during_a_checkpoint_leaves_no_debris_and_says_so(dataset, t
     straight = train(_config(), _tc(), dataset, tmp_path / "straight", log=lambda m: None)
     resumed = train(_config(), _tc(), dataset, tmp_path, log=lambda m: None)
     assert resumed["final_val_loss"] == straight["final_val_loss"]
+
+
+@pytest.mark.parametrize("name", ["result.json", "run.json"])
+def test_an_unreadable_result_or_run_record_is_recovered_from_the_checkpoints(dataset, tmp_path, name):
+    done = train(_config(), _tc(), dataset, tmp_path, log=lambda m: None, stop_after_steps=None)
+    path = tmp_path / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated
+    logs = []
+    again = train(_config(), _tc(), dataset, tmp_path, log=logs.append)
+    assert any(f"warning: {path} is not valid JSON" in m for m in logs), logs
+    for key in ("status", "steps", "tokens", "final_val_loss"):
+        assert again[key] == done[key], key
+    assert json.loads(path.read_text())  # rewritten
