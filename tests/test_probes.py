@@ -278,3 +278,15 @@ def test_bad_inputs_name_the_problem(trunk):
     broken.blocks[0].mlp.c_fc.kernel[...] = jnp.full_like(m.blocks[0].mlp.c_fc.kernel[...], jnp.inf)
     with pytest.raises(probes.ProbeError, match="NaN/inf"):
         probes.activation_spectrum(broken, x, window=WINDOW)
+
+
+def test_a_rank_deficient_spectrum_gets_no_tail_fit_and_says_why():
+    """10 rows of 64-wide activations: 9 nonzero eigenvalues; windows past rank 9 would fit float32 round-off."""
+    x = np.random.default_rng(0).normal(size=(10, 64)).astype(np.float32)
+    ev = np.linalg.eigvalsh(np.cov(x.T).astype(np.float32))[::-1]
+    out = probes._safe_summary(ev, (8, 17), (1, 10), ((2, 8), (8, 17)))
+    assert out["alpha_tail"] is None and out["alpha_8_17"] is None and out["alpha_2_8"] is not None
+    assert out["summary_note"].startswith("numerical rank 9 of 64")
+    wide = np.random.default_rng(1).normal(size=(500, 64))
+    full = probes._safe_summary(np.linalg.eigvalsh(np.cov(wide.T))[::-1], (8, 17), None, ())
+    assert full["alpha_tail"] is not None and "summary_note" not in full

@@ -163,6 +163,9 @@ def run_probes(
 
 
 # ---- tidy summaries ------------------------------------------------------------------------------------
+RANK_TOL = 1e-6  # values below this fraction of the largest are round-off (float32 eigen/singular values)
+
+
 def _safe_summary(values, tail, head, bank) -> dict:
     """spectra.summarize, tolerant of short / degenerate spectra: a tail window that does not fit gives
     alpha_tail = None, head / bank windows that do not fit are omitted, fits that fail (fewer than two
@@ -179,9 +182,16 @@ def _safe_summary(values, tail, head, bank) -> dict:
         windows.append(("alpha_head", tuple(head)))
     windows += [(f"alpha_{w[0]}_{w[1]}", w) for w in spectra.window_bank(n, bank)]
     out: dict = {}
+    rank = int((v > v[0] * RANK_TOL).sum()) if v[0] > 0 else 0  # numerical rank
+    short = [name for name, w in windows if rank < w[1] <= n]
+    if short and rank:
+        out["summary_note"] = (
+            f"numerical rank {rank} of {n} (fewer samples than dimensions?): {', '.join(short)} would fit "
+            "round-off and are left out"
+        )
     for name, w in windows:
         fit = None
-        if w[1] <= n:
+        if w[1] <= min(n, rank):
             try:
                 fit = spectra.alpha(v, w)
             except ValueError:
