@@ -27,6 +27,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from spectral_jax.errors import UserError
+
 _AXIS = "data"
 
 
@@ -242,7 +244,14 @@ class CovarianceAccumulator:
                 f"(and at least {self.dim + 1} for a full-rank {self.dim}x{self.dim} estimate); "
                 "feed more tokens"
             )
-        return s.m2 / (s.count - 1)
+        cov = s.m2 / (s.count - 1)
+        if not np.all(np.isfinite(cov)):
+            raise UserError(
+                f"the {self.dim}x{self.dim} covariance overflowed (activations too large for the float32 "
+                "accumulator, max |mean| " + f"{np.max(np.abs(s.mean)):.3g}); the model's activations have blown up: "
+                "check its training (a diverging run) or the checkpoint"
+            )
+        return cov
 
     def eigenvalues(self, *, on_device: bool = False) -> np.ndarray:
         """Covariance eigenvalues, descending. Host float64 eigvalsh by default (the reference's solver);

@@ -147,3 +147,11 @@ def test_sharded_four_devices_equals_one_device():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
+
+
+def test_a_covariance_that_overflows_float32_is_a_clear_error():
+    """Activations of a blown-up model: the float32 accumulator overflows; say so instead of LinAlgError."""
+    x = np.full((64, 8), 3e19, np.float32)
+    x[::2] *= -1
+    with pytest.raises(ValueError, match="covariance overflowed"):
+        covariance_eigenvalues(x)

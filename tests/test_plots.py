@@ -64,3 +64,10 @@ def test_save_figure_atomic_png(tmp_path):
     plots.save_figure(fig, path)  # overwrite in place
     assert [p.name for p in path.parent.iterdir()] == ["f.png"]  # no temp file left behind
     assert ("matplotlib.pyplot" in sys.modules) == before  # never pulls in pyplot
+
+
+def test_spectra_plot_of_only_all_zero_spectra_draws_an_empty_panel(tmp_path):
+    """A one-tier run whose every gradient spectrum is zero (zero-initialised head) must not crash on log axes."""
+    fig = plots.plot_spectra({"B=1": np.zeros(32)}, title="t", ylabel="y", window=(8, 17))
+    plots.save_figure(fig, tmp_path / "zero.png")
+    assert (tmp_path / "zero.png").stat().st_size > 1000

@@ -32,6 +32,7 @@ def plot_spectra(
     zero-initialised matrix) keeps its legend entry, marked "(all zero)", with nothing drawn.
     """
     fig, ax = _figure()
+    drawn = 0
     for color, (label, values) in zip(series_colors(len(spectra_by_label)), spectra_by_label.items()):
         raw = np.asarray(values, float)
         if not np.any(raw > 0):
@@ -41,8 +42,13 @@ def plot_spectra(
         ranks = np.arange(1, v.size + 1)
         keep = v > 0
         ax.plot(ranks[keep], v[keep], color=color, label=label, lw=1.5)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+        drawn += 1
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:  # log axes need a positive value; say why the panel is empty instead of failing
+        ax.text(0.5, 0.5, "every spectrum is all zero", transform=ax.transAxes, ha="center", color="0.3")
+        window = None
     if window is not None:
         lo, hi = window
         ax.axvspan(lo, hi, color="0.88", zorder=0)
