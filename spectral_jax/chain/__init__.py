@@ -50,6 +50,7 @@ from spectral_jax.chain.summary import (
 from spectral_jax.data import load_data
 from spectral_jax.data.vocab import fit_vocab
 from spectral_jax.errors import UserError
+from spectral_jax.lock import results_lock
 from spectral_jax.lr_rules import resolve_lr
 from spectral_jax.models import make_config
 from spectral_jax.presets import get_preset
@@ -73,66 +74,71 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
     first = configs[families[0]]
     out = cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)
-    dataset, vmap = fit_vocab(load_data(cfg.data), first.vocab_size, first.eot_id)
-    probe = cfg.probe_config()
-    base_tc = cfg.train_config()
-    tail, bank = preset.tail_window, preset.local_windows
-    trunk_T = int(cfg.model_overrides.get("seq_len", preset.model.trunk_seq_len))
-    write_json(
-        out / "chain.json",
-        dict(
-            config=cfg,
-            families=families,
-            transitions=transitions_of(families),
-            probe=probe,
-            tail_window=tail,
-            local_windows=bank,
-            trunk_seq_len=trunk_T,
-            data=dataset.metadata,
-        ),
-    )
-    pools: dict[int, np.ndarray] = {}
-    t0 = time.perf_counter()
-    for i, fam in enumerate(families):
-        mc = configs[fam]
-        batch = family_batch(mc, trunk_T, cfg.batch)
-        if mc.seq_len not in pools:
-            pools[mc.seq_len] = dataset.measurement_pool(
-                mc.seq_len, probe.pool_sequences, val_tokens=base_tc.val_tokens
-            )
-        callback = ProbeCallback(
-            pools[mc.seq_len],
-            layers=(-1,),
-            matrices=(GRAD_MATRIX,),
-            grad_samples=probe.grad_samples,
-            chunk=probe.chunk,
-            tail=tail,
-            bank=bank,
-        )
-        lr, rule = resolve_lr(cfg.lr, batch, mc.optim.reference_batch, fam)
-        tc = base_tc.for_batch(batch, lr=lr)
-        log(
-            f"== chain {cfg.preset}: family {i + 1}/{len(families)} {fam}, B = {batch} x {mc.seq_len} tokens, "
-            f"LR {rule} = {lr} ({time.perf_counter() - t0:.0f}s elapsed)"
-        )
-        train(
-            mc,
-            tc,
-            dataset,
-            out / fam,
-            callbacks=[callback],
-            resume=cfg.resume,
-            log=log,
-            run_info=dict(
-                family=fam, preset=cfg.preset, lr_rule=rule, chain_batch=cfg.batch, vocab_map=vmap and vmap.describe()
+    with results_lock(out, log):  # one writer per chain directory
+        dataset, vmap = fit_vocab(load_data(cfg.data), first.vocab_size, first.eot_id)
+        probe = cfg.probe_config()
+        base_tc = cfg.train_config()
+        tail, bank = preset.tail_window, preset.local_windows
+        trunk_T = int(cfg.model_overrides.get("seq_len", preset.model.trunk_seq_len))
+        write_json(
+            out / "chain.json",
+            dict(
+                config=cfg,
+                families=families,
+                transitions=transitions_of(families),
+                probe=probe,
+                tail_window=tail,
+                local_windows=bank,
+                trunk_seq_len=trunk_T,
+                data=dataset.metadata,
             ),
-            identity=dict(data=dataset.identity(), vocab_map=vmap and vmap.describe()),
         )
-    if cfg.throughput == "interleaved":
-        _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, log)
-    summary = summarize_chain(out, log=log)
-    log(format_chain_table(summary))
-    return summary
+        pools: dict[int, np.ndarray] = {}
+        t0 = time.perf_counter()
+        for i, fam in enumerate(families):
+            mc = configs[fam]
+            batch = family_batch(mc, trunk_T, cfg.batch)
+            if mc.seq_len not in pools:
+                pools[mc.seq_len] = dataset.measurement_pool(
+                    mc.seq_len, probe.pool_sequences, val_tokens=base_tc.val_tokens
+                )
+            callback = ProbeCallback(
+                pools[mc.seq_len],
+                layers=(-1,),
+                matrices=(GRAD_MATRIX,),
+                grad_samples=probe.grad_samples,
+                chunk=probe.chunk,
+                tail=tail,
+                bank=bank,
+            )
+            lr, rule = resolve_lr(cfg.lr, batch, mc.optim.reference_batch, fam)
+            tc = base_tc.for_batch(batch, lr=lr)
+            log(
+                f"== chain {cfg.preset}: family {i + 1}/{len(families)} {fam}, B = {batch} x {mc.seq_len} tokens, "
+                f"LR {rule} = {lr} ({time.perf_counter() - t0:.0f}s elapsed)"
+            )
+            train(
+                mc,
+                tc,
+                dataset,
+                out / fam,
+                callbacks=[callback],
+                resume=cfg.resume,
+                log=log,
+                run_info=dict(
+                    family=fam,
+                    preset=cfg.preset,
+                    lr_rule=rule,
+                    chain_batch=cfg.batch,
+                    vocab_map=vmap and vmap.describe(),
+                ),
+                identity=dict(data=dataset.identity(), vocab_map=vmap and vmap.describe()),
+            )
+        if cfg.throughput == "interleaved":
+            _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, log)
+        summary = summarize_chain(out, log=log)
+        log(format_chain_table(summary))
+        return summary
 
 
 def _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, log) -> None:
