@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import os
 import sys
 import types
 import typing
@@ -52,7 +53,12 @@ def user_errors_exit_2(main):
             if err.errno != errno.ENOSPC:
                 raise
             where = err.filename or "the results"
-            _fail(f"no space left on the device while writing {where}: free space or pass another --out")
+            print(
+                f"error: no space left on the device while writing {where}: free space or pass another --out",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(2)  # orbax's abandoned writers would print their own tracebacks while the interpreter exits
 
     return wrapped
 

@@ -10,16 +10,20 @@ smaller one and matches a straight run (successive halving relies on it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import pathlib
+import re
 import shutil
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from flax import nnx
 
 from spectral_jax.errors import CorruptRecordError, UserError
@@ -198,20 +202,35 @@ def save(mgr: ocp.CheckpointManager, step: int, params, opt_state, meta: Mapping
     if step in mgr.all_steps():
         return
     try:
-        mgr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state)),
-                meta=ocp.args.JsonSave(dict(meta)),
-            ),
-        )
-        mgr.wait_until_finished()
+        with _quiet_orbax():
+            mgr.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state)),
+                    meta=ocp.args.JsonSave(dict(meta)),
+                ),
+            )
+            mgr.wait_until_finished()
     except Exception as err:
         remove_partial_saves(mgr.directory)
         full = _disk_full(err)
         if full is not None and full is not err:
             raise full from err
         raise
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """orbax logs a failed write (e.g. a full disk) with its whole traceback from its worker threads, and its
+    abandoned coroutines report themselves; the error is raised here, so only that is shown."""
+    verbosity, hook = absl_logging.get_verbosity(), sys.unraisablehook
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
+        sys.unraisablehook = hook
 
 
 def remove_partial_saves(directory: str | os.PathLike) -> list[pathlib.Path]:
@@ -227,12 +246,17 @@ _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 def _disk_full(err: BaseException) -> OSError | None:
-    """The OSError(ENOSPC) behind `err` (its causes and contexts), if any."""
+    """The OSError(ENOSPC) behind `err` (its causes and contexts), if any; tensorstore reports a full disk as a
+    ValueError "RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']", made an OSError here."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             return err
+        text = str(err)
+        if "No space left on device" in text or f"os_error_code='{errno.ENOSPC}'" in text:
+            path = re.search(r'local file "([^"]*?/checkpoints)/', text)
+            return OSError(errno.ENOSPC, "No space left on device", path.group(1) if path else None)
         err = err.__cause__ or err.__context__
     return None
 

@@ -86,3 +86,23 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_records(tmp
     assert sorted(a) == sorted(b)
     for rel in a:
         assert a[rel] == b[rel], rel
+
+
+def test_a_full_disk_is_one_line_exit_2_and_leaves_no_debris(tmp_path):
+    """The main job on a 20 MB tmpfs: the first checkpoint does not fit. Skipped where tmpfs cannot be mounted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        flags = [f if not f.startswith("--tiers") else "--tiers=1" for f in FLAGS]
+        cmd = [sys.executable, "-m", "experiments.batch_sweep", f"--out={disk / 'out'}", *flags]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "no space left on the device while writing" in errors[0]
+        assert "Traceback" not in proc.stderr
+        assert not [p for p in disk.rglob("*") if "tmp" in p.name], "temporary files left behind"
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
