@@ -307,9 +307,11 @@ class _TierRun:
         q, sched = self.throughput(), self.sched
         left = (sched.max_steps - self.step) * sched.tokens_per_step
         speed = f"{q:,.0f} tok/s | ETA <= {_fmt_time(left / q)}" if q else "tok/s and ETA after the compile steps"
+        # the loss is read one step late: before the first read there is none yet (a NaN read stops the run)
+        loss = "-" if math.isnan(self.train_loss) else f"{self.train_loss:.4f}"
         self.log(
             f"{self.tag} step {self.step}/{sched.max_steps} | {self.step * sched.tokens_per_step:,} tokens | "
-            f"loss {self.train_loss:.4f} | {speed}"
+            f"loss {loss} | {speed}"
         )
 
     def run(self, stop_after_steps: int | None) -> dict:
