@@ -169,6 +169,12 @@ def git_sha() -> str:
         return "unknown"
 
 
+def code_versions() -> dict:
+    """The library versions that determine a run's numbers (part of a run's identity; the git SHA is not, so that
+    a documentation commit does not invalidate finished runs)."""
+    return dict(jax=jax.__version__, flax=flax.__version__, optax=optax.__version__, numpy=np.__version__)
+
+
 def environment() -> dict:
     """Versions and devices for run.json."""
     return dict(
@@ -186,6 +192,7 @@ def environment() -> dict:
 
 
 __all__ = [
+    "code_versions",
     "atomic_write_bytes",
     "to_jsonable",
     "json_text",

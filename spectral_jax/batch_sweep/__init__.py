@@ -38,7 +38,7 @@ from spectral_jax.lr_rules import default_lr_table, resolve_lr
 from spectral_jax.lr_sweep import LRSweepConfig, run_lr_sweep
 from spectral_jax.models import make_config
 from spectral_jax.presets import DEFAULT_BATCH_TIERS, ProbeOverrides, UsesPreset, get_preset
-from spectral_jax.records import append_jsonl, log_stderr, read_json, save_npz, write_json
+from spectral_jax.records import append_jsonl, code_versions, log_stderr, read_json, save_npz, write_json
 from spectral_jax.schemas import ProbeRecord
 from spectral_jax.train import RunState, TrainingDiverged, train
 from spectral_jax.train_config import TrainOverrides
@@ -272,6 +272,7 @@ def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
         data=dataset.identity(),
         vocab_map=vmap and vmap.describe(),
         probe=dict(probe_args, pool_sequences=probe.pool_sequences),
+        versions=code_versions(),
     )
     if cfg.resume:  # refuse before anything is written
         for b in cfg.tiers:

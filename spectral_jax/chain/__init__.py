@@ -54,7 +54,7 @@ from spectral_jax.lock import results_lock
 from spectral_jax.lr_rules import resolve_lr
 from spectral_jax.models import make_config
 from spectral_jax.presets import get_preset
-from spectral_jax.records import environment, log_stderr, read_json, write_json
+from spectral_jax.records import code_versions, environment, log_stderr, read_json, write_json
 from spectral_jax.train import train
 from spectral_jax.train_step import interleaved_throughput
 
@@ -132,7 +132,7 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
                     chain_batch=cfg.batch,
                     vocab_map=vmap and vmap.describe(),
                 ),
-                identity=dict(data=dataset.identity(), vocab_map=vmap and vmap.describe()),
+                identity=dict(data=dataset.identity(), vocab_map=vmap and vmap.describe(), versions=code_versions()),
             )
         if cfg.throughput == "interleaved":
             _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, log)
