@@ -140,6 +140,7 @@ def test_killed_sweep_resumes_through_the_cli_to_the_same_table(lr_sweep, tmp_pa
         "--tiers=4,8",
         f"--rungs={','.join(map(str, RUNGS))}",
         f"--val_tokens={TRAIN.val_tokens}",
+        f"--eval_every_tokens={TRAIN.eval_every_tokens}",
         f"--out={copy}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
