@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
-import os
 import sys
 import types
 import typing
@@ -53,12 +52,8 @@ def user_errors_exit_2(main):
             if err.errno != errno.ENOSPC:
                 raise
             where = err.filename or "the results"
-            print(
-                f"error: no space left on the device while writing {where}: free space or pass another --out",
-                file=sys.stderr,
-                flush=True,
-            )
-            os._exit(2)  # orbax's abandoned writers would print their own tracebacks while the interpreter exits
+            sys.unraisablehook = lambda unraisable: None  # orbax's abandoned writers would report at exit
+            _fail(f"no space left on the device while writing {where}: free space or pass another --out")
 
     return wrapped
 
