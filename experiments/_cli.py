@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import logging as pylogging
 import sys
 import types
 import typing
@@ -53,6 +54,7 @@ def user_errors_exit_2(main):
                 raise
             where = err.filename or "the results"
             sys.unraisablehook = lambda unraisable: None  # orbax's abandoned writers would report at exit
+            pylogging.getLogger("asyncio").setLevel(pylogging.CRITICAL)
             _fail(f"no space left on the device while writing {where}: free space or pass another --out")
 
     return wrapped

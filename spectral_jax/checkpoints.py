@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
+import logging
 import os
 import pathlib
 import re
@@ -222,15 +224,22 @@ def save(mgr: ocp.CheckpointManager, step: int, params, opt_state, meta: Mapping
 @contextlib.contextmanager
 def _quiet_orbax():
     """orbax logs a failed write (e.g. a full disk) with its whole traceback from its worker threads, and its
-    abandoned coroutines report themselves; the error is raised here, so only that is shown."""
+    abandoned writer tasks report themselves when collected; the error is raised here, so only that is shown."""
     verbosity, hook = absl_logging.get_verbosity(), sys.unraisablehook
+    asyncio_log = logging.getLogger("asyncio")
+    level = asyncio_log.level
     absl_logging.set_verbosity(absl_logging.FATAL)
     sys.unraisablehook = lambda unraisable: None
+    asyncio_log.setLevel(logging.CRITICAL)
     try:
         yield
+    except BaseException:
+        gc.collect()  # abandoned writer tasks report now, while quiet
+        raise
     finally:
         absl_logging.set_verbosity(verbosity)
         sys.unraisablehook = hook
+        asyncio_log.setLevel(level)
 
 
 def remove_partial_saves(directory: str | os.PathLike) -> list[pathlib.Path]:
