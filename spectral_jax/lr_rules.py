@@ -46,7 +46,9 @@ def resolve_lr(
         entry = read_json(path)["multipliers"].get(str(batch))
         if entry is None:
             raise UserError(f"the tuned LR table {path.name} has no tier B={batch}; {fix}")
-        return entry, f"tuned by successive halving ({path.name})"
+        return _positive_lr(entry, f"tuned LR table {path.name} (batch {batch})"), (
+            f"tuned by successive halving ({path.name})"
+        )
     if spec in ("sqrt", "linear", "none"):
         return lr_multiplier_for_batch(batch, reference_batch, spec), f"{spec}(B/{reference_batch})"
     if spec == "auto":

@@ -35,8 +35,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from spectral_jax.batch_sweep import ProbeCallback
 from spectral_jax.chain.config import DEFAULT_BATCH, GRAD_MATRIX, ChainConfig, family_batch, transitions_of
 from spectral_jax.chain.summary import (
@@ -93,8 +91,8 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
                 data=dataset.metadata,
             ),
         )
-        pools: dict[int, np.ndarray] = {}
-        t0 = time.perf_counter()
+        identity = dict(data=dataset.identity(), vocab_map=vmap and vmap.describe(), versions=code_versions())
+        pools, t0 = {}, time.perf_counter()  # measurement pools by sequence length; the start time
         for i, fam in enumerate(families):
             mc = configs[fam]
             batch = family_batch(mc, trunk_T, cfg.batch)
@@ -132,7 +130,7 @@ def run_chain(cfg: ChainConfig, log: Callable[[str], None] = log_stderr) -> dict
                     chain_batch=cfg.batch,
                     vocab_map=vmap and vmap.describe(),
                 ),
-                identity=dict(data=dataset.identity(), vocab_map=vmap and vmap.describe(), versions=code_versions()),
+                identity=identity,
             )
         if cfg.throughput == "interleaved":
             _measure_throughput(out, cfg, families, configs, trunk_T, base_tc, dataset, log)
