@@ -29,6 +29,7 @@ from _timing import interleaved_medians
 from absl import app, flags
 from flax import nnx
 
+import spectral_jax as sj
 from spectral_jax import probes
 from spectral_jax.host import tune_cpu_host
 from spectral_jax.models import GPT, make_config
@@ -108,8 +109,6 @@ def main(argv):
     windows[:, ::97] = cfg.eot_id  # a few document boundaries
     x, y = probes.split_windows(windows)
     chunk = FLAGS.chunk or probes.default_chunk(T, M)
-    default = probes._pick_method(cfg, (spec,), probes.DEFAULT_METHOD)
-    other = "vmap" if default == "capture" else "capture"
 
     graphdef, state = nnx.split(model)
     fwd = probes._forward_loss_fn(graphdef, False)
@@ -121,13 +120,20 @@ def main(argv):
             outs.append(fwd(state, jnp.asarray(xc), jnp.asarray(yc), None))
         return np.asarray(jnp.concatenate(outs))[:M]
 
+    path = "/".join(map(str, spec.kernel_path))
+
+    def sequence_loss(m, ex):
+        return m.loss(ex[0][None], ex[1][None])
+
+    def generic():
+        return sj.gradient_spectrum(sequence_loss, model, (x, y), where=f"^{path}$", chunk=chunk)[path].values
+
+    default, other = "generic vmap", "capture"
     runs = {
         "(a) forward (jitted loss)": forward,
-        f"(b) ours: {default} + Gram/eigh": lambda: probes.gradient_singular_values(
-            model, x, y, FLAGS.matrix, chunk=chunk, method=default
-        ),
-        f"(c) ours: {other} + Gram/eigh": lambda: probes.gradient_singular_values(
-            model, x, y, FLAGS.matrix, chunk=chunk, method=other
+        "(b) ours: sj.gradient_spectrum": generic,
+        "(c) ours: capture + Gram/eigh": lambda: probes.gradient_singular_values(
+            model, x, y, FLAGS.matrix, chunk=chunk, method="capture"
         ),
         "(d) reference: loop + f32 SVD": lambda: reference_singular_values(model, x, y, spec),
     }

@@ -1,3 +1,41 @@
-"""spectral-jax: activation and gradient spectra as diagnostics of LLM optimization (JAX/Flax NNX)."""
+r"""spectral-jax: activation and gradient spectra as diagnostics of LLM optimization (JAX/Flax NNX).
+
+import spectral_jax as sj
+sj.activation_spectra(model, batches, where=r"layers/\d+$")        # any Flax NNX / linen model
+sj.gradient_spectrum(loss_fn, params, examples, where="out/kernel")  # any pytree of parameters
+sj.weight_spectra(params)                                         # every matrix-shaped leaf
+sj.analyze(...)                                                   # one summary row per spectrum
+"""
 
 __version__ = "0.1.0"
+
+from spectral_jax.lens import (  # noqa: E402 (the public model-agnostic layer, after the version)
+    ActivationProbe,
+    GradientProbe,
+    ProbeError,
+    Rows,
+    SpectralMonitor,
+    Spectrum,
+    WeightProbe,
+    activation_spectra,
+    activation_spectrum,
+    analyze,
+    gradient_spectrum,
+    weight_spectra,
+)
+
+__all__ = [
+    "ActivationProbe",
+    "GradientProbe",
+    "ProbeError",
+    "Rows",
+    "SpectralMonitor",
+    "Spectrum",
+    "WeightProbe",
+    "__version__",
+    "activation_spectra",
+    "activation_spectrum",
+    "analyze",
+    "gradient_spectrum",
+    "weight_spectra",
+]

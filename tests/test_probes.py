@@ -272,7 +272,7 @@ def test_bad_inputs_name_the_problem(trunk):
 
     broken = nnx.clone(m)
     broken.lm_head.kernel[...] = broken.lm_head.kernel[...].at[0, 0].set(jnp.nan)
-    with pytest.raises(probes.ProbeError, match="non-finite .* sequence 0: the checkpoint diverged"):
+    with pytest.raises(probes.ProbeError, match="non-finite .* sequence 0: the .*diverged"):
         probes.gradient_singular_values(broken, x, y, window=WINDOW, method="vmap")
     broken.lm_head.kernel[...] = m.lm_head.kernel[...]
     broken.blocks[0].mlp.c_fc.kernel[...] = jnp.full_like(m.blocks[0].mlp.c_fc.kernel[...], jnp.inf)

@@ -1,7 +1,9 @@
-"""Model-facing spectral probes: activation covariance spectra, per-sample gradient spectra, weight spectra.
+"""Our GPT's spectral probes: activation covariance spectra, per-sample gradient spectra, weight spectra.
 
-Every probe is a jitted device part (forward / backward through NNX's own capture, never a forked model)
-plus a host part (float64 eigen-solvers and fits). The package:
+Built on the model-agnostic layer `spectral_jax.lens` (streaming covariance, the vmap(grad) engine, the float64
+Gram, weight spectra, the summary row); what is GPT-specific here is naming (matrices by alias and layer),
+token pools, the run-time attention window, and the "capture" per-sample gradient, which stays because it is
+faster on our GPT (docs/benchmarks.md). The package:
   matrices     the probed matrices (docs/method.md §2): names, aliases, "L{layer}.{name}" keys
   common       input checks, chunking, device placement, defaults and `ProbeError`, shared by every probe
   gradients    per-sample gradients ("vmap" / "capture") and their spectrum via a float64 Gram
@@ -23,13 +25,15 @@ import dataclasses
 import numpy as np
 
 from spectral_jax import spectra
+from spectral_jax.lens.spectrum import RANK_TOL  # noqa: F401  (re-exported)
+from spectral_jax.lens.spectrum import summary_fields as _safe_summary
+from spectral_jax.lens.weights import weight_spectra
 from spectral_jax.probes.activations import (  # noqa: F401  (re-exported: importable as before the split)
     _accumulator,
     _activation_fn,
     _ActivationPass,
     _eigenvalues,
     _iter_batches,
-    _template_accumulator,
     activation_spectrum,
     weight_singular_values,
 )
@@ -50,17 +54,14 @@ from spectral_jax.probes.common import (  # noqa: F401  (re-exported)
     split_windows,
 )
 from spectral_jax.probes.gradients import (  # noqa: F401  (re-exported)
-    _GRAM_BLOCK,
     _capture_grad_fn,
     _finite_rows,
     _forward_loss_fn,
     _GradPass,
-    _gram64,
     _pick_method,
     _raise_nonfinite,
-    _run_grad_chunks,
+    _SequenceLoss,
     _singular_values_from_chunks,
-    _vmap_grad_fn,
     gradient_singular_values,
     per_sample_grads,
     singular_values_gram,
@@ -140,74 +141,29 @@ def run_probes(
     chunk = int(chunk) if chunk else default_chunk(T)
     accs = {l: _accumulator(config.d_model, mesh) for l in act_layers}
 
-    def fold(acts, n, c):
+    def fold(acts, n):
         for l, a in zip(act_layers, acts):
-            accs[l].update(a if n == c else a[:n])
+            accs[l].update(a if n == a.shape[0] else a[:n])
 
     gradient, used = {}, None
     if M:
         grad_chunk = min(chunk, M)
         run = _GradPass(model, specs, act_layers, method, window, mesh)
         used = run.method
-        G = _run_grad_chunks(run, x[:M], y[:M], grad_chunk, on_acts=fold)
+        G = run.run(x[:M], y[:M], grad_chunk, on_acts=fold)
         gradient = {s.key: _singular_values_from_chunks(g) for s, g in zip(specs, G)}
     if act_layers and N > M:
         fwd = _ActivationPass(model, act_layers, window, mesh)
         rest = x[M:]
         for start, stop in _chunks(rest.shape[0], chunk):
-            fold(fwd(_pad_rows(rest[start:stop], chunk, 0)), stop - start, chunk)
+            fold(fwd(_pad_rows(rest[start:stop], chunk, 0)), stop - start)
     activation = {l: _eigenvalues(acc) for l, acc in accs.items()}
-    weight = {s.key: weight_singular_values(model, s.key) for s in specs}
+    weight = {k: w.values for k, w in weight_spectra(model, targets=[s.target for s in specs]).items()}
     rows = next(iter(accs.values())).count if accs else 0
     return ProbeResult(activation, gradient, weight, rows=rows, grad_samples=M, method=used)
 
 
 # ---- tidy summaries ------------------------------------------------------------------------------------
-RANK_TOL = 1e-6  # values below this fraction of the largest are round-off (float32 eigen/singular values)
-
-
-def _safe_summary(values, tail, head, bank) -> dict:
-    """spectra.summarize, tolerant of short / degenerate spectra: a tail window that does not fit gives
-    alpha_tail = None, head / bank windows that do not fit are omitted, fits that fail (fewer than two
-    positive values) and all-zero spectra give None instead of raising, with the reason in "summary_note"."""
-    for w in (tail, head):
-        if w is not None and not 1 <= int(w[0]) < int(w[1]):
-            raise ValueError(f"rank window {w} must satisfy 1 <= lo < hi (1-indexed, inclusive)")
-    v = np.sort(np.clip(np.asarray(values, np.float64), 0.0, None))[::-1]
-    n = v.size
-    if n == 0:
-        raise ValueError("empty spectrum")
-    windows = [("alpha_tail", tail)] if tail is not None else []
-    if head is not None and head[1] <= n:
-        windows.append(("alpha_head", tuple(head)))
-    windows += [(f"alpha_{w[0]}_{w[1]}", w) for w in spectra.window_bank(n, bank)]
-    out: dict = {}
-    rank = int((v > v[0] * RANK_TOL).sum()) if v[0] > 0 else 0  # numerical rank
-    short = [name for name, w in windows if rank < w[1] <= n]
-    if short and rank:
-        out["summary_note"] = (
-            f"numerical rank {rank} of {n} (fewer samples than dimensions?): {', '.join(short)} would fit "
-            "round-off and are left out"
-        )
-    for name, w in windows:
-        fit = None
-        if w[1] <= min(n, rank):
-            try:
-                fit = spectra.alpha(v, w)
-            except ValueError:
-                fit = None
-        out[name] = None if fit is None else fit.alpha
-        out[f"{name}_r2"] = None if fit is None else fit.r2
-    rest_keys = spectra.summarize(np.ones(n), tail=None, head=(1, n + 1), bank=())
-    try:
-        rest = spectra.summarize(v, tail=None, head=(1, n + 1), bank=())
-    except ValueError as err:
-        rest = dict.fromkeys(rest_keys)
-        out["summary_note"] = str(err)  # why every summary is None (e.g. an all-zero spectrum)
-    out.update(rest)
-    return out
-
-
 def summarize_probe(result: ProbeResult, *, tail, head=spectra.HEAD_WINDOW, bank=spectra.WINDOW_BANK) -> list[dict]:
     """Tidy records, one per spectrum: {"kind", "layer", "matrix", "n", alpha_tail(_r2), alpha_head(_r2),
     alpha_{lo}_{hi}(_r2) for bank windows that fit, rankme, hard_rank, stable_rank, participation_ratio,

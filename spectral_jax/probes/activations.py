@@ -6,7 +6,8 @@ streaming `CovarianceAccumulator` (sharded over `mesh`); eigenvalues descending,
 The jitted forward returns only the requested block outputs, so XLA drops the blocks after the deepest
 requested layer and the LM head.
 
-Weight spectrum. Singular values of the probed kernel itself (no data), float64 SVD on the host.
+Weight spectrum. Singular values of the probed kernel itself (no data), through `lens.weights` (float64 Gram +
+eigvalsh, the same as for any model).
 
 `run_probes` reuses the forward pass and the accumulator helpers here for the pool sequences that get no
 per-sample gradient.
@@ -21,10 +22,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from spectral_jax.covariance import CovarianceAccumulator
+from spectral_jax.lens.common import accumulator as _accumulator
+from spectral_jax.lens.common import eigenvalues as _eigenvalues
+from spectral_jax.lens.weights import weight_spectra
 from spectral_jax.models.gpt import rms_norm
-from spectral_jax.probes.common import _TRACES, ProbeError, _as_layers, _check_tokens, _check_window, _placer
-from spectral_jax.probes.matrices import _kernel, resolve_matrix
+from spectral_jax.probes.common import _TRACES, _as_layers, _check_tokens, _check_window, _placer
+from spectral_jax.probes.matrices import resolve_matrix
 
 
 # ---- device functions (built once per static signature, compiled once per shape) ------------------
@@ -60,32 +63,6 @@ class _ActivationPass:
         return self.fn(self.state, self.place(x_BxT), self.window)
 
 
-@functools.lru_cache(maxsize=8)
-def _template_accumulator(mesh) -> CovarianceAccumulator:
-    return CovarianceAccumulator(1, mesh=mesh)
-
-
-def _accumulator(dim: int, mesh) -> CovarianceAccumulator:
-    """A CovarianceAccumulator that reuses one jitted fold per mesh.
-
-    CovarianceAccumulator builds a fresh jax.jit per instance, so every probe call would recompile its
-    fold. The fold's trace depends only on the mesh and the shapes, so the
-    instances made here share the first instance's compiled functions (cache keyed on the mesh)."""
-    acc = CovarianceAccumulator(dim, mesh=mesh, allow_nonfinite=True)
-    template = _template_accumulator(acc.mesh)
-    acc._fold = template._fold
-    acc.__dict__["_first_mean"] = template._first_mean
-    return acc
-
-
-def _eigenvalues(acc: CovarianceAccumulator) -> np.ndarray:
-    if acc.nonfinite_rows:
-        raise ProbeError(
-            f"{acc.nonfinite_rows} activation rows are NaN/inf: the checkpoint diverged; no spectrum written"
-        )
-    return acc.eigenvalues()
-
-
 def activation_spectrum(model, batches, layer: int | Sequence[int] = -1, *, window=None, mesh=None):
     """Covariance eigenvalues (descending) of rms_norm(block output of `layer`), every token a row.
 
@@ -109,7 +86,6 @@ def activation_spectrum(model, batches, layer: int | Sequence[int] = -1, *, wind
 
 
 def weight_singular_values(model, matrix: str = "final_attn_out", *, layer: int | None = None) -> np.ndarray:
-    """Singular values (descending) of the matrix's kernel (column slice for fused q/v), float64 on host."""
+    """Singular values (descending) of the matrix's kernel (column slice for fused q/v): `lens.weight_spectra`."""
     spec = resolve_matrix(model.config, matrix, layer)
-    w = np.asarray(_kernel(model, spec), np.float64)
-    return np.linalg.svd(w, compute_uv=False)
+    return weight_spectra(model, targets=[spec.target])[spec.key].values

@@ -1,21 +1,18 @@
-"""Helpers and defaults shared by the gradient, activation and fused probes: input checks, chunking,
-device placement, the trace counter and ProbeError.
-
-One place for them so that every probe validates tokens, pads chunks and places data identically (same
-shapes, so one compiled program per shape), and so the probe modules do not import each other for them.
+"""Helpers and defaults of our GPT's probes: token and window checks, chunk sizes, layer resolution. The trace
+counter, chunking, placement and ProbeError come from the model-agnostic layer (`spectral_jax.lens.common`) and
+are re-exported here.
 """
 
 from __future__ import annotations
 
-import collections
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from spectral_jax.errors import UserError
+from spectral_jax.lens.common import _TRACES, ProbeError  # noqa: F401  (re-exported)
+from spectral_jax.lens.common import chunks as _chunks  # noqa: F401
+from spectral_jax.lens.common import placer as _placer  # noqa: F401
 from spectral_jax.probes.matrices import _resolve_layer
 
 METHODS: tuple[str, ...] = ("vmap", "capture", "auto")
@@ -26,12 +23,6 @@ DEFAULT_CHUNK_TOKENS = {"cpu": 2048, "gpu": 8192, "tpu": 8192}
 sequences at T = 256). The fused head + loss keeps every chunk's logits in the last-level cache, so on CPU
 chunks of several sequences beat one sequence per chunk (benchmarks/per_sample_grads.py, --chunk)."""
 DEFAULT_GRAD_SAMPLES = 512  # paper / reference M
-
-_TRACES: collections.Counter = collections.Counter()  # traces per device function (tests: compile once)
-
-
-class ProbeError(ValueError):
-    """A probe cannot produce a meaningful spectrum (diverged checkpoint, too few samples, ...)."""
 
 
 def split_windows(pool_NxT1) -> tuple[np.ndarray, np.ndarray]:
@@ -75,21 +66,6 @@ def _pad_rows(a: np.ndarray, rows: int, fill: int) -> np.ndarray:
     return np.concatenate([a, pad])
 
 
-def _placer(mesh):
-    """(place, replicate): chunks go on the mesh's data axis when their size divides the device count
-    (else replicated), model state is replicated, so the jitted passes run data-parallel."""
-    if mesh is None or mesh.devices.size == 1:
-        return jnp.asarray, (lambda tree: tree)
-    axis = mesh.axis_names[0]
-    rows = NamedSharding(mesh, P(axis))
-    replicated = NamedSharding(mesh, P())
-
-    def place(a):
-        return jax.device_put(a, rows) if a.shape[0] % mesh.devices.size == 0 else jax.device_put(a, replicated)
-
-    return place, (lambda tree: jax.device_put(tree, replicated))
-
-
 def _as_layers(config, layers) -> tuple[int, ...]:
     if isinstance(layers, (int, np.integer)):
         layers = (layers,)
@@ -99,8 +75,3 @@ def _as_layers(config, layers) -> tuple[int, ...]:
         if r not in out:
             out.append(r)
     return tuple(out)
-
-
-def _chunks(n: int, chunk: int):
-    for start in range(0, n, chunk):
-        yield start, min(n, start + chunk)

@@ -21,6 +21,7 @@ import re
 import jax
 
 from spectral_jax.errors import UserError
+from spectral_jax.lens.gradients import Columns, Target
 
 MATRICES: tuple[str, ...] = ("attn_out", "attn_q", "attn_v", "mlp_out")
 ALIASES: dict[str, tuple[str, int]] = {"final_attn_out": ("attn_out", -1)}
@@ -47,6 +48,12 @@ class MatrixSpec:
     @property
     def size(self) -> int:
         return self.shape[0] * self.shape[1]
+
+    @property
+    def target(self) -> Target:
+        """This matrix for the model-agnostic layer: its key, its kernel's path and the column view."""
+        view = None if self.columns is None else Columns(*self.columns)
+        return Target(self.key, "/".join(str(k) for k in self.kernel_path), view)
 
 
 def _resolve_layer(config, layer: int | None) -> int:
