@@ -20,6 +20,8 @@ SMALL = {
         'OUT = "{out}"\nCHANGES = {{"stages": ("baseline", "muon"), "batches": (16, 32), '
         '"seeds": (0,), "max_steps": 600, "lr_multipliers": (0.5, 1.0)}}'
     ),
+    # a small random GPT-2 (no download), one activation batch and one per-example-gradient chunk
+    "04_probe_your_model.ipynb": 'PRETRAINED = False\nN_SEQ = 16\nSEQ_LEN = 32\nOUT = "{out}"',
 }
 
 

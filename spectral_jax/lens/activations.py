@@ -212,26 +212,28 @@ def activation_spectra(model, batches, *, where: Where, call: Callable | None = 
     return streams.spectra()
 
 
+def _hashable(x):
+    try:
+        hash(x)
+    except TypeError:
+        return ("id", id(x))  # alive as long as the cache entry that holds the function holds it
+    return x
+
+
 class _Hashable:
-    """A capture function keyed by what defines it (the graphdef / module and the call), so that repeated
-    calls on the same model reuse one compiled program."""
+    """A capture function keyed by what defines it (its code and its closure: the graphdef or linen module, and
+    the call), so repeated calls on the same model reuse one compiled program. Unhashable closure values (a
+    linen module holding a config object) count by identity."""
 
     def __init__(self, fn):
         self.fn = fn
-        cells = tuple(c.cell_contents for c in (fn.__closure__ or ()))
-        self.key = (fn.__code__, cells)
+        self.key = (fn.__code__, tuple(_hashable(c.cell_contents) for c in (fn.__closure__ or ())))
 
     def __call__(self, *args):
         return self.fn(*args)
 
     def __hash__(self):
-        try:
-            return hash(self.key)
-        except TypeError:
-            return id(self.fn)
+        return hash(self.key)
 
     def __eq__(self, other):
-        try:
-            return isinstance(other, _Hashable) and self.key == other.key
-        except Exception:  # noqa: BLE001 (unhashable / uncomparable closure contents: identity only)
-            return self is other
+        return isinstance(other, _Hashable) and self.key == other.key

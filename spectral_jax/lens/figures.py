@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spectral_jax.plots.base import _axes, _figure, series_colors
+from spectral_jax.plots.base import _blank, _figure, series_colors
 
 _YLABEL = {"eigenvalue": "eigenvalue / trace", "singular_value": "singular value / sum"}
 
@@ -47,27 +47,35 @@ def spectrum_axes(spectra: Sequence, ax=None, *, title: str | None = None, windo
 
 
 def monitor_figure(records: Sequence[dict], metrics: Sequence[str] = ("alpha_tail", "rankme")):
-    """One panel per summary metric: its value against the training step, one line per (kind, path)."""
-    fig, axes = _axes(len(metrics), w=5.2, h=3.8)
-    series: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        series.setdefault((r["kind"], r["path"]), []).append(r)
-    colors = series_colors(len(series))
-    for ax, metric in zip(axes, metrics):
-        for (kind, path), c in zip(series, colors):
-            rows = sorted(series[(kind, path)], key=lambda r: r["step"])
-            xs = [r["step"] for r in rows if r.get(metric) is not None]
-            ys = [r[metric] for r in rows if r.get(metric) is not None]
-            lo = [r.get(f"{metric}_ci_low") for r in rows if r.get(metric) is not None]
-            hi = [r.get(f"{metric}_ci_high") for r in rows if r.get(metric) is not None]
-            if not xs:
-                continue
-            ax.plot(xs, ys, "o-", color=c, ms=3, lw=1.2, label=f"{kind} {path}")
-            if all(v is not None for v in lo + hi):
-                ax.fill_between(xs, lo, hi, color=c, alpha=0.2, lw=0)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(metric + (" (95 % bootstrap CI over window points)" if metric == "alpha_tail" else ""))
-        ax.set_title(metric, fontsize=9)
-        if series:
-            ax.legend(fontsize=6)
+    """A grid: one row per kind (activation / gradient / weight), one column per summary metric, each metric
+    against the training step with one line per path (alpha_tail with its 95 % bootstrap band)."""
+    kinds = [k for k in ("activation", "gradient", "weight") if any(r["kind"] == k for r in records)] or ["activation"]
+    fig = _blank(4.6 * len(metrics), 3.2 * len(kinds))
+    grid = fig.subplots(len(kinds), len(metrics), squeeze=False)
+    for row, kind in zip(grid, kinds):
+        series: dict[str, list[dict]] = {}
+        for r in records:
+            if r["kind"] == kind:
+                series.setdefault(r["path"], []).append(r)
+        colors = series_colors(len(series))
+        for ax, metric in zip(row, metrics):
+            drawn = 0
+            for (path, rows), c in zip(series.items(), colors):
+                rows = sorted((r for r in rows if r.get(metric) is not None), key=lambda r: r["step"])
+                if not rows:
+                    continue
+                xs = [r["step"] for r in rows]
+                ax.plot(xs, [r[metric] for r in rows], "o-", color=c, ms=3, lw=1.2, label=path)
+                drawn += 1
+                lo, hi = [r.get(f"{metric}_ci_low") for r in rows], [r.get(f"{metric}_ci_high") for r in rows]
+                if all(v is not None for v in lo + hi):
+                    ax.fill_between(xs, lo, hi, color=c, alpha=0.2, lw=0)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(metric)
+            band = " (band: 95 % bootstrap CI)" if metric == "alpha_tail" else ""
+            ax.set_title(f"{kind} spectra: {metric}{band}", fontsize=9)
+            if drawn:
+                ax.legend(fontsize=6)
+            else:
+                ax.text(0.5, 0.5, f"no {metric} (spectra too short?)", ha="center", va="center", transform=ax.transAxes)
     return fig
