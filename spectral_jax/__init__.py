@@ -9,33 +9,7 @@ sj.analyze(...)                                                   # one summary 
 
 __version__ = "0.1.0"
 
-from spectral_jax.lens import (  # noqa: E402 (the public model-agnostic layer, after the version)
-    ActivationProbe,
-    GradientProbe,
-    ProbeError,
-    Rows,
-    SpectralMonitor,
-    Spectrum,
-    WeightProbe,
-    activation_spectra,
-    activation_spectrum,
-    analyze,
-    gradient_spectrum,
-    weight_spectra,
-)
+from spectral_jax import lens as _lens  # noqa: E402 (the public model-agnostic layer, after the version)
+from spectral_jax.lens import *  # noqa: E402, F403
 
-__all__ = [
-    "ActivationProbe",
-    "GradientProbe",
-    "ProbeError",
-    "Rows",
-    "SpectralMonitor",
-    "Spectrum",
-    "WeightProbe",
-    "__version__",
-    "activation_spectra",
-    "activation_spectrum",
-    "analyze",
-    "gradient_spectrum",
-    "weight_spectra",
-]
+__all__ = ["__version__", *_lens.__all__]

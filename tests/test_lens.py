@@ -3,6 +3,13 @@ GPT-2 (linen), equinox's MLP and a plain params dict. Per-example gradients agai
 spectra against float64 NumPy, bad selections, degenerate spectra, the summary table.
 """
 
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -216,3 +223,42 @@ def test_summary_rows_and_degenerate_spectra(tmp_path):
     pd = pytest.importorskip("pandas")
     frame = sj.analyze(s)
     assert isinstance(frame, pd.DataFrame) and frame.loc[0, "alpha_tail"] == pytest.approx(1.5)
+
+
+def test_readme_probe_your_model_snippet_runs_as_written():
+    pytest.importorskip("transformers")
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"## Probe your own model.*?```python\n(.*?)```", readme, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    table = namespace["table"]
+    assert len(table) == 2 + 1 + 8  # 2 blocks; W_O; c_attn, attn c_proj, c_fc, mlp c_proj per block
+    assert set(table["kind"]) == {"activation", "gradient", "weight"}
+    assert table["alpha_tail"].notna().all()
+
+
+def test_sharded_over_four_devices_equals_one_device():
+    """Chunks split over a 4-device mesh give the same gradient and activation spectra as one device."""
+    code = textwrap.dedent("""
+        import jax, numpy as np
+        from jax.sharding import Mesh
+        import spectral_jax as sj
+        from user_models import TinyLM, lm_loss
+        assert jax.device_count() == 4, jax.devices()
+        model = TinyLM(vocab=64, seq=16)
+        w = np.random.default_rng(0).integers(0, 64, (12, 17)).astype(np.int32)
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        path = "blocks/1/down/kernel"
+        g4 = sj.gradient_spectrum(lm_loss, model, w, where=path, chunk=8, mesh=mesh)[path].values
+        g1 = sj.gradient_spectrum(lm_loss, model, w, where=path, chunk=8)[path].values
+        np.testing.assert_allclose(g4, g1, rtol=1e-5, atol=1e-7 * g1[0])
+        a4 = sj.activation_spectra(model, [w[:8, :-1], w[8:, :-1]], where="blocks/1$", mesh=mesh)["blocks/1"]
+        a1 = sj.activation_spectra(model, [w[:8, :-1], w[8:, :-1]], where="blocks/1$")["blocks/1"]
+        np.testing.assert_allclose(a4.values, a1.values, rtol=1e-4, atol=1e-6 * a1.values[0])
+        print("OK")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parent), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout
