@@ -7,9 +7,11 @@ Times (median of --repeats after one warm-up / compile call; the four measuremen
 repeat, in a rotating order, so load changes on a shared machine hit them alike), over the same M sequences
 of T tokens:
   (a) forward       jitted forward + per-sequence loss, in the same chunks as (b)/(c)
-  (b) ours          probes.gradient_singular_values with the default method (per-sample grads of the matrix,
-                    float32 Gram G G^T on device, float64 eigvalsh on the host)
-  (c) ours, other   the same with the other method (vmap <-> capture)
+  (b) ours          probes.gradient_singular_values with the default method on the last block, capture (one
+                    batched backward through the model's own perturbation hooks; float64 Gram G G^T on device,
+                    float64 eigvalsh on the host)
+  (c) ours, any     sj.gradient_spectrum, the model-agnostic vmap(grad) engine (our GPT's "vmap" method), with
+                    the training loss of one sequence as the per-example loss
   (d) reference     docs/method.md §2: a Python loop of a jitted per-sequence grad w.r.t. the matrix only, rows
                     copied into an M x P float32 numpy matrix, then np.linalg.svd(G, compute_uv=False) in
                     float32 (= torch.linalg.svdvals on CPU)
@@ -128,13 +130,13 @@ def main(argv):
     def generic():
         return sj.gradient_spectrum(sequence_loss, model, (x, y), where=f"^{path}$", chunk=chunk)[path].values
 
-    default, other = "generic vmap", "capture"
+    default, other = "capture", "sj.gradient_spectrum"
     runs = {
         "(a) forward (jitted loss)": forward,
-        "(b) ours: sj.gradient_spectrum": generic,
-        "(c) ours: capture + Gram/eigh": lambda: probes.gradient_singular_values(
+        "(b) ours: capture + Gram/eigh": lambda: probes.gradient_singular_values(
             model, x, y, FLAGS.matrix, chunk=chunk, method="capture"
         ),
+        "(c) ours: sj.gradient_spectrum": generic,
         "(d) reference: loop + f32 SVD": lambda: reference_singular_values(model, x, y, spec),
     }
     med, results = interleaved_medians(

@@ -59,13 +59,18 @@ def test_notebook_is_clean_nbformat4_with_one_parameters_cell(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_code_compiles_and_uses_only_existing_library_names(path):
     """Every `from spectral_jax... import name` exists, and so does every `module.attr` read off an imported
-    spectral_jax module: a renamed or removed public name fails here, not in a user's Colab session."""
+    spectral_jax module (`import spectral_jax as sj` included): a renamed or removed public name fails here, not in
+    a user's Colab session."""
     modules: dict[str, object] = {}
     checked = 0
     for i, src in enumerate(_code(_load(path))):
         tree = ast.parse(src, filename=f"{path.name}[code cell {i}]")
         compile(tree, path.name, "exec")
         for node in ast.walk(tree):
+            if isinstance(node, ast.Import):  # import spectral_jax as sj / import spectral_jax.lens
+                for alias in node.names:
+                    if alias.name.startswith("spectral_jax"):
+                        modules[alias.asname or alias.name] = importlib.import_module(alias.name)
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("spectral_jax"):
                 mod = importlib.import_module(node.module)
                 for alias in node.names:

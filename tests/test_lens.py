@@ -262,3 +262,8 @@ def test_sharded_over_four_devices_equals_one_device():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
+
+
+def test_results_follow_the_model_order_numbers_as_numbers():
+    params = {"h": {str(i): {"w": np.eye(3, 4, dtype=np.float32) * (i + 1)} for i in range(12)}}
+    assert list(sj.weight_spectra(params)) == [f"h/{i}/w" for i in range(12)]

@@ -194,7 +194,7 @@ def activation_spectra(model, batches, *, where: Where, call: Callable | None = 
       variables: a linen module's variables ({"params": ...}).
       mesh: rows are sharded over this mesh's first axis.
     Returns:
-      {path: Spectrum}, one per matching output, in the model's order.
+      {path: Spectrum}, one per matching output, ordered by path with numbers compared as numbers (h/2 before h/10).
     Raises:
       ValueError listing the available paths when `where` matches none; ProbeError on NaN/inf.
     """

@@ -92,6 +92,11 @@ def flatten(params, *, only_params: bool = True) -> Leaves:
     return Leaves(tuple(paths), tuple(values), treedef, tuple(candidates), graphdef)
 
 
+def natural_key(path: str) -> tuple:
+    """Sort key of a path with its numbers compared as numbers (h/2 before h/10), so results follow the model."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split("/"))
+
+
 def _listing(paths, limit: int = 40) -> str:
     shown = list(paths[:limit])
     more = f", ... ({len(paths) - limit} more)" if len(paths) > limit else ""
@@ -112,11 +117,15 @@ def matcher(where: Where, what: str) -> Callable[[str, object], bool]:
 
 
 def select(paths, leaves, where: Where, what: str) -> list[int]:
-    """Indices i with where(paths[i], leaves[i]); none is a ValueError listing the available paths."""
+    """Indices i with where(paths[i], leaves[i]), in natural path order (`natural_key`); none is a ValueError listing
+    the available paths."""
     match = matcher(where, what)
-    chosen = [i for i, (p, leaf) in enumerate(zip(paths, leaves)) if match(p, leaf)]
+    chosen = sorted(
+        (i for i, (p, leaf) in enumerate(zip(paths, leaves)) if match(p, leaf)), key=lambda i: natural_key(paths[i])
+    )
     if not chosen:
         raise UserError(
-            f"{what}: where={where!r} matches none of the {len(paths)} available paths: {_listing(list(paths))}"
+            f"{what}: where={where!r} matches none of the {len(paths)} available paths: "
+            f"{_listing(sorted(paths, key=natural_key))}"
         )
     return chosen

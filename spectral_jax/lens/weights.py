@@ -66,7 +66,8 @@ def weight_spectra(params, *, where: Where = None, progress: bool | Callable[[st
       progress: True prints one line per matrix to stderr; a callable receives that line instead.
       targets: (internal) a list of `lens.gradients.Target` naming leaves and views directly.
     Returns:
-      {path: Spectrum}, leaves in tree order; rank-1 leaves (biases, norms) are not matrices and are left out.
+      {path: Spectrum}, ordered by path (numbers as numbers); rank-1 leaves (biases, norms) are not matrices and
+      are left out.
     Raises:
       ValueError listing the matrix paths when `where` matches none.
     """
