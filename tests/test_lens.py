@@ -114,6 +114,8 @@ def test_weight_spectra_match_numpy_and_skip_with_reasons(nnx_model):
     assert set(out) == {"conv", "zero"}
     assert out["conv"].shape == (36, 8) and "rank-4" in out["conv"].note
     assert "all zero" in out["zero"].note and not out["zero"].values.any()
+    with pytest.raises(sj.ProbeError, match="bad has NaN"):
+        sj.weight_spectra({"bad": jnp.full((3, 3), jnp.nan)})
     row = out["zero"].summary()
     assert np.isnan(row["alpha_tail"]) and "all zero" in row["warning"]
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax.errors import UserError
+from spectral_jax.lens.common import ProbeError
 from spectral_jax.lens.paths import Where, flatten, select
 from spectral_jax.lens.spectrum import Spectrum
 
@@ -31,19 +32,21 @@ def _small_gram64(W):
     return jax.lax.dot_general(W, W, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
 
 
-@jax.jit
-def _all_zero(W):
-    return jnp.all(W == 0)
+def _gram(W) -> np.ndarray:
+    with jax.enable_x64(True):
+        return np.asarray(_small_gram64(jnp.asarray(W)), np.float64)
+
+
+def _singular_values(gram: np.ndarray) -> np.ndarray:
+    gram = 0.5 * (gram + gram.T)
+    return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None))
 
 
 def matrix_singular_values(W) -> np.ndarray:
     """Singular values (descending, length min(m, n)) of a 2-D matrix by the float64 Gram + eigvalsh."""
     if np.ndim(W) != 2:
         raise ValueError(f"expected a matrix, got shape {np.shape(W)}")
-    with jax.enable_x64(True):
-        gram = np.asarray(_small_gram64(jnp.asarray(W)), np.float64)
-    gram = 0.5 * (gram + gram.T)
-    return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None))
+    return _singular_values(_gram(W))
 
 
 def _matrix(path: str, value, view: Callable | None):
@@ -88,11 +91,15 @@ def weight_spectra(params, *, where: Where = None, progress: bool | Callable[[st
             raise UserError(f"weight_spectra: no matrix leaf at {path!r}; matrices: {', '.join(list(index)[:40])}")
         W, note = _matrix(path, leaves.values[index[path]], view)
         m, n = W.shape
-        if bool(_all_zero(W)):
+        gram = _gram(W)
+        total = float(np.trace(gram))  # the sum of squares
+        if not np.isfinite(total):
+            raise ProbeError(f"weight_spectra: {name} has NaN/inf entries (a diverged model?); no spectrum")
+        if total == 0:
             values = np.zeros(min(m, n))
             note = "; ".join(x for x in (note, "all zero (zero-initialised?): not decomposed") if x)
         else:
-            values = matrix_singular_values(W)
+            values = _singular_values(gram)
         if progress:
             say(f"weight_spectra [{k}/{len(targets)}] {name} ({m} x {n})")
         out[name] = Spectrum("weight", name, values, samples=m, shape=(m, n), note=note)
