@@ -39,6 +39,7 @@ from spectral_jax import checkpoints
 from spectral_jax.data.shards import TokenDataset
 from spectral_jax.errors import CorruptRecordError
 from spectral_jax.lock import results_lock
+from spectral_jax.mesh import make_mesh
 from spectral_jax.models.config import ModelConfig
 from spectral_jax.models.gpt import GPT
 from spectral_jax.optim import group_learning_rates
@@ -109,7 +110,8 @@ class _TierRun:
         self.tag = f"[B={tc.batch_size}]"
         self.model = GPT(config, rngs=nnx.Rngs(tc.seed))
         self.graphdef, params = nnx.split(self.model, nnx.Param)
-        self.step_fn = TrainStep(config, lrs, self.sched.step_scale, self.accum)
+        self.mesh = make_mesh(tc.mesh)
+        self.step_fn = TrainStep(config, lrs, self.sched.step_scale, self.accum, mesh=self.mesh)
         self.params, self.opt_state = self.step_fn.init(params)
         self.step, self.timed_tokens, self.timed_seconds = 0, 0, 0.0
         self.train_loss = float("nan")
@@ -215,7 +217,7 @@ class _TierRun:
         leaves, params_def = jax.tree.flatten(self.params)
         eval_loss = _leaf_programs(self.graphdef, params_def)[1]
         losses = [
-            eval_loss(leaves, jnp.asarray(b[:, :-1]), jnp.asarray(b[:, 1:]), jnp.int32(window))
+            eval_loss(leaves, self.step_fn.place(b[:, :-1]), self.step_fn.place(b[:, 1:]), jnp.int32(window))
             for b in self.val_batches
         ]
         return float(np.mean([float(v) for v in losses]))

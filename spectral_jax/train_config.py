@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from spectral_jax.errors import UserError
 from spectral_jax.fields import option, overrides_of
+from spectral_jax.mesh import parse_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,7 @@ class TrainConfig:
     data_seed: int | None = option(0, "train-stream shuffle seed (None: the reference's contiguous order)")
     skip_throughput_steps: int = option(2, "steps of every (re)start left out of the throughput (compilation)")
     log_every_seconds: float = option(10.0, "seconds between progress lines")
+    mesh: str = option("", "device mesh, e.g. data:4 or data:2,fsdp:4 (default: every device on data)")
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -50,6 +52,7 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not a multiple of micro_batch {mb}; "
                 "pick a micro_batch that divides it"
             )
+        parse_mesh(self.mesh)
         for name in ("eval_every_tokens", "val_tokens", "checkpoint_every_tokens", "max_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")

@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from spectral_jax.data.shards import TokenDataset
+from spectral_jax.mesh import batch_sharding, is_trivial, leaf_sharding, shard_tree
 from spectral_jax.models import attention
 from spectral_jax.models.config import ModelConfig
 from spectral_jax.models.gpt import GPT
@@ -84,7 +86,7 @@ def _lr_field(group: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _make_apply(optim: Any, accum: int, params_def, opt_def):
+def _make_apply(optim: Any, accum: int, params_def, opt_def, shardings=None):
     """The jitted optimizer update for one recipe, with the peak LRs and the schedules' step counts as ARGUMENTS
     (not trace-time constants): every LR candidate of a sweep, every batch tier with the same accumulation count
     (the tiers' token-normalised step counts differ) and every continued run in the process share one compiled
@@ -94,9 +96,12 @@ def _make_apply(optim: Any, accum: int, params_def, opt_def):
     round differently.
 
     apply(params_leaves, opt_leaves, grad_leaves, peaks, steps) -> (params_leaves, opt_leaves), the leaves in
-    params_def's / opt_def's order (flat, for a cheap dispatch: see _leaf_programs); params and state donated."""
+    params_def's / opt_def's order (flat, for a cheap dispatch: see _leaf_programs); params and state donated.
+    On a mesh, `shardings` = (params leaves', opt leaves' shardings) pins the outputs to the inputs' layout."""
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    outs = None if shardings is None else tuple(list(s) for s in shardings)  # the outputs' (list, list) layout
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=outs)
     def apply(params_leaves, opt_leaves, grad_leaves, peaks, steps):
         tx = make_optimizer(dataclasses.replace(optim, **{_lr_field(g): v for g, v in peaks.items()}), steps=steps)
         params, grads = (jax.tree.unflatten(params_def, leaves) for leaves in (params_leaves, grad_leaves))
@@ -115,8 +120,11 @@ class TrainStep:
     """One optimizer step: `accum` jitted forward/backward passes over micro-batches, gradients summed, one
     update. train() runs it; `interleaved_throughput` times it side by side for several configurations."""
 
-    def __init__(self, config: ModelConfig, lrs: Mapping[str, float], step_scale: float, accum: int):
+    def __init__(
+        self, config: ModelConfig, lrs: Mapping[str, float], step_scale: float, accum: int, mesh: Mesh | None = None
+    ):
         self.accum = accum
+        self.mesh = None if is_trivial(mesh) else mesh
         self.tx = make_optimizer(config, lrs, step_scale=step_scale)
         # cache key without the LRs and step counts (arguments of the compiled update)
         self._optim = dataclasses.replace(config.optim, **{_lr_field(g): 0.0 for g in lrs})
@@ -124,21 +132,36 @@ class TrainStep:
         self._steps = {k: jnp.int32(v) for k, v in schedule_steps(config, step_scale=step_scale).items()}
         self._programs = None  # (graphdef, params_def, opt_def, loss_and_grad, apply) of the last call
 
-    def _programs_for(self, graphdef, params_def, opt_def):
+    def _programs_for(self, graphdef, params_def, opt_def, leaves=()):
         """(loss_and_grad, apply) for these structures; the module-level caches hash a graphdef (~0.4 ms), so
         the last pair is reused while the same graphdef object comes back."""
         cached = self._programs
         if cached is None or cached[0] is not graphdef or cached[1:3] != (params_def, opt_def):
+            shardings = None
+            if self.mesh is not None:
+                shardings = tuple(tuple(leaf_sharding(self.mesh, np.shape(x)) for x in ls) for ls in leaves)
             apply = functools.partial(
-                _make_apply(self._optim, self.accum, params_def, opt_def), peaks=self._peaks, steps=self._steps
+                _make_apply(self._optim, self.accum, params_def, opt_def, shardings),
+                peaks=self._peaks,
+                steps=self._steps,
             )
             cached = self._programs = (graphdef, params_def, opt_def, _leaf_programs(graphdef, params_def)[0], apply)
         return cached[3:]
 
     def init(self, params):
         """(params, optimizer state), committed to the device like orbax's restored arrays: the jitted step then
-        keeps one compiled program for fresh and resumed runs (committedness is part of jit's cache key)."""
+        keeps one compiled program for fresh and resumed runs (committedness is part of jit's cache key). On a
+        mesh, every leaf is placed by `mesh.leaf_sharding` (fsdp on its largest divisible axis)."""
+        if self.mesh is not None:
+            return shard_tree(self.mesh, (params, self.tx.init(params)))
         return jax.device_put((params, self.tx.init(params)), jax.devices()[0])
+
+    def place(self, tokens):
+        """A batch of token ids on the device(s): split over data x fsdp on a mesh (replicated when its rows do
+        not divide), else as jnp.asarray always did."""
+        if self.mesh is None:
+            return jnp.asarray(tokens)
+        return jax.device_put(tokens, batch_sharding(self.mesh, np.shape(tokens)[0]))
 
     def __call__(self, graphdef, params, opt_state, batches_Bx_T1: Sequence[np.ndarray], window: int):
         """-> (params, opt_state, summed micro-batch loss); batches are (micro_batch, T+1) token windows."""
@@ -146,11 +169,11 @@ class TrainStep:
             raise ValueError(f"a step takes {self.accum} micro-batches, got {len(batches_Bx_T1)}")
         params_leaves, params_def = jax.tree.flatten(params)
         opt_leaves, opt_def = jax.tree.flatten(opt_state)
-        loss_and_grad, apply = self._programs_for(graphdef, params_def, opt_def)
+        loss_and_grad, apply = self._programs_for(graphdef, params_def, opt_def, (params_leaves, opt_leaves))
         w = jnp.int32(window)
         grads = loss_sum = None
         for batch in batches_Bx_T1:
-            loss, g = loss_and_grad(params_leaves, jnp.asarray(batch[:, :-1]), jnp.asarray(batch[:, 1:]), w)
+            loss, g = loss_and_grad(params_leaves, self.place(batch[:, :-1]), self.place(batch[:, 1:]), w)
             if grads is None:
                 grads, loss_sum = g, loss
             else:
