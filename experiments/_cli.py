@@ -13,19 +13,29 @@ import dataclasses
 import errno
 import functools
 import logging as pylogging
+import os
 import sys
 import types
 import typing
 from typing import Any
 
+import jax
 from absl import flags, logging
 
+from spectral_jax import distributed
 from spectral_jax.errors import UserError
 from spectral_jax.fields import Overrides, flag_name, help_of, is_flag
 from spectral_jax.host import tune_cpu_host
 from spectral_jax.train import TrainingDiverged
 
 FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "coordinator_address", None, "several processes: host:port of process 0 (or JAX_COORDINATOR_ADDRESS)"
+)
+flags.DEFINE_integer("num_processes", None, "several processes: how many (or JAX_NUM_PROCESSES)")
+flags.DEFINE_integer(
+    "process_id", None, "several processes: this one's index, 0 writes the results (or JAX_PROCESS_ID)"
+)
 # what a user can fix: one `error:` line and exit code 2; any other exception is a bug and keeps its traceback
 USER_ERRORS = (UserError, TrainingDiverged, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
@@ -33,6 +43,25 @@ USER_ERRORS = (UserError, TrainingDiverged, FileNotFoundError, NotADirectoryErro
 def _fail(msg: str) -> None:
     print(f"error: {' '.join(msg.split())}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def report(line: str) -> None:
+    """The entry point's last line on stdout: process 0's only, in a multi-process run."""
+    if distributed.is_primary():
+        print(line, flush=True)
+
+
+def _stop_process(err: Exception) -> None:
+    """One process of several failed (most often: another one died and a collective broke): one line, and exit
+    now, without waiting on the distributed runtime's shutdown barrier for peers that may be gone."""
+    print(
+        f"error: process {jax.process_index()} of {jax.process_count()} stopped on {type(err).__name__}: "
+        f"{' '.join(str(err).split())[:300]} -- if another process of this run died, rerun all of them: the run "
+        "resumes from its last checkpoint",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(3)
 
 
 def user_errors_exit_2(main):
@@ -44,18 +73,22 @@ def user_errors_exit_2(main):
     @functools.wraps(main)
     def wrapped(argv):
         logging.set_verbosity(logging.WARNING)
-        tune_cpu_host()
         try:
+            # before anything touches a JAX backend (tune_cpu_host does)
+            distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+            tune_cpu_host()
             return main(argv)
         except USER_ERRORS as err:
             _fail(str(err) or type(err).__name__)
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
-                raise
-            where = err.filename or "the results"
-            sys.unraisablehook = lambda unraisable: None  # orbax's abandoned writers would report at exit
-            pylogging.getLogger("asyncio").setLevel(pylogging.CRITICAL)
-            _fail(f"no space left on the device while writing {where}: free space or pass another --out")
+        except Exception as err:
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                where = err.filename or "the results"
+                sys.unraisablehook = lambda unraisable: None  # orbax's abandoned writers would report at exit
+                pylogging.getLogger("asyncio").setLevel(pylogging.CRITICAL)
+                _fail(f"no space left on the device while writing {where}: free space or pass another --out")
+            if distributed.multiprocess():
+                _stop_process(err)
+            raise
 
     return wrapped
 

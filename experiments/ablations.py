@@ -31,7 +31,7 @@ def main(argv):
         raise UserError(f"expected one subcommand ({' | '.join(RUNNERS)}), got {got}")
     cfg = _cli.config_from_flags(AblationConfig)
     RUNNERS[argv[1]](cfg)
-    print(f"results in {cfg.path()}")
+    _cli.report(f"results in {cfg.path()}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def main(argv):
         raise UserError(f"unexpected arguments {argv[1:]}")
     cfg = _cli.config_from_flags(ChainConfig)
     run_chain(cfg)
-    print(f"results in {cfg.out_dir()}")
+    _cli.report(f"results in {cfg.out_dir()}")
 
 
 if __name__ == "__main__":

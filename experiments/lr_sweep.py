@@ -24,7 +24,7 @@ def main(argv):
         raise UserError(f"unexpected arguments {argv[1:]}")
     cfg = _cli.config_from_flags(LRSweepConfig)
     run_lr_sweep(cfg)
-    print(f"results in {cfg.out_dir()}")
+    _cli.report(f"results in {cfg.out_dir()}")
 
 
 if __name__ == "__main__":

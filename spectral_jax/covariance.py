@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from spectral_jax import distributed
 from spectral_jax.errors import UserError
 
 _AXIS = "data"
@@ -154,6 +155,8 @@ class CovarianceAccumulator:
     def _shard_rows(self, acts) -> tuple[jax.Array, jax.Array]:
         """(rows, d) padded to a multiple of the device count, with a validity mask, sharded over `data`."""
         acts = acts if isinstance(acts, (jax.Array, np.ndarray)) else np.asarray(acts)
+        if isinstance(acts, jax.Array) and not acts.is_fully_addressable:
+            acts = distributed.to_host(acts)  # several processes: jax cannot reshard it in place
         if acts.ndim < 1 or acts.shape[-1] != self.dim:
             raise ValueError(f"activations of shape {tuple(acts.shape)} do not end in dim {self.dim}")
         rows = int(np.prod(acts.shape[:-1]))
@@ -181,15 +184,15 @@ class CovarianceAccumulator:
     @property
     def count(self) -> int:
         """Rows folded in so far (non-finite rows excluded)."""
-        return int(np.sum(np.asarray(self._state[0], dtype=np.int64)))
+        return int(np.sum(distributed.to_host(self._state[0]).astype(np.int64)))
 
     @property
     def nonfinite_rows(self) -> int:
-        return int(np.sum(np.asarray(self._state[4], dtype=np.int64)))
+        return int(np.sum(distributed.to_host(self._state[4]).astype(np.int64)))
 
     def stats(self) -> CovStats:
         """Float64 host statistics: per-device states merged exactly (in absolute coordinates)."""
-        counts, means, hi, lo, _ = (np.asarray(jax.device_get(s)) for s in self._state)
+        counts, means, hi, lo, _ = (distributed.to_host(s) for s in self._state)
         pivot = np.zeros(self.dim) if self._pivot is None else np.asarray(self._pivot, np.float64)
         out = CovStats(0, np.zeros(self.dim), np.zeros((self.dim, self.dim)))
         for k in range(self.n_devices):

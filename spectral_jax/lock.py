@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
+from spectral_jax import distributed
 from spectral_jax.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -30,6 +31,9 @@ def results_lock(directory: str | os.PathLike, log: Callable[[str], None] | None
     live process holds it."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if not distributed.is_primary():  # one run of several processes: process 0 holds the lock for all
+        yield directory / LOCK_NAME
+        return
     path = directory / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

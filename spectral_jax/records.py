@@ -28,6 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint
 
+from spectral_jax import distributed
 from spectral_jax.errors import CorruptRecordError, UserError
 
 FILE_MODE = 0o644
@@ -73,11 +74,20 @@ def json_text(obj: Any, *, indent: int | None = None) -> str:
     return json.dumps(to_jsonable(obj), indent=indent, sort_keys=True)
 
 
+def _secondary() -> bool:
+    """A process other than 0 of a multi-process run: records, figures and logs are process 0's to write."""
+    return not distributed.is_primary()
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    if _secondary():
+        return
     atomic_write_bytes(path, (json_text(obj, indent=2) + "\n").encode())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
+    if _secondary():
+        return
     atomic_write_bytes(path, text.encode())
 
 
@@ -120,6 +130,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def append_jsonl(path: str | os.PathLike, row: Mapping) -> None:
     """Append one row; a torn final line left by a crash is cut off first."""
+    if _secondary():
+        return
     path = pathlib.Path(path)
     if path.is_file():
         with open(path, "rb+") as f:
@@ -134,6 +146,8 @@ def append_jsonl(path: str | os.PathLike, row: Mapping) -> None:
 
 def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> None:
     """Atomically rewrite a JSONL file with only the rows `keep` accepts (used on resume)."""
+    if _secondary():
+        return
     path = pathlib.Path(path)
     if path.exists():
         rows = [r for r in read_jsonl(path) if keep(r)]
@@ -141,13 +155,18 @@ def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> Non
 
 
 def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    if _secondary():
+        return
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write_bytes(path, buf.getvalue())
 
 
 def log_stderr(msg: str) -> None:
-    """Default progress sink: one line to stderr, flushed (so it interleaves correctly with absl logs)."""
+    """Default progress sink: one line to stderr, flushed (so it interleaves correctly with absl logs); process 0's
+    only in a multi-process run."""
+    if _secondary():
+        return
     print(msg, file=sys.stderr, flush=True)
 
 

@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from spectral_jax import distributed
 from spectral_jax.data.shards import TokenDataset
 from spectral_jax.mesh import batch_sharding, is_trivial, leaf_sharding, shard_tree
 from spectral_jax.models import attention
@@ -153,7 +154,7 @@ class TrainStep:
         keeps one compiled program for fresh and resumed runs (committedness is part of jit's cache key). On a
         mesh, every leaf is placed by `mesh.leaf_sharding` (fsdp on its largest divisible axis)."""
         if self.mesh is not None:
-            return shard_tree(self.mesh, (params, self.tx.init(params)))
+            return shard_tree(self.mesh, (params, self.tx.init(params)))  # every process holds the same init
         return jax.device_put((params, self.tx.init(params)), jax.devices()[0])
 
     def place(self, tokens):
@@ -161,7 +162,10 @@ class TrainStep:
         not divide), else as jnp.asarray always did."""
         if self.mesh is None:
             return jnp.asarray(tokens)
-        return jax.device_put(tokens, batch_sharding(self.mesh, np.shape(tokens)[0]))
+        sharding = batch_sharding(self.mesh, np.shape(tokens)[0])
+        if distributed.multiprocess():  # each process places its own devices' rows of the global batch
+            return distributed.host_to_global(tokens, sharding)
+        return jax.device_put(tokens, sharding)
 
     def __call__(self, graphdef, params, opt_state, batches_Bx_T1: Sequence[np.ndarray], window: int):
         """-> (params, opt_state, summed micro-batch loss); batches are (micro_batch, T+1) token windows."""

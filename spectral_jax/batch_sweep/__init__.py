@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from spectral_jax import checkpoints, probes
+from spectral_jax import checkpoints, distributed, probes
 from spectral_jax.batch_sweep.early import EARLY_RECORDS, probe_exact_early_points
 from spectral_jax.batch_sweep.records import TierRecords, load_spectrum, load_sweep, load_tier
 from spectral_jax.batch_sweep.seeds import format_seeds_table, summarize_seeds
@@ -242,7 +242,7 @@ def run_batch_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_stderr) -
             if len(runs) > 1:
                 log(f"=== seed {k + 1}/{len(runs)} -> {out} ({time.perf_counter() - t0:.0f}s elapsed)")
             summary = _run_seed(seed_cfg, model_cfg, lrs, dataset, vmap, log)
-        if len(runs) > 1:
+        if len(runs) > 1 and distributed.is_primary():
             seed_dirs = [r[0].name for r in runs]
             write_json(cfg.out_dir() / "sweep.json", dict(config=sweep_config_record(cfg), seed_dirs=seed_dirs))
             summary = summarize_seeds(cfg.out_dir(), log=log)
@@ -302,6 +302,9 @@ def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
             cfg, model_cfg, base_tc.for_batch(batch, lr=lr), dataset, out, callback, run_info, identity, log
         ):
             _exact_early_points(cfg, model_cfg, base_tc.for_batch(batch, lr=lr), dataset, out, early_callback, log)
+    distributed.barrier(f"summary {out}")  # process 0's records are all written
+    if not distributed.is_primary():
+        return {}
     summary = summarize_sweep(out, log=log)
     log(format_table(summary))
     return summary
@@ -311,6 +314,7 @@ def _train_tier(cfg: SweepConfig, model_cfg, tc, dataset, out, callback, run_inf
     """Train (or reuse) one tier; False when it diverged, now or in an earlier run (the sweep goes on without it)."""
     batch = tc.batch_size
     tier = out / f"tier_B{batch}"
+    distributed.barrier(f"tier {tier}")  # every process reads what process 0 wrote before it
     retry = cfg.retry_diverged and _diverged(tier)
     if retry:
         log(f"[B={batch}] retraining the diverged tier from step 0 (--retry_diverged)")
@@ -338,6 +342,7 @@ def _train_tier(cfg: SweepConfig, model_cfg, tc, dataset, out, callback, run_inf
 def _exact_early_points(cfg: SweepConfig, model_cfg, tc, dataset, out, early_callback, log) -> None:
     """Replay the tier to its exact early points and probe there; then prune the checkpoints kept for it."""
     tier = out / f"tier_B{tc.batch_size}"
+    distributed.barrier(f"early {tier}")  # the tier's records, written by process 0, are complete
     early_tokens, early_loss = cfg.early_defaults()
     probe_exact_early_points(
         model_cfg,

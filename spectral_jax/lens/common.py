@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from spectral_jax import distributed
 from spectral_jax.covariance import CovarianceAccumulator
 
 _TRACES: collections.Counter = collections.Counter()  # traces per device function (tests: compile once)
@@ -51,6 +52,8 @@ def placer(mesh):
     """(place, replicate): array leaves go on the mesh's first axis when their leading size divides the device
     count (else replicated), model state is replicated, so the jitted passes run data-parallel."""
     if mesh is None or mesh.devices.size == 1:
+        if distributed.multiprocess():  # host values stay host values: jit takes them as replicated inputs
+            return (lambda tree: tree), (lambda tree: tree)
         return (lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)), (lambda tree: tree)
     axis = mesh.axis_names[0]
     rows = NamedSharding(mesh, P(axis))

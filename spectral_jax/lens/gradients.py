@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spectral_jax.distributed import to_host
 from spectral_jax.errors import UserError
 from spectral_jax.lens.common import _TRACES, ProbeError, chunks, leading_size, placer, take_rows
 from spectral_jax.lens.paths import Where, flatten, is_array, select
@@ -84,7 +85,7 @@ def singular_values_gram(G_MxP) -> np.ndarray:
     if M < 2:
         raise ProbeError(f"need at least 2 per-sample gradients for a spectrum, got M={M}")
     with jax.enable_x64(True):
-        gram = np.asarray(_gram64(G), np.float64)
+        gram = to_host(_gram64(G)).astype(np.float64)
     gram = 0.5 * (gram + gram.T)
     ev = np.linalg.eigvalsh(gram)[::-1][: min(M, Pn)]
     return np.sqrt(np.clip(ev, 0.0, None))
@@ -186,7 +187,7 @@ class PerExampleGrads:
                 lst.append(g if n == chunk else g[:n])
             if on_aux is not None:
                 on_aux(aux, n)
-        bad = np.flatnonzero(~np.asarray(jnp.concatenate(oks)))
+        bad = np.flatnonzero(~to_host(jnp.concatenate(oks)))
         if bad.size:
             raise ProbeError(
                 f"non-finite loss or gradient for {self.what} {int(bad[0])}: the model diverged; no spectrum written"

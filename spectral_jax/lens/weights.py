@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spectral_jax.distributed import to_host
 from spectral_jax.errors import UserError
 from spectral_jax.lens.common import ProbeError
 from spectral_jax.lens.paths import Where, flatten, select
@@ -34,7 +35,7 @@ def _small_gram64(W):
 
 def _gram(W) -> np.ndarray:
     with jax.enable_x64(True):
-        return np.asarray(_small_gram64(jnp.asarray(W)), np.float64)
+        return to_host(_small_gram64(W)).astype(np.float64)
 
 
 def _singular_values(gram: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from spectral_jax import distributed
 from spectral_jax.records import atomic_write_bytes
 
 
@@ -52,6 +53,8 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> pathlib.Path:
     not tracked by pyplot and are freed once unreferenced.
     """
     path = pathlib.Path(path)
+    if not distributed.is_primary():  # process 0 draws for a multi-process run
+        return path
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format=path.suffix[1:].lower() or "png")

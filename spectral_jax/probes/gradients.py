@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from spectral_jax.distributed import to_host
 from spectral_jax.lens.common import placer
 from spectral_jax.lens.gradients import PerExampleGrads, singular_values_gram
 from spectral_jax.models.gpt import rms_norm
@@ -190,7 +191,7 @@ class _GradPass:
 
 
 def _raise_nonfinite(ok, offset: int, n_valid: int, what: str = "gradient"):
-    ok = np.asarray(ok)[:n_valid]
+    ok = to_host(ok)[:n_valid]
     if not ok.all():
         i = offset + int(np.flatnonzero(~ok)[0])
         raise ProbeError(f"non-finite loss or {what} for sequence {i}: the checkpoint diverged; no spectrum written")
