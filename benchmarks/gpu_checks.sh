@@ -5,7 +5,9 @@
 #      MFU against a bf16 matmul timed in the same rounds (benchmarks/train_step.py);
 #   3. the kernel and loss equivalence tests on the GPU (attention "auto" = dense or scanned 2,048-query chunks
 #      there, 2^28-logit chunks);
-#   4. the main job's code path end to end on the GPU at the tiny preset, two tiers.
+#   4. the main job's code path end to end on the GPU at the tiny preset, two tiers;
+#   5. with more than one GPU visible: the sharded-training equality test on the GPUs, a tiny tier on
+#      --mesh=data:N and on data:N/2,fsdp:2, and the memory plan of d12 on those GPUs' compiler.
 # Each part has its own time limit, so a hang in one still leaves the others' output. Logs go to $OUT (the
 # device tool's folder that comes back; default /tmp/gpu_checks).
 #
@@ -50,4 +52,17 @@ part tiny_sweep 150 "$PY" -m experiments.batch_sweep --family=betterwin --tiers=
 # only the summary comes back (the device tool returns at most 8 files, 2 folders down)
 if [ -f "$OUT/sweep/summary.json" ]; then cp "$OUT/sweep/summary.json" "$OUT/tiny_sweep_summary.json"; fi
 rm -rf "$OUT/sweep"
+n_gpu=$("$PY" -c "import jax; print(sum(d.platform == 'gpu' for d in jax.devices()))" 2>/dev/null || echo 0)
+if [ "${n_gpu:-0}" -gt 1 ]; then
+  half=$((n_gpu / 2))
+  part mesh_data 200 "$PY" -m experiments.batch_sweep --family=betterwin --tiers=8 --mesh="data:$n_gpu" \
+    --out="$OUT/mesh_data"
+  part mesh_fsdp 200 "$PY" -m experiments.batch_sweep --family=betterwin --tiers=8 --mesh="data:$half,fsdp:2" \
+    --out="$OUT/mesh_fsdp"
+  for m in mesh_data mesh_fsdp; do
+    if [ -f "$OUT/$m/summary.json" ]; then cp "$OUT/$m/summary.json" "$OUT/${m}_summary.json"; fi
+    rm -rf "${OUT:?}/$m"
+  done
+  part plan_d12 300 "$PY" -m experiments.plan --preset=d12 --mesh="fsdp:$n_gpu"
+fi
 cat "$OUT/parts.txt"
