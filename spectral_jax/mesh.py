@@ -55,6 +55,13 @@ def make_mesh(spec: str = "", devices=None) -> Mesh:
     return Mesh(np.asarray(devices[: math.prod(shape)]).reshape(shape), AXES)
 
 
+def probe_mesh(spec: str = "", devices=None) -> Mesh | None:
+    """The training mesh's devices as one 1-D "data" axis, over which the probes spread their sequences (the
+    covariance accumulator and the per-sample gradient chunks); None for one device."""
+    mesh = make_mesh(spec, devices)
+    return None if is_trivial(mesh) else Mesh(mesh.devices.reshape(-1), ("data",))
+
+
 def is_trivial(mesh: Mesh | None) -> bool:
     return mesh is None or mesh.devices.size == 1
 
@@ -98,4 +105,14 @@ def describe(mesh: Mesh | None) -> str:
     return ", ".join(f"{a}:{mesh.shape[a]}" for a in AXES) + f" ({mesh.devices.size} x {mesh.devices.flat[0].platform})"
 
 
-__all__ = ["AXES", "batch_sharding", "describe", "fsdp_axis", "is_trivial", "leaf_sharding", "make_mesh", "parse_mesh"]
+__all__ = [
+    "AXES",
+    "batch_sharding",
+    "describe",
+    "fsdp_axis",
+    "is_trivial",
+    "leaf_sharding",
+    "make_mesh",
+    "parse_mesh",
+    "probe_mesh",
+]

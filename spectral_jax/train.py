@@ -119,7 +119,9 @@ class _TierRun:
         self.last_done = 0.0  # when the last step was seen finished
         self.steps_this_call = 0
         self.manager = checkpoints.manager(out / "checkpoints", tc.keep_checkpoints)
-        self.train_ds = dataset.train_dataset(config.seq_len, tc.resolved_micro_batch, seed=tc.data_seed)
+        mb = tc.resolved_micro_batch
+        rows = self.step_fn.local_rows(mb)  # several processes: each reads only its own rows of every batch
+        self.train_ds = dataset.train_dataset(config.seq_len, mb, seed=tc.data_seed, rows=rows)
         val = dataset.validation_set(config.seq_len, tc.val_tokens)
         bs = min(tc.eval_batch, len(val))
         self.val_batches = [val[i : i + bs] for i in range(0, len(val) - bs + 1, bs)]

@@ -126,6 +126,7 @@ class TrainStep:
     ):
         self.accum = accum
         self.mesh = None if is_trivial(mesh) else mesh
+        self.global_rows = None  # set by local_rows when each process feeds only its rows of a micro-batch
         self.tx = make_optimizer(config, lrs, step_scale=step_scale)
         # cache key without the LRs and step counts (arguments of the compiled update)
         self._optim = dataclasses.replace(config.optim, **{_lr_field(g): 0.0 for g in lrs})
@@ -157,15 +158,36 @@ class TrainStep:
             return shard_tree(self.mesh, (params, self.tx.init(params)))  # every process holds the same init
         return jax.device_put((params, self.tx.init(params)), jax.devices()[0])
 
-    def place(self, tokens):
+    def local_rows(self, batch_rows: int) -> tuple[int, int] | None:
+        """(lo, hi): this process's rows of a micro-batch of `batch_rows` sequences when several processes split it
+        (it then reads only those: `TokenDataset.train_dataset(rows=...)`); None when it needs the whole batch."""
+        if self.mesh is None or not distributed.multiprocess():
+            return None
+        sharding = batch_sharding(self.mesh, batch_rows)
+        spans = {
+            (i[0].start or 0, i[0].stop or batch_rows)
+            for i in sharding.addressable_devices_indices_map((batch_rows,)).values()
+        }
+        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        if (lo, hi) == (0, batch_rows) or sum(b - a for a, b in spans) != hi - lo:
+            return None  # replicated, or not one contiguous block: read the whole batch
+        self.global_rows = batch_rows
+        return lo, hi
+
+    def place(self, tokens, *, local: bool = False):
         """A batch of token ids on the device(s): split over data x fsdp on a mesh (replicated when its rows do
-        not divide), else as jnp.asarray always did."""
+        not divide), else as jnp.asarray always did. Several processes: `local` tokens are this process's rows
+        of the global batch (`local_rows`); otherwise every process holds the whole batch."""
         if self.mesh is None:
             return jnp.asarray(tokens)
-        sharding = batch_sharding(self.mesh, np.shape(tokens)[0])
-        if distributed.multiprocess():  # each process places its own devices' rows of the global batch
-            return distributed.host_to_global(tokens, sharding)
-        return jax.device_put(tokens, sharding)
+        rows = np.shape(tokens)[0]
+        if distributed.multiprocess():
+            if local and self.global_rows is not None:
+                sharding = batch_sharding(self.mesh, self.global_rows)
+                shape = (self.global_rows, *np.shape(tokens)[1:])
+                return jax.make_array_from_process_local_data(sharding, np.asarray(tokens), shape)
+            return distributed.host_to_global(tokens, batch_sharding(self.mesh, rows))
+        return jax.device_put(tokens, batch_sharding(self.mesh, rows))
 
     def __call__(self, graphdef, params, opt_state, batches_Bx_T1: Sequence[np.ndarray], window: int):
         """-> (params, opt_state, summed micro-batch loss); batches are (micro_batch, T+1) token windows."""
@@ -177,7 +199,8 @@ class TrainStep:
         w = jnp.int32(window)
         grads = loss_sum = None
         for batch in batches_Bx_T1:
-            loss, g = loss_and_grad(params_leaves, self.place(batch[:, :-1]), self.place(batch[:, 1:]), w)
+            x, y = self.place(batch[:, :-1], local=True), self.place(batch[:, 1:], local=True)
+            loss, g = loss_and_grad(params_leaves, x, y, w)
             if grads is None:
                 grads, loss_sum = g, loss
             else:

@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from spectral_jax.data import load_shard_dir, write_dataset
 from spectral_jax.errors import UserError
 from spectral_jax.mesh import fsdp_axis, parse_mesh
 from spectral_jax.train_config import TrainConfig
@@ -106,3 +107,15 @@ def test_sharded_training_equals_one_device(tmp_path):
         print("drift (val loss, spectra after training):", mesh, d)
         # float32 sums in another order: no larger than what gradient accumulation already does on one device
         assert d[0] <= max(1e-5, 3 * accum[0]) and d[1] <= max(1e-4, 3 * accum[1]), (mesh, d, accum)
+
+
+def test_a_process_reads_only_its_rows_of_each_batch(tmp_path):
+    tokens = (np.arange(20_000) % 250 + 1).astype(np.uint16)
+    write_dataset(tmp_path, {"train": tokens, "val": tokens[:3000]}, {"eot_id": 0, "vocab_size": 256})
+    data = load_shard_dir(tmp_path)
+    whole = data.train_dataset(16, 8, seed=3)
+    part = data.train_dataset(16, 8, seed=3, rows=(2, 6))
+    for k in (0, 1, 57):
+        np.testing.assert_array_equal(part[k], whole[k][2:6])
+    with pytest.raises(UserError, match="not a slice"):
+        data.train_dataset(16, 8, rows=(6, 10))

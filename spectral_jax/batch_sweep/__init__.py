@@ -36,6 +36,7 @@ from spectral_jax.fields import option
 from spectral_jax.lock import results_lock
 from spectral_jax.lr_rules import default_lr_table, resolve_lr
 from spectral_jax.lr_sweep import LRSweepConfig, run_lr_sweep
+from spectral_jax.mesh import probe_mesh
 from spectral_jax.models import make_config
 from spectral_jax.presets import DEFAULT_BATCH_TIERS, ProbeOverrides, UsesPreset, get_preset
 from spectral_jax.records import append_jsonl, code_versions, log_stderr, read_json, save_npz, write_json
@@ -134,6 +135,7 @@ class ProbeCallback:
             grad_samples=self.grad_samples,
             chunk=self.chunk,
             window=state.window,
+            mesh=probe_mesh(state.train.mesh),  # the training devices, as one axis
         )
         rel = f"spectra/{self.spectra_prefix}_{state.step:07d}.npz"
         arrays = {f"activation/L{layer}": v for layer, v in result.activation.items()}

@@ -252,12 +252,24 @@ class TokenDataset:
             src = SequenceSource(self.val, seq_len, stride=seq_len + 1, start=start, num_sequences=num_sequences)
         return src.as_array()
 
-    def train_dataset(self, seq_len: int, batch_size: int, *, seed: int | None = 0):
-        """grain MapDataset: item k = batch k, (batch_size, T+1) int32, infinite, reshuffled per epoch."""
+    def train_dataset(
+        self, seq_len: int, batch_size: int, *, seed: int | None = 0, rows: tuple[int, int] | None = None
+    ):
+        """grain MapDataset: item k = batch k, (batch_size, T+1) int32, infinite, reshuffled per epoch. With `rows`
+        = (lo, hi), item k holds only rows lo..hi-1 of batch k (one process's share of the global batch), and only
+        those sequences are read."""
         ds = grain.MapDataset.source(SequenceSource(self.train, seq_len))
         if seed is not None:
             ds = ds.shuffle(seed=seed)
-        return ds.repeat().batch(batch_size, batch_fn=np.stack)
+        ds = ds.repeat()
+        if rows is None:
+            return ds.batch(batch_size, batch_fn=np.stack)
+        lo, hi = rows
+        if not 0 <= lo < hi <= batch_size:
+            raise UserError(f"rows {rows} are not a slice of a batch of {batch_size}")
+        return grain.MapDataset.range(0, len(ds) // batch_size).map(
+            lambda k: np.stack([ds[k * batch_size + i] for i in range(lo, hi)])
+        )
 
 
 def find_shards(directory: str | os.PathLike, split: str) -> list[pathlib.Path]:

@@ -50,7 +50,9 @@ def take_rows(tree, start: int, stop: int, rows: int):
 
 def placer(mesh):
     """(place, replicate): array leaves go on the mesh's first axis when their leading size divides the device
-    count (else replicated), model state is replicated, so the jitted passes run data-parallel."""
+    count (else replicated), model state is replicated unless it already lives on the mesh's devices (a model
+    trained on that mesh, replicated or fsdp-split: jit runs on it as it is), so the jitted passes run
+    data-parallel."""
     if mesh is None or mesh.devices.size == 1:
         if distributed.multiprocess():  # host values stay host values: jit takes them as replicated inputs
             return (lambda tree: tree), (lambda tree: tree)
@@ -58,13 +60,20 @@ def placer(mesh):
     axis = mesh.axis_names[0]
     rows = NamedSharding(mesh, P(axis))
     replicated = NamedSharding(mesh, P())
+    devices = set(mesh.devices.flat)
 
     def put(a):
-        a = jnp.asarray(a)
-        ok = a.ndim >= 1 and a.shape[0] % mesh.devices.size == 0
-        return jax.device_put(a, rows if ok else replicated)
+        ok = np.ndim(a) >= 1 and np.shape(a)[0] % mesh.devices.size == 0
+        if distributed.multiprocess():
+            return distributed.host_to_global(np.asarray(a), rows if ok else replicated)
+        return jax.device_put(jnp.asarray(a), rows if ok else replicated)
 
-    return (lambda tree: jax.tree_util.tree_map(put, tree)), (lambda tree: jax.device_put(tree, replicated))
+    def replicate_leaf(x):
+        if isinstance(x, jax.Array) and x.sharding.device_set == devices:
+            return x
+        return jax.device_put(x, replicated)
+
+    return (lambda tree: jax.tree_util.tree_map(put, tree)), (lambda tree: jax.tree_util.tree_map(replicate_leaf, tree))
 
 
 @functools.lru_cache(maxsize=8)
