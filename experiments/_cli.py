@@ -75,7 +75,10 @@ def user_errors_exit_2(main):
         logging.set_verbosity(logging.WARNING)
         try:
             # before anything touches a JAX backend (tune_cpu_host does)
-            distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+            parsed = FLAGS.is_parsed()  # a test may call the wrapped main without parsing flags
+            distributed.initialize(
+                *(getattr(FLAGS, n) if parsed else None for n in ("coordinator_address", "num_processes", "process_id"))
+            )
             tune_cpu_host()
             return main(argv)
         except USER_ERRORS as err:
