@@ -38,7 +38,7 @@ class CovarianceStreams:
         """Fold each key's arrays; `rows` keeps only the first rows of the leading axis (drops chunk padding)."""
         for key, arrays in outputs.items():
             for a in arrays if isinstance(arrays, (list, tuple)) else [arrays]:
-                self.accs[key].update(a if rows is None else a[:rows])
+                self.accs[key].update(a if rows is None or rows == a.shape[0] else a[:rows])
 
     @property
     def count(self) -> int:

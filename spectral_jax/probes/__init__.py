@@ -25,14 +25,13 @@ import dataclasses
 import numpy as np
 
 from spectral_jax import spectra
+from spectral_jax.lens.activations import CovarianceStreams
 from spectral_jax.lens.spectrum import RANK_TOL  # noqa: F401  (re-exported)
 from spectral_jax.lens.spectrum import summary_fields as _safe_summary
 from spectral_jax.lens.weights import weight_spectra
 from spectral_jax.probes.activations import (  # noqa: F401  (re-exported: importable as before the split)
-    _accumulator,
     _activation_fn,
     _ActivationPass,
-    _eigenvalues,
     _iter_batches,
     activation_spectrum,
     weight_singular_values,
@@ -139,11 +138,10 @@ def run_probes(
     if N < 1 or (act_layers and N * T < 2):
         raise ProbeError(f"pool of {N} sequences is too small")
     chunk = int(chunk) if chunk else default_chunk(T)
-    accs = {l: _accumulator(config.d_model, mesh) for l in act_layers}
+    streams = CovarianceStreams(dict.fromkeys(act_layers, config.d_model), mesh)
 
     def fold(acts, n):
-        for l, a in zip(act_layers, acts):
-            accs[l].update(a if n == a.shape[0] else a[:n])
+        streams.fold(dict(zip(act_layers, acts)), rows=n)
 
     gradient, used = {}, None
     if M:
@@ -157,10 +155,9 @@ def run_probes(
         rest = x[M:]
         for start, stop in _chunks(rest.shape[0], chunk):
             fold(fwd(_pad_rows(rest[start:stop], chunk, 0)), stop - start)
-    activation = {l: _eigenvalues(acc) for l, acc in accs.items()}
+    activation = {l: s.values for l, s in streams.spectra().items()}
     weight = {k: w.values for k, w in weight_spectra(model, targets=[s.target for s in specs]).items()}
-    rows = next(iter(accs.values())).count if accs else 0
-    return ProbeResult(activation, gradient, weight, rows=rows, grad_samples=M, method=used)
+    return ProbeResult(activation, gradient, weight, rows=streams.count, grad_samples=M, method=used)
 
 
 # ---- tidy summaries ------------------------------------------------------------------------------------

@@ -1,16 +1,15 @@
 """Activation covariance spectra and weight spectra: the forward-only device function and its host driver.
 
 Activation spectrum (docs/method.md §1.1). The residual stream after block l (`block_out`, U-Net skips
-included), through the parameter-free `rms_norm`, every token of every sequence one row, folded into a
-streaming `CovarianceAccumulator` (sharded over `mesh`); eigenvalues descending, float64 host eigvalsh.
-The jitted forward returns only the requested block outputs, so XLA drops the blocks after the deepest
-requested layer and the LM head.
+included), through the parameter-free `rms_norm`, every token of every sequence one row, folded into the
+lens's `CovarianceStreams` (one streaming covariance per layer, sharded over `mesh`); eigenvalues descending,
+float64 host eigvalsh. The jitted forward returns only the requested block outputs, so XLA drops the blocks after
+the deepest requested layer and the LM head.
 
 Weight spectrum. Singular values of the probed kernel itself (no data), through `lens.weights` (float64 Gram +
 eigvalsh, the same as for any model).
 
-`run_probes` reuses the forward pass and the accumulator helpers here for the pool sequences that get no
-per-sample gradient.
+`run_probes` reuses the forward pass here for the pool sequences that get no per-sample gradient.
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from spectral_jax.lens.common import accumulator as _accumulator
-from spectral_jax.lens.common import eigenvalues as _eigenvalues
+from spectral_jax.lens.activations import CovarianceStreams
 from spectral_jax.lens.weights import weight_spectra
 from spectral_jax.models.gpt import rms_norm
 from spectral_jax.probes.common import _TRACES, _as_layers, _check_tokens, _check_window, _placer
@@ -76,12 +74,10 @@ def activation_spectrum(model, batches, layer: int | Sequence[int] = -1, *, wind
     if not layers:
         raise ValueError("no layers requested")
     run = _ActivationPass(model, layers, window, mesh)
-    accs = {l: _accumulator(config.d_model, mesh) for l in layers}
+    streams = CovarianceStreams(dict.fromkeys(layers, config.d_model), mesh)
     for x in _iter_batches(batches):
-        acts = run(_check_tokens(config, x))
-        for l, a in zip(layers, acts):
-            accs[l].update(a)
-    out = {l: _eigenvalues(acc) for l, acc in accs.items()}
+        streams.fold(dict(zip(layers, run(_check_tokens(config, x)))))
+    out = {l: s.values for l, s in streams.spectra().items()}
     return out[layers[0]] if single else out
 
 
