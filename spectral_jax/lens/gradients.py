@@ -131,10 +131,7 @@ def _engine_fn(loss_fn, leaves, wrt, views, has_aux):
         for slot, view in views:
             g = grads[slot] if view is None else jax.vmap(view)(grads[slot])
             G.append(g.reshape(C, -1).astype(jnp.float32))
-        ok = jnp.isfinite(losses)
-        for g in G:
-            ok = ok & jnp.all(jnp.isfinite(g), axis=1)
-        return tuple(G), losses, ok, aux
+        return tuple(G), losses, finite_rows(losses, G), aux
 
     jitted = jax.jit(fn)
     if key is not None:
@@ -142,6 +139,36 @@ def _engine_fn(loss_fn, leaves, wrt, views, has_aux):
         while len(_FNS) > _MAX_FNS:
             _FNS.popitem(last=False)
     return jitted, arrays
+
+
+def finite_rows(losses_C, G):
+    """Per row: the loss and every gradient entry are finite."""
+    ok = jnp.isfinite(losses_C)
+    for g in G:
+        ok = ok & jnp.all(jnp.isfinite(g), axis=1)
+    return ok
+
+
+def run_chunks(step, n_targets: int, examples, chunk: int, *args, on_aux=None, what: str = "example") -> list[list]:
+    """All chunks of `examples` through `step(chunk_examples, *args) -> (G per target, losses, finite, aux)`, the
+    last one padded by repeating its last example; per target, the list of (valid rows) G chunks, and `on_aux(aux,
+    n)` with each chunk's n valid rows. Finite flags are read once at the end, so chunks are dispatched without
+    waiting; a non-finite row is a ProbeError naming the example."""
+    M = leading_size(examples)
+    out, oks = [[] for _ in range(n_targets)], []
+    for start, stop in chunks(M, chunk):
+        n = stop - start
+        G, _, ok, aux = step(take_rows(examples, start, stop, chunk), *args)
+        oks.append(ok[:n])
+        for lst, g in zip(out, G):
+            lst.append(g if n == chunk else g[:n])
+        if on_aux is not None:
+            on_aux(aux, n)
+    bad = np.flatnonzero(~to_host(jnp.concatenate(oks)))
+    if bad.size:
+        i = int(bad[0])
+        raise ProbeError(f"non-finite loss or gradient for {what} {i}: the model diverged; no spectrum written")
+    return out
 
 
 class PerExampleGrads:
@@ -175,24 +202,8 @@ class PerExampleGrads:
         return self.fn(self.wrt, self.others, self.place(examples), *args)
 
     def run(self, examples, chunk: int, *args, on_aux=None) -> list[list]:
-        """Every chunk of `examples`: per target, the list of (valid rows) G chunks. Finite flags are read once at
-        the end, so chunks are dispatched without waiting; a non-finite row is a ProbeError naming the example."""
-        M = leading_size(examples)
-        out, oks = [[] for _ in self.targets], []
-        for start, stop in chunks(M, chunk):
-            n = stop - start
-            G, _, ok, aux = self(take_rows(examples, start, stop, chunk), *args)
-            oks.append(ok[:n])
-            for lst, g in zip(out, G):
-                lst.append(g if n == chunk else g[:n])
-            if on_aux is not None:
-                on_aux(aux, n)
-        bad = np.flatnonzero(~to_host(jnp.concatenate(oks)))
-        if bad.size:
-            raise ProbeError(
-                f"non-finite loss or gradient for {self.what} {int(bad[0])}: the model diverged; no spectrum written"
-            )
-        return out
+        """Every chunk of `examples` (`run_chunks`): per target, the list of (valid rows) G chunks."""
+        return run_chunks(self, len(self.targets), examples, chunk, *args, on_aux=on_aux, what=self.what)
 
 
 def gradient_spectrum(loss_fn: Callable, params, examples, *, where: Where, chunk: int | None = None, mesh=None):

@@ -54,11 +54,9 @@ from spectral_jax.probes.common import (  # noqa: F401  (re-exported)
 )
 from spectral_jax.probes.gradients import (  # noqa: F401  (re-exported)
     _capture_grad_fn,
-    _finite_rows,
     _forward_loss_fn,
     _GradPass,
     _pick_method,
-    _raise_nonfinite,
     _SequenceLoss,
     _singular_values_from_chunks,
     gradient_singular_values,

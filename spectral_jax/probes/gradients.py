@@ -4,8 +4,9 @@ Per-sample gradients. One sample = one sequence; its loss is the training loss o
 `model.loss(tokens[None], targets[None], window=window)` (mean token CE through the fused head + loss that
 training uses, soft-cap / FP8 head included). Row m of G (M x P, float32) is the flattened gradient of sample
 m's loss w.r.t. the matrix.
-Two methods, both evaluated in chunks of `chunk` sequences (memory bounded; the last chunk is padded
-with ignored targets so every chunk has one shape and compiles once):
+Two methods, both evaluated in chunks of `chunk` sequences by `lens.gradients.run_chunks` (memory bounded; the
+last chunk is padded by repeating its last sequence, whose rows are dropped, so every chunk has one shape and
+compiles once):
   "vmap"     the model-agnostic `spectral_jax.lens` engine: jax.vmap(jax.grad(loss)) over sequences,
              differentiating ONLY the chosen kernels, so the backward stops at the earliest kernel's block.
   "capture"  one batched backward per chunk through nnx.capture: the matrix's input a (nnx.Intermediate)
@@ -14,7 +15,7 @@ with ignored targets so every chunk has one shape and compiles once):
              raise (set probe_layers, or use "vmap"). Differentiates only the requested perturbations.
 Both give the same G to float32 round-off (tests/test_probes.py). "auto" (the default, `DEFAULT_METHOD`)
 = capture where the layer is a probe layer, vmap otherwise. Capture stays because it is measurably faster on
-our GPT (about 11 % at T = 256 and 512 on CPU, benchmarks/per_sample_grads.py, docs/benchmarks.md).
+our GPT (6-11 % at T = 256 and 512 on CPU, benchmarks/per_sample_grads.py, docs/benchmarks.md).
 
 Gradient spectrum. `lens.gradients.singular_values_gram`: sigma = sqrt(clip(eigvalsh(G G^T), 0)), the M x M Gram
 accumulated in float64 on device, the eigen-solve in float64 on the host. Never a thin SVD of the M x P matrix.
@@ -33,9 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spectral_jax.distributed import to_host
 from spectral_jax.lens.common import placer
-from spectral_jax.lens.gradients import PerExampleGrads, singular_values_gram
+from spectral_jax.lens.gradients import PerExampleGrads, finite_rows, run_chunks, singular_values_gram
 from spectral_jax.models.gpt import rms_norm
 from spectral_jax.models.head import mean_nll_per_sequence
 from spectral_jax.probes.common import (
@@ -45,8 +45,6 @@ from spectral_jax.probes.common import (
     ProbeError,
     _check_tokens,
     _check_window,
-    _chunks,
-    _pad_rows,
     default_chunk,
 )
 from spectral_jax.probes.matrices import MatrixSpec, _get, _nest, resolve_matrix
@@ -63,13 +61,6 @@ def _forward_loss_fn(graphdef, has_window: bool):
         return mean_nll_per_sequence(*model.token_nll(x_BxT, y_BxT, window=window if has_window else None))
 
     return jax.jit(fn)
-
-
-def _finite_rows(losses_C, grads):
-    ok = jnp.isfinite(losses_C)
-    for g in grads:
-        ok = ok & jnp.all(jnp.isfinite(g), axis=1)
-    return ok
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +115,7 @@ def _capture_grad_fn(
                 g = g[..., s.columns[0] : s.columns[1]]
             G.append(jnp.einsum("btd,bte->bde", a, g, preferred_element_type=jnp.float32).reshape(C, -1))
         outs = tuple(rms_norm(acts["blocks"][l]["block_out"][0]) for l in act_layers)
-        return tuple(G), losses, _finite_rows(losses, G), outs
+        return tuple(G), losses, finite_rows(losses, G), outs
 
     return jax.jit(fn, static_argnums=(4,)), out_paths
 
@@ -174,27 +165,12 @@ class _GradPass:
         (n valid rows). A non-finite loss or gradient is a ProbeError naming the sequence."""
         if self.method == "vmap":
             return self.engine.run((x, y), chunk, self.window, on_aux=on_acts)
-        M = x.shape[0]
-        out, oks = [[] for _ in self.specs], []
-        for start, stop in _chunks(M, chunk):
-            n = stop - start
-            xc = self.place(_pad_rows(x[start:stop], chunk, 0))
-            yc = self.place(_pad_rows(y[start:stop], chunk, -1))  # ignored targets: zero loss, zero gradient
-            G, _, ok, acts = self.fn(self.state, xc, yc, self.window, self.out_dims)
-            oks.append(ok[:n])
-            for lst, g in zip(out, G):
-                lst.append(g if n == chunk else g[:n])
-            if on_acts is not None:
-                on_acts(acts, n)
-        _raise_nonfinite(jnp.concatenate(oks), 0, M)
-        return out
 
+        def step(examples, window):
+            x_CxT, y_CxT = examples
+            return self.fn(self.state, self.place(x_CxT), self.place(y_CxT), window, self.out_dims)
 
-def _raise_nonfinite(ok, offset: int, n_valid: int, what: str = "gradient"):
-    ok = to_host(ok)[:n_valid]
-    if not ok.all():
-        i = offset + int(np.flatnonzero(~ok)[0])
-        raise ProbeError(f"non-finite loss or {what} for sequence {i}: the checkpoint diverged; no spectrum written")
+        return run_chunks(step, len(self.specs), (x, y), chunk, self.window, on_aux=on_acts, what="sequence")
 
 
 def per_sample_grads(
