@@ -72,6 +72,19 @@ def _gram64(G_MxP):
     return gram
 
 
+def gram64(A_MxP) -> np.ndarray:
+    """A A^T as a float64 host array, accumulated in float64 on device (`_gram64`)."""
+    with jax.enable_x64(True):
+        return to_host(_gram64(A_MxP)).astype(np.float64)
+
+
+def singular_values_from_gram(gram) -> np.ndarray:
+    """sqrt of the clipped float64 eigenvalues (eigvalsh) of the symmetrised Gram A A^T: A's singular values,
+    descending."""
+    gram = 0.5 * (gram + gram.T)
+    return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None))
+
+
 def singular_values_gram(G_MxP) -> np.ndarray:
     """Singular values of G (M, P), descending, length min(M, P): the float64 Gram on device, float64 eigvalsh
     on the host, sqrt of the clipped eigenvalues.
@@ -84,11 +97,7 @@ def singular_values_gram(G_MxP) -> np.ndarray:
     M, Pn = G.shape
     if M < 2:
         raise ProbeError(f"need at least 2 per-sample gradients for a spectrum, got M={M}")
-    with jax.enable_x64(True):
-        gram = to_host(_gram64(G)).astype(np.float64)
-    gram = 0.5 * (gram + gram.T)
-    ev = np.linalg.eigvalsh(gram)[::-1][: min(M, Pn)]
-    return np.sqrt(np.clip(ev, 0.0, None))
+    return singular_values_from_gram(gram64(G))[: min(M, Pn)]
 
 
 _FNS: collections.OrderedDict = collections.OrderedDict()  # compiled engines, most recent last

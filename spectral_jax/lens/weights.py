@@ -13,41 +13,27 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax.distributed import to_host
 from spectral_jax.errors import UserError
 from spectral_jax.lens.common import ProbeError
+from spectral_jax.lens.gradients import gram64, singular_values_from_gram
 from spectral_jax.lens.paths import Where, flatten, select
 from spectral_jax.lens.spectrum import Spectrum
 
 
-@jax.jit
-def _small_gram64(W):
-    """The Gram of W's smaller side, accumulated in float64 (call under jax.enable_x64)."""
-    W = W.astype(jnp.float64)
-    if W.shape[0] >= W.shape[1]:
-        return jax.lax.dot_general(W, W, (((0,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
-    return jax.lax.dot_general(W, W, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
-
-
 def _gram(W) -> np.ndarray:
-    with jax.enable_x64(True):
-        return to_host(_small_gram64(W)).astype(np.float64)
-
-
-def _singular_values(gram: np.ndarray) -> np.ndarray:
-    gram = 0.5 * (gram + gram.T)
-    return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None))
+    """The float64 Gram of W's smaller side (`lens.gradients.gram64`)."""
+    m, n = np.shape(W)
+    return gram64(W if m <= n else W.T)
 
 
 def matrix_singular_values(W) -> np.ndarray:
     """Singular values (descending, length min(m, n)) of a 2-D matrix by the float64 Gram + eigvalsh."""
     if np.ndim(W) != 2:
         raise ValueError(f"expected a matrix, got shape {np.shape(W)}")
-    return _singular_values(_gram(W))
+    return singular_values_from_gram(_gram(W))
 
 
 def _matrix(path: str, value, view: Callable | None):
@@ -100,7 +86,7 @@ def weight_spectra(params, *, where: Where = None, progress: bool | Callable[[st
             values = np.zeros(min(m, n))
             note = "; ".join(x for x in (note, "all zero (zero-initialised?): not decomposed") if x)
         else:
-            values = _singular_values(gram)
+            values = singular_values_from_gram(gram)
         if progress:
             say(f"weight_spectra [{k}/{len(targets)}] {name} ({m} x {n})")
         out[name] = Spectrum("weight", name, values, samples=m, shape=(m, n), note=note)
