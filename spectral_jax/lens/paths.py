@@ -77,8 +77,8 @@ def flatten(params, *, only_params: bool = True) -> Leaves:
     tree = params
     if isinstance(params, nnx.Module):
         graphdef, tree = nnx.split(params)
-    paths = [path_str(k) for k, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)[0]]
-    wrapped = [leaf for _, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)[0]]
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)[0]
+    paths, wrapped = [path_str(k) for k, _ in flat], [leaf for _, leaf in flat]
     values, treedef = jax.tree_util.tree_flatten(tree)
     if len(values) != len(paths):  # a Variable with more than one child: name leaves by their raw key paths
         flat = jax.tree_util.tree_flatten_with_path(tree)[0]
