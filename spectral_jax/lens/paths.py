@@ -69,8 +69,8 @@ def _unwrap_model(params):
     return params
 
 
-def flatten(params, *, only_params: bool = True) -> Leaves:
-    """Leaves of an NNX module (its `nnx.Param`s when `only_params`), an `nnx.State`, a linen params dict, an
+def flatten(params) -> Leaves:
+    """Leaves of an NNX module (its `nnx.Param`s are the candidates), an `nnx.State`, a linen params dict, an
     equinox module or any pytree of arrays."""
     params = _unwrap_model(params)
     graphdef = None
@@ -85,7 +85,7 @@ def flatten(params, *, only_params: bool = True) -> Leaves:
         paths, wrapped = [path_str(k) for k, _ in flat], [v for _, v in flat]
     candidates = []
     for i, (w, v) in enumerate(zip(wrapped, values)):
-        if only_params and _is_variable(w) and not isinstance(w, nnx.Param):
+        if _is_variable(w) and not isinstance(w, nnx.Param):
             continue
         if is_array(v) and np.issubdtype(np.dtype(v.dtype), np.inexact):
             candidates.append(i)
