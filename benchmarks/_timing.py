@@ -32,3 +32,17 @@ def interleaved_medians(fns: dict, repeats: int) -> tuple[dict, dict]:
             fns[name]()
             times[name].append(time.perf_counter() - t0)
     return {name: float(np.median(t)) for name, t in times.items()}, results
+
+
+def run_one_step_late(step_fn, graphdef, state, batches, window) -> tuple:
+    """Train on `batches` (one micro-batch per step) reading each step's loss after dispatching the next, as
+    `spectral_jax.train` does; returns the new (params, opt_state)."""
+    pending = None
+    for b in batches:
+        params, opt_state, loss = step_fn(graphdef, *state, [b], window)
+        state = (params, opt_state)
+        if pending is not None:
+            float(pending)
+        pending = loss
+    float(pending)
+    return state

@@ -18,6 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import run_one_step_late
 from absl import app, flags
 from flax import nnx
 
@@ -34,18 +35,6 @@ flags.DEFINE_string("preset", "tiny", "preset")
 flags.DEFINE_integer("batch", 4, "sequences per step (one micro-batch)")
 flags.DEFINE_integer("steps", 6, "steps per round")
 flags.DEFINE_integer("rounds", 7, "alternating rounds")
-
-
-def run(step_fn, graphdef, state, batches, window) -> tuple:
-    pending = None
-    for b in batches:
-        params, opt_state, loss = step_fn(graphdef, *state, [b], window)
-        state = (params, opt_state)
-        if pending is not None:
-            float(pending)
-        pending = loss
-    float(pending)
-    return state
 
 
 def main(argv):
@@ -65,13 +54,13 @@ def main(argv):
     states = {}
     for name, fn in steps.items():
         fresh = jax.tree.map(jnp.copy, params)  # each step donates its own buffers
-        states[name] = run(fn, graphdef, fn.init(fresh), batches[:2], cfg.max_window)  # compile
+        states[name] = run_one_step_late(fn, graphdef, fn.init(fresh), batches[:2], cfg.max_window)  # compile
     times = {name: [] for name in steps}
     order = list(steps)
     for r in range(FLAGS.rounds):
         for name in order[r % 3 :] + order[: r % 3]:
             t0 = time.perf_counter()
-            states[name] = run(steps[name], graphdef, states[name], batches, cfg.max_window)
+            states[name] = run_one_step_late(steps[name], graphdef, states[name], batches, cfg.max_window)
             times[name].append((time.perf_counter() - t0) / FLAGS.steps)
     med = {name: float(np.median(t)) for name, t in times.items()}
     print(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from _timing import run_one_step_late
 from absl import app, flags
 from flax import nnx
 
@@ -39,18 +40,6 @@ def run_every_step(step_fn, graphdef, state, batches, window) -> tuple:
         params, opt_state, loss = step_fn(graphdef, *state, [b], window)
         state = (params, opt_state)
         float(loss)
-    return state
-
-
-def run_one_step_late(step_fn, graphdef, state, batches, window) -> tuple:
-    pending = None
-    for b in batches:
-        params, opt_state, loss = step_fn(graphdef, *state, [b], window)
-        state = (params, opt_state)
-        if pending is not None:
-            float(pending)
-        pending = loss
-    float(pending)
     return state
 
 
