@@ -88,6 +88,14 @@ def host_to_global(values: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(values.shape, sharding, lambda index: values[index])
 
 
+def put(values, sharding) -> jax.Array:
+    """A host value every process holds whole, placed with `sharding`: `host_to_global` across processes,
+    `jax.device_put` in one."""
+    if multiprocess():
+        return host_to_global(values, sharding)
+    return jax.device_put(values, sharding)
+
+
 def to_host(array) -> np.ndarray:
     """The whole value of a (possibly multi-process) array on this host."""
     if isinstance(array, jax.Array) and not array.is_fully_addressable:
@@ -95,4 +103,13 @@ def to_host(array) -> np.ndarray:
     return np.asarray(array)
 
 
-__all__ = ["HEARTBEAT_SECONDS", "barrier", "host_to_global", "initialize", "is_primary", "multiprocess", "to_host"]
+__all__ = [
+    "HEARTBEAT_SECONDS",
+    "barrier",
+    "host_to_global",
+    "initialize",
+    "is_primary",
+    "multiprocess",
+    "put",
+    "to_host",
+]

@@ -110,8 +110,7 @@ class _TierRun:
         self.tag = f"[B={tc.batch_size}]"
         self.model = GPT(config, rngs=nnx.Rngs(tc.seed))
         self.graphdef, params = nnx.split(self.model, nnx.Param)
-        self.mesh = make_mesh(tc.mesh)
-        self.step_fn = TrainStep(config, lrs, self.sched.step_scale, self.accum, mesh=self.mesh)
+        self.step_fn = TrainStep(config, lrs, self.sched.step_scale, self.accum, mesh=make_mesh(tc.mesh))
         self.params, self.opt_state = self.step_fn.init(params)
         self.step, self.timed_tokens, self.timed_seconds = 0, 0, 0.0
         self.train_loss = float("nan")

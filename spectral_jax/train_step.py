@@ -180,14 +180,11 @@ class TrainStep:
         of the global batch (`local_rows`); otherwise every process holds the whole batch."""
         if self.mesh is None:
             return jnp.asarray(tokens)
-        rows = np.shape(tokens)[0]
-        if distributed.multiprocess():
-            if local and self.global_rows is not None:
-                sharding = batch_sharding(self.mesh, self.global_rows)
-                shape = (self.global_rows, *np.shape(tokens)[1:])
-                return jax.make_array_from_process_local_data(sharding, np.asarray(tokens), shape)
-            return distributed.host_to_global(tokens, batch_sharding(self.mesh, rows))
-        return jax.device_put(tokens, batch_sharding(self.mesh, rows))
+        if local and self.global_rows is not None:  # set only with several processes
+            sharding = batch_sharding(self.mesh, self.global_rows)
+            shape = (self.global_rows, *np.shape(tokens)[1:])
+            return jax.make_array_from_process_local_data(sharding, np.asarray(tokens), shape)
+        return distributed.put(tokens, batch_sharding(self.mesh, np.shape(tokens)[0]))
 
     def __call__(self, graphdef, params, opt_state, batches_Bx_T1: Sequence[np.ndarray], window: int):
         """-> (params, opt_state, summed micro-batch loss); batches are (micro_batch, T+1) token windows."""

@@ -64,9 +64,7 @@ def placer(mesh):
 
     def put(a):
         ok = np.ndim(a) >= 1 and np.shape(a)[0] % mesh.devices.size == 0
-        if distributed.multiprocess():
-            return distributed.host_to_global(np.asarray(a), rows if ok else replicated)
-        return jax.device_put(jnp.asarray(a), rows if ok else replicated)
+        return distributed.put(a, rows if ok else replicated)
 
     def replicate_leaf(x):
         if isinstance(x, jax.Array) and x.sharding.device_set == devices:
