@@ -20,6 +20,7 @@ with other settings refuses it (no mixed records); a step already recorded is re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -59,10 +60,14 @@ class ActivationProbe:
         if (self.where is None) == (self.fn is None):
             raise UserError("ActivationProbe needs exactly one of where= (module outputs) or fn= (hidden states)")
 
+    @functools.cached_property
+    def _jitted_fn(self):
+        """`fn` jitted once per probe, with the model as an argument (a new closure per call would recompile)."""
+        return jax.jit(self.fn)
+
     def run(self, model) -> dict:
         if self.fn is not None:
-            jitted = self.__dict__.setdefault("_jit", jax.jit(self.fn))
-            out = activation_spectrum(lambda b: jitted(model, b), self.batches, jit=False)
+            out = activation_spectrum(lambda b: self._jitted_fn(model, b), self.batches, jit=False)
             return out if isinstance(out, dict) else {out.path: out}
         if self.module is not None:
             variables = model if "params" in model else {"params": model}
