@@ -81,6 +81,12 @@ class LRSweepConfig(UsesPreset):
         "reference's 50M,150M,500M scaled to the preset)",
     )
     eta: float = option(DEFAULT_ETA, "keep the best 1/eta of the candidates at each rung (the reference used 3)")
+    lr_multipliers: tuple[float, ...] | None = option(
+        None, "LR grid: multipliers around each centre (default: the sweep regime's, else 0.5,0.707,1,1.414,2)"
+    )
+    lr_centers: tuple[str, ...] | None = option(
+        None, "LR grid: scaling centres with B/B0, of sqrt, linear, none (default: the regime's, else sqrt,linear)"
+    )
     min_survivors: int = option(1, "candidates kept at least at every rung")
     out: str | None = option(None, "results directory (default results/lr_sweep/<family>_<preset>)")
     resume: bool = option(
@@ -241,6 +247,18 @@ def _flatness(selection: halving.HalvingResult, by_key: Mapping[str, float]) -> 
     return rows
 
 
+def _grid(cfg: LRSweepConfig) -> dict:
+    """lr_candidates' grid arguments: the flags, else the sweep regime's, else halving's defaults."""
+    regime = cfg.regime()
+    multipliers = cfg.lr_multipliers or regime.lr_multipliers or halving.MULTIPLIERS
+    centers = cfg.lr_centers or regime.lr_centers or halving.CENTERS
+    if bad := [c for c in centers if c not in halving.CENTERS + ("none",)]:
+        raise UserError(f"--lr_centers: unknown centre(s) {bad}; use sqrt, linear or none")
+    if any(not (m > 0 and math.isfinite(m)) for m in multipliers):
+        raise UserError(f"--lr_multipliers must be positive and finite, got {multipliers}")
+    return dict(multipliers=tuple(multipliers), centers=tuple(centers))
+
+
 def _select_tier(ctx: _SweepContext, i: int, batch: int, t0: float) -> None:
     """Successive halving over one tier's LR multipliers (resuming; the grid extended past an edge winner), then
     its selection.json."""
@@ -251,7 +269,7 @@ def _select_tier(ctx: _SweepContext, i: int, batch: int, t0: float) -> None:
         shutil.rmtree(tdir)
     tdir.mkdir(parents=True, exist_ok=True)
     _check_shared(tdir / "config.json", dict(ctx.shared, batch=batch))
-    mults = list(halving.lr_candidates(batch, ref_batch))
+    mults = list(halving.lr_candidates(batch, ref_batch, **_grid(cfg)))
     log(
         f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} (B0 = {ref_batch}), "
         f"{len(mults)} LR multipliers {', '.join(halving.candidate_key(m) for m in mults)}; rungs "

@@ -77,6 +77,8 @@ class SweepRegime:
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     model: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # ModelConfig changes (e.g. seq_len)
     lr_rungs: tuple[int, ...] | None = None  # the LR sweep's halving rungs (None: the reference's, scaled)
+    lr_multipliers: tuple[float, ...] | None = None  # the LR sweep's grid around each centre (None: halving's)
+    lr_centers: tuple[str, ...] | None = None  # its scaling centres (None: sqrt and linear)
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         return base.replace(**dict(self.train))
@@ -243,6 +245,45 @@ register_preset(
         early_tokens=16_384,  # 4 evals; about 20 % of the smallest tier's T(B) on the embedded corpus
         early_loss=5.0,  # well above the target 3.6, below the initial ~9.0
         sweeps={"gpt2": _TINY_SWEEP, "bytes": _TINY_BYTES_SWEEP},
+    )
+)
+# small: the largest LM whose batch sweep fits a few CPU hours with seeds (docs/results.md "the study"). Chosen
+# by measurement on 2 cores at B = 8 x 256 tokens (TrainStep, betterwin): 8 x 64 (tiny) 15.5k tokens/s, 6 x 128
+# 8.6k, 6 x 192 4.6k, 4 x 256 3.8k, 6 x 256 2.9k. 6 layers x 2 heads x 64 at T = 256 reaches val 2.49 after 553k
+# tokens at B = 8 (anchor LRs), so target 2.5 lies well past the early rank collapse. Its critical batch is larger
+# than tiny's at 2.85, so the tiers reach B = 16 (20 % of T(16) still >= 30 steps); 12,288 = 256 x lcm(2..16)
+# keeps the eval cadence whole at every tier. The LR grid is the sqrt centre times 0.71..2.83: where tiny's
+# successive halving chose (1.2-2 x sqrt) and not the linear centre's small-B candidates, which all lost there.
+_SMALL_SWEEP = SweepRegime(
+    tiers=(2, 4, 6, 8, 12, 16),
+    early_tokens=122_880,  # 30 steps at B = 16
+    early_loss=3.3,
+    train=dict(
+        target_loss=2.5,
+        max_tokens=2_457_600,
+        eval_every_tokens=12_288,
+        val_tokens=12_288,
+        eval_batch=8,
+        probe_every_evals=2,
+        checkpoint_every_tokens=24_576,  # every second eval: the replay of an exact point is <= 2 evals
+        keep_checkpoints=256,
+    ),
+    model=dict(seq_len=256),
+    lr_rungs=(49_152, 196_608, 786_432),
+    lr_multipliers=(2**-0.5, 1.0, 2**0.5, 2.0, 2**1.5),
+    lr_centers=("sqrt",),
+)
+
+register_preset(
+    Preset(
+        "small",
+        dataclasses.replace(get_preset("tiny").model, n_layer=6, n_head=2, head_dim=64),
+        get_preset("tiny").train,
+        ProbeConfig(pool_sequences=32, grad_samples=32, chunk=8),
+        local_windows=((2, 7), (7, 15), (17, 33)),  # Fig. 8's (10, 40), (40, 90), (100, 200) x 128 / 768
+        early_tokens=122_880,
+        early_loss=3.3,
+        sweeps={"gpt2": _SMALL_SWEEP},
     )
 )
 register_preset(

@@ -61,7 +61,7 @@ def small():
 
 
 def test_builtin_presets_and_derived_windows():
-    assert preset_names()[:4] == ("tiny", "d12", "d36", "d48")
+    assert preset_names()[:5] == ("tiny", "small", "d12", "d36", "d48")
     tiny = get_preset("tiny")
     assert tiny.tail_window == spectra.scaled_tail_window(64) == (8, 17)
     assert [get_preset(p).tail_window for p in ("d12", "d36", "d48")] == [(100, 200), (200, 400), (400, 800)]
