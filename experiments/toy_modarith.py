@@ -22,7 +22,9 @@ from spectral_jax.toy.experiment import PRESETS, ToyOverrides, run_toy_experimen
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "results/toy_modarith", "results directory")
 flags.DEFINE_bool("quick", False, "the reduced preset (under 5 minutes on 2 CPU cores); same as --preset=quick")
-flags.DEFINE_enum("preset", "cpu", list(PRESETS), "budget preset: cpu (default), quick, reference")
+flags.DEFINE_enum(
+    "preset", "cpu", list(PRESETS), "budget preset: cpu (default), quick, reference, faithful, faithful_dh"
+)
 _cli.define_flags(ToyOverrides)
 flags.adopt_module_key_flags(_cli)
 

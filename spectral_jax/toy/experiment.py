@@ -27,10 +27,34 @@ from spectral_jax.toy import fourier
 from spectral_jax.toy import task as task_lib
 from spectral_jax.toy.model import STAGES, ToyDims, check_stage
 from spectral_jax.toy.probes import ToyProbeConfig, ToyProber
+from spectral_jax.toy.resume import advance_saving, load_run
 from spectral_jax.toy.summary import band_mean, record_at_step, write_summary
 from spectral_jax.toy.train import ToyRun, ToyTrainConfig
 
 SELECTIONS = ("first_seed", "every_seed")
+LR_SOURCES = ("halving", "reference")
+
+# The reference's selected LRs of its trusted run (docs/method.md §6.4), base LR by stage and batch
+REFERENCE_LRS: Mapping[str, Mapping[int, float]] = {
+    "baseline": {32: 6.00e-4, 128: 1.697e-3, 512: 3.394e-3},
+    "rope": {32: 6.00e-4, 128: 2.4e-3, 512: 6.787e-3},
+    "muon": {32: 4.24e-4, 128: 1.697e-3, 512: 2.4e-3},
+    "untied": {32: 6.00e-4, 128: 1.2e-3, 512: 1.697e-3},
+}
+
+
+def reference_lr(stage: str, batch: int) -> float:
+    """The reference's selected LR for (stage, B); between its batches log-log interpolated, the centre its
+    extension script used for B = 64 and 256."""
+    table = REFERENCE_LRS[check_stage(stage)]
+    if batch in table:
+        return table[batch]
+    lo = max((b for b in table if b < batch), default=None)
+    hi = min((b for b in table if b > batch), default=None)
+    if lo is None or hi is None:
+        raise UserError(f"the reference selected LRs for B in {sorted(table)}; B = {batch} lies outside")
+    t = math.log(batch / lo) / math.log(hi / lo)
+    return math.exp((1 - t) * math.log(table[lo]) + t * math.log(table[hi]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +81,9 @@ class ToyExperimentConfig:
         (0.125, 0.25, 0.5, 1.0), "successive-halving rung budgets as fractions of max_steps, ending at 1", name="rungs"
     )
     eta: float = option(2.0, "keep the best 1/eta of the LR candidates at each rung")
+    lrs: str = option(
+        "halving", "LR per (stage, B): halving (successive halving over the grid) or reference (its selected LRs)"
+    )
     selection: str = option(
         "first_seed",
         "LR selection on the first seed only (first_seed: later seeds reuse its LR), or on every seed (every_seed)",
@@ -82,6 +109,12 @@ class ToyExperimentConfig:
             raise UserError(f"batches must be >= 1, got {self.batches}")
         if not self.seeds:
             raise UserError("need at least one seed")
+        if self.lrs not in LR_SOURCES:
+            raise UserError(f"lrs must be one of {LR_SOURCES}, got {self.lrs!r}")
+        if self.lrs == "reference":
+            for stage in self.stages:
+                for b in self.batches:
+                    reference_lr(stage, b)
         if self.selection not in SELECTIONS:
             raise UserError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         fr = self.rung_fractions
@@ -191,15 +224,25 @@ def _measure(cfg: ToyExperimentConfig, run: ToyRun, prober: ToyProber) -> list[d
 
 
 def _run_one(
-    cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits, prober: ToyProber, lr: float | None, log
+    cfg: ToyExperimentConfig,
+    stage: str,
+    batch: int,
+    seed: int,
+    splits,
+    prober: ToyProber,
+    lr: float | None,
+    log,
+    partial: pathlib.Path,
 ) -> dict:
     t0 = time.perf_counter()
     if lr is None:
         run, selection = _halving(cfg, stage, batch, seed, splits, log)
     else:
         tc = cfg.train_config(stage, batch, lr, seed)
-        run = ToyRun(tc, splits, log=log).advance(tc.max_steps)
-        selection = dict(candidates=[lr], rungs=[], table=[], best_lr=lr, reused_from_seed=cfg.seeds[0])
+        run = load_run(tc, splits, partial, log=log) or ToyRun(tc, splits, log=log)
+        run = advance_saving(run, tc.max_steps, partial)
+        source = dict(reused_from_seed=cfg.seeds[0]) if cfg.lrs == "halving" else dict(source="reference")
+        selection = dict(candidates=[lr], rungs=[], table=[], best_lr=lr, **source)
     t_train = time.perf_counter() - t0
     records = _measure(cfg, run, prober)
     t_probe = time.perf_counter() - t0 - t_train
@@ -241,11 +284,22 @@ def run_toy_experiment(
                         chosen.setdefault((stage, batch), done["lr"])
                         continue
                 reuse = seed != cfg.seeds[0] and cfg.selection == "first_seed"
+                lr = reference_lr(stage, batch) if cfg.lrs == "reference" else chosen.get((stage, batch))
+                partial = path.parent / f"{path.stem}.{fp}.partial.npz"  # mid-run save
                 result = _run_one(
-                    cfg, stage, batch, seed, splits, prober, chosen.get((stage, batch)) if reuse else None, log
+                    cfg,
+                    stage,
+                    batch,
+                    seed,
+                    splits,
+                    prober,
+                    lr if reuse or cfg.lrs == "reference" else None,
+                    log,
+                    partial,
                 )
                 chosen.setdefault((stage, batch), result["lr"])
                 write_json(path, dict(result, fingerprint=fp))
+                partial.unlink(missing_ok=True)
     log(f"all runs done in {time.perf_counter() - t0:.0f}s; summarising")
     return summarize(out, figures=figures, wall_seconds=time.perf_counter() - t0)
 
@@ -357,7 +411,23 @@ QUICK = ToyExperimentConfig(
 )
 """--quick: every code path at toy scale in a few minutes (numbers are not meaningful)."""
 
-PRESETS = {"cpu": CPU, "quick": QUICK, "reference": REFERENCE}
+FAITHFUL = dataclasses.replace(
+    REFERENCE,
+    stages=("muon", "untied"),
+    lrs="reference",
+    measure_every=5,
+    progress_fractions=(0.05,) + REFERENCE.progress_fractions,
+)
+"""The study's toy (docs/results.md): the reference's trusted run for the Muon and Untied stages at the reference's
+selected LRs (no halving), B 32..512, up to 5,000 steps, snapshots every 50 steps for Fig. 4a's progress grid.
+Hours per stage on 2 CPU cores; every run saves itself every 5 minutes and resumes."""
+
+FAITHFUL_DH = dataclasses.replace(
+    REFERENCE, batches=(32, 128), lrs="reference", max_steps=1500, checkpoint_fractions=(1 / 3, 2 / 3, 1.0)
+)
+"""ΔH_peak of all four stages at the reference's checkpoints 500 / 1,000 / 1,500 steps, at two batch sizes."""
+
+PRESETS = {"cpu": CPU, "quick": QUICK, "reference": REFERENCE, "faithful": FAITHFUL, "faithful_dh": FAITHFUL_DH}
 ToyOverrides = overrides_of(ToyExperimentConfig, "ToyOverrides")
 
 __all__ = [
@@ -368,6 +438,10 @@ __all__ = [
     "CPU",
     "QUICK",
     "REFERENCE",
+    "FAITHFUL",
+    "FAITHFUL_DH",
+    "REFERENCE_LRS",
+    "reference_lr",
     "run_name",
     "probe_steps",
     "run_toy_experiment",
