@@ -158,6 +158,18 @@ def prune(run_dir: str | pathlib.Path, keep: int = 1) -> list[int]:
     return drop
 
 
+def saved_steps(run_dir: str | pathlib.Path) -> list[int]:
+    """The steps of a run directory's saved checkpoints, ascending ([] when it has none)."""
+    directory = pathlib.Path(run_dir).resolve() / "checkpoints"
+    if not directory.is_dir():
+        return []
+    mgr = ocp.CheckpointManager(directory)
+    try:
+        return sorted(mgr.all_steps())
+    finally:
+        mgr.close()
+
+
 def restore_newest(mgr: ocp.CheckpointManager, at_most: int, fingerprint: str, params, opt_state, log):
     """(meta, params, optimizer state) of the newest readable checkpoint at or before step `at_most`, its config
     checked before any array is restored; a damaged checkpoint is reported through `log`, deleted, and the one
@@ -330,6 +342,7 @@ __all__ = [
     "delete_step",
     "remove_partial_saves",
     "restore_newest",
+    "saved_steps",
     "fingerprint_diff",
     "same_config",
     "result_answers",

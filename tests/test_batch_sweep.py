@@ -11,8 +11,10 @@ import sys
 
 import pytest
 
+from spectral_jax import efficiency
 from spectral_jax import train as train_module
-from spectral_jax.batch_sweep import SweepConfig, format_table, run_batch_sweep, summarize_sweep
+from spectral_jax.batch_sweep import SweepConfig, format_table, load_tier, run_batch_sweep, summarize_sweep
+from spectral_jax.batch_sweep.early import progress_steps
 from spectral_jax.presets import ProbeOverrides
 from spectral_jax.train_config import TrainOverrides
 
@@ -43,6 +45,8 @@ def sweep(tmp_path_factory):
         preset="tiny",
         tiers=(1, 2, 4),
         out=str(out),
+        progress_fractions=(0.3, 0.6),
+        progress_losses=(7.0,),
         probe=ProbeOverrides(pool_sequences=8, grad_samples=8),
         train=TrainOverrides(
             target_loss=6.5,
@@ -100,6 +104,26 @@ def test_sweep_writes_records_summary_and_figures(sweep):
     assert all(m["step"] > 0 for m in summary["matched_loss"]), "matched-loss points exclude the initial model"
     assert summary["probe_layer"] == 7 and summary["probe_matrix"] == "attn_out"
     assert any("fewer than 4" in w for w in summary["warnings"]), "three tiers: rho rests on fewer than 4"
+
+
+def test_progress_grid_points_are_measured_at_their_exact_steps(sweep):
+    """--progress_fractions / --progress_losses: every grid point has records at its own step, replayed when no
+    training probe sits there (fractions of T(B)), read from the training probes when one does (eval points)."""
+    _, out, _ = sweep
+    for b in (1, 2, 4):
+        tier = load_tier(out / f"tier_B{b}")
+        steps = progress_steps(tier, fractions=(0.3, 0.6), losses=(7.0,))
+        assert set(steps) == {"fraction@0.3", "fraction@0.6", "loss@7"}
+        probed = {r["step"] for r in tier.probes}
+        for kind, step in steps.items():
+            assert step is not None and step > 0
+            replayed = [r for r in tier.early if kind in r.get("early_kinds", ()) and r["step"] == step]
+            assert replayed or step in probed, (b, kind, step)
+            if kind.startswith("loss@"):
+                assert step in probed and not replayed, "an eval point with a training probe is not replayed"
+        per_step = tier.result.tokens / tier.result.steps
+        T = efficiency.tokens_to_target_interpolated([e.to_dict() for e in tier.evals], tier.result.target_loss)
+        assert abs(steps["fraction@0.6"] * per_step - 0.6 * T) <= per_step / 2 + 1e-9
 
 
 def test_summary_reads_the_probed_layer_and_matrix(tmp_path):

@@ -88,6 +88,12 @@ class SweepConfig(UsesPreset):
     early_loss: float | None = option(
         None, "early point at the first eval at or below this val loss (default: the preset's sweep regime's)"
     )
+    progress_fractions: tuple[float, ...] = option(
+        (), "the study's grid: also probe exactly at these fractions of each tier's T(B) (replayed after training)"
+    )
+    progress_losses: tuple[float, ...] = option(
+        (), "the study's grid: also probe exactly at the first eval at or below each of these val losses"
+    )
     train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
     probe: ProbeOverrides = option(ProbeOverrides(), "changes to the preset's probe sizes")
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
@@ -155,6 +161,11 @@ def check_config(cfg: SweepConfig, model_cfg) -> None:
         raise UserError(f"--tiers must be positive batch sizes, got {cfg.tiers}")
     if not 0 < cfg.early_fraction < 1:
         raise UserError(f"--early_fraction must lie in (0, 1), got {cfg.early_fraction}")
+    if any(not 0 < f < 1 for f in cfg.progress_fractions) or any(not x > 0 for x in cfg.progress_losses):
+        raise UserError(
+            f"--progress_fractions must lie in (0, 1) and --progress_losses be positive, got "
+            f"{cfg.progress_fractions} and {cfg.progress_losses}"
+        )
     if cfg.tokenizer not in TOKENIZERS:
         raise UserError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {cfg.tokenizer!r}")
     early_tokens, early_loss = cfg.early_defaults()
@@ -355,6 +366,8 @@ def _exact_early_points(cfg: SweepConfig, model_cfg, tc, dataset, out, early_cal
         fraction=cfg.early_fraction,
         tokens=early_tokens,
         loss=early_loss,
+        grid_fractions=cfg.progress_fractions,
+        grid_losses=cfg.progress_losses,
         log=log,
     )
     if cfg.train.keep_checkpoints is None:  # the regime's extra checkpoints served the replay
