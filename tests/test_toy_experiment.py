@@ -1,5 +1,6 @@
 """Toy experiment end to end (spectral_jax.toy.experiment, experiments/toy_modarith.py) on a test-sized config."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -7,8 +8,16 @@ import time
 
 import pytest
 
+from spectral_jax.study.toy import write_toy_tables
 from spectral_jax.toy import task
-from spectral_jax.toy.experiment import QUICK, ToyExperimentConfig, probe_steps, run_toy_experiment, summarize
+from spectral_jax.toy.experiment import (
+    QUICK,
+    ToyExperimentConfig,
+    probe_steps,
+    reference_lr,
+    run_toy_experiment,
+    summarize,
+)
 from spectral_jax.toy.probes import ToyProbeConfig
 from spectral_jax.toy.train import ToyRun
 
@@ -145,3 +154,44 @@ def test_quick_mode_under_five_minutes(tmp_path):
     assert summary["n_runs"] == len(QUICK.stages) * len(QUICK.batches) * len(QUICK.seeds)
     for name in FIGURES:
         assert (tmp_path / f"{name}.png").is_file()
+
+
+def test_study_toy_tables_from_the_summaries(experiment, tmp_path):
+    """The study's toy tables are the summary's Fig. 4a rows and ΔH_peak / H_peak tables, as CSV."""
+    out, summary, _ = experiment
+    wrote = write_toy_tables(out, out, tmp_path)
+    fig4a = list(csv.DictReader((tmp_path / "fig4a.csv").open()))
+    assert len(fig4a) == len(summary["spearman_vs_progress"]["within_stage"])
+    dh = list(csv.DictReader((tmp_path / "dh_peak.csv").open()))
+    four = summary["fourier"]
+    assert {r["transition"] for r in dh} == set(four["transition_order"])
+    first = four["transitions"][four["transition_order"][0]]["dH_peak"]["ck1"]["mean"]
+    row = next(r for r in dh if r["transition"] == four["transition_order"][0] and r["checkpoint"] == "ck1")
+    assert float(row["dH_peak_mean"]) == pytest.approx(first, rel=1e-5)
+    assert (tmp_path / "fig4a_spearman_vs_progress.png").is_file() and wrote["dh"]["ratios"] == four["dH_peak_ratios"]
+
+
+def test_reference_lrs_train_without_halving_and_leave_no_partial(tmp_path):
+    cfg = ToyExperimentConfig(
+        stages=("untied",),
+        batches=(32, 64),
+        seeds=(0,),
+        lrs="reference",
+        target=0.0,
+        max_steps=6,
+        eval_every=3,
+        val_sequences=32,
+        scale_steps=False,
+        checkpoint_fractions=(1.0,),
+        progress_fractions=(1.0,),
+        task=task.TaskConfig(n_train=512, n_val=64, n_test=8),
+        probe=TINY.probe,
+    )
+    logs = []
+    run_toy_experiment(cfg, tmp_path, log=logs.append, figures=False)
+    for b in (32, 64):
+        run = json.loads((tmp_path / "runs" / f"untied_B{b}_seed0.json").read_text())
+        assert run["lr"] == pytest.approx(reference_lr("untied", b)) and run["steps"] == 6
+        assert run["selection"]["source"] == "reference" and run["selection"]["table"] == []
+    assert not list((tmp_path / "runs").glob("*.partial.npz"))
+    assert not any("LR halving" in m for m in logs)

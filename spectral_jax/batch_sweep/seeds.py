@@ -82,7 +82,11 @@ def seed_bootstrap(
 
     rho, rho_b = rhos(np.arange(S))
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    boot = np.array([rhos(rng.integers(0, S, S)) for _ in range(draws)]) if S > 1 else np.empty((0, 2))
+    if S > 1:
+        idx_DxS = np.stack([rng.integers(0, S, S) for _ in range(draws)])
+        boot = _draw_rhos(T_SxB, alpha_SxB, B, idx_DxS, rhos)
+    else:
+        boot = np.empty((0, 2))
 
     def interval(col):
         v = boot[:, col][np.isfinite(boot[:, col])] if boot.size else np.empty(0)
@@ -96,6 +100,38 @@ def seed_bootstrap(
         draws=draws,
         undefined_draws=int(np.sum(~np.isfinite(boot[:, 0]))) if boot.size else 0,
     )
+
+
+def _draw_rhos(T_SxB, alpha_SxB, B, idx_DxS, rhos) -> np.ndarray:
+    """(rho vs eps_tok, rho vs B) of every draw's seed means, vectorised over the draws whose means are all finite
+    (the rest go through `rhos`, which drops the undefined tiers); the same values as `rhos` row by row."""
+    T, a = _nanmean_draws(T_SxB, idx_DxS), _nanmean_draws(alpha_SxB, idx_DxS)
+    full = np.all(np.isfinite(T) & np.isfinite(a), axis=1)
+    out = np.full((idx_DxS.shape[0], 2), np.nan)
+    if full.any():
+        ra = stats.rankdata(a[full], axis=1)
+        re = stats.rankdata(T[full] / T[full].min(axis=1, keepdims=True), axis=1)
+        rb = np.broadcast_to(stats.rankdata(B), ra.shape)
+        out[full, 0] = _row_corr(ra, re, np.ptp(a[full], axis=1) > 0)
+        out[full, 1] = _row_corr(ra, rb, (np.ptp(a[full], axis=1) > 0) & (np.ptp(B) > 0))
+    for d in np.flatnonzero(~full):
+        out[d] = rhos(idx_DxS[d])
+    return out
+
+
+def _nanmean_draws(x_SxB: np.ndarray, idx_DxS: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x_SxB[idx_DxS], axis=1)
+
+
+def _row_corr(x: np.ndarray, y: np.ndarray, defined: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row pair (of ranks); NaN where a side is constant."""
+    xc, yc = x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
+    den = np.sqrt(np.sum(xc**2, 1) * np.sum(yc**2, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.sum(xc * yc, 1) / den
+    return np.where(defined & (den > 0), r, np.nan)
 
 
 def summarize_seeds(out: str | pathlib.Path, *, log: Callable[[str], None] = log_stderr) -> dict:

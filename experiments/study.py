@@ -1,0 +1,52 @@
+"""The seeded study's tables and figures from finished runs (docs/results.md "the study").
+
+    python -m experiments.study --sweeps=tiny=/work/runs/study_tiny,small=/work/runs/study_small \
+        --toy=/work/runs/toy_faithful --toy_dh=/work/runs/toy_faithful_dh --out=docs/results/study
+
+The runs come from `experiments.batch_sweep --seeds=3 --progress_fractions=... --progress_losses=...` (one per
+scale) and `experiments.toy_modarith --preset=faithful` / `--preset=faithful_dh`; README and docs/results.md give
+the exact commands. This entry point only reads their records.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from experiments import _cli
+from spectral_jax.errors import UserError
+from spectral_jax.study.report import write_study
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sweeps", [], "name=directory of each seeded batch sweep (a scale), e.g. tiny=results/x")
+flags.DEFINE_string("toy", None, "toy experiment for Fig. 4a (five batch sizes), e.g. --preset=faithful's --out")
+flags.DEFINE_string("toy_dh", None, "toy experiment for ΔH_peak (four stages), e.g. --preset=faithful_dh's --out")
+flags.DEFINE_string("out", "docs/results/study", "where the tables and figures go")
+flags.adopt_module_key_flags(_cli)
+
+
+def parse_sweeps(items) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise UserError(f"--sweeps takes name=directory items, got {item!r}")
+        out[name] = directory
+    return out
+
+
+@_cli.user_errors_exit_2
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}")
+    sweeps = parse_sweeps(FLAGS.sweeps)
+    if not sweeps and not FLAGS.toy and not FLAGS.toy_dh:
+        raise UserError("nothing to do: pass --sweeps=name=dir,... and/or --toy / --toy_dh")
+    command = "python -m experiments.study " + " ".join(sys.argv[1:])
+    write_study(FLAGS.out, sweeps, toy_progress=FLAGS.toy, toy_dh=FLAGS.toy_dh, command=command)
+    _cli.report(f"study tables and figures in {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_cli.parse_flags)

@@ -1,0 +1,101 @@
+"""The study's toy tables, from the toy experiments' summaries (spectral_jax.toy.summary): Fig. 4a (rho of the
+ranks 10-40 activation tail at each fraction of T(B) against eps_tok, within each stage across its batch sizes)
+and ΔH_peak per stage transition at the three checkpoints."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+from spectral_jax.errors import UserError
+from spectral_jax.records import read_json
+from spectral_jax.study.analysis import write_csv
+
+FIG4A_COLUMNS = ("stage", "seed", "fraction", "rho", "p_value", "n")
+REACH_COLUMNS = ("stage", "batch", "seed", "lr", "status", "steps", "tokens_to_target", "final_val_loss")
+DH_COLUMNS = ("transition", "checkpoint", "steps", "dH_peak_mean", "dH_peak_sd", "n_pairs")
+H_COLUMNS = ("stage", "checkpoint", "steps", "H_peak_mean", "H_peak_sd", "n")
+
+
+def _summary(directory: str | pathlib.Path) -> dict:
+    path = pathlib.Path(directory) / "summary.json"
+    if not path.is_file():
+        raise UserError(f"{path.parent} has no summary.json; run python -m experiments.toy_modarith there first")
+    return read_json(path)
+
+
+def fig4a_rows(summary: dict) -> list[dict]:
+    """Within-stage rho vs progress (Fig. 4a), one row per (stage, seed, fraction)."""
+    rows = []
+    for r in summary["spearman_vs_progress"]["within_stage"]:
+        rows.append({k: r[k] for k in FIG4A_COLUMNS})
+    return rows
+
+
+def reach_rows(summary: dict) -> list[dict]:
+    return [{k: r.get(k) for k in REACH_COLUMNS} for r in summary["runs"]]
+
+
+def dh_rows(summary: dict) -> tuple[list[dict], list[dict]]:
+    """(ΔH_peak per transition and checkpoint, H_peak per stage and checkpoint), mean and sd over batches x seeds."""
+    four = summary["fourier"]
+    steps = four["checkpoint_steps_by_batch"]
+    at = {ck: "/".join(sorted({str(s[i]) for s in steps.values()})) for i, ck in enumerate(four["checkpoints"])}
+    dh = []
+    for name in four["transition_order"]:
+        for ck, stat in four["transitions"][name]["dH_peak"].items():
+            dh.append(
+                dict(
+                    transition=name,
+                    checkpoint=ck,
+                    steps=at[ck],
+                    dH_peak_mean=stat["mean"],
+                    dH_peak_sd=stat["sd"],
+                    n_pairs=stat["n"],
+                )
+            )
+    h = []
+    for stage, tables in four["stages"].items():
+        for ck, stat in tables["H_peak"].items():
+            h.append(
+                dict(
+                    stage=stage,
+                    checkpoint=ck,
+                    steps=at[ck],
+                    H_peak_mean=stat["mean"],
+                    H_peak_sd=stat["sd"],
+                    n=stat["n"],
+                )
+            )
+    return dh, h
+
+
+def write_toy_tables(progress_dir, dh_dir, out: pathlib.Path) -> dict:
+    """fig4a.csv and reach.csv from the progress experiment (five batch sizes), dh_peak.csv and h_peak.csv from
+    the ΔH_peak experiment (four stages); their figures copied beside. Returns what it wrote."""
+    out.mkdir(parents=True, exist_ok=True)
+    wrote = {}
+    if progress_dir:
+        s = _summary(progress_dir)
+        write_csv(out / "fig4a.csv", fig4a_rows(s), FIG4A_COLUMNS)
+        write_csv(out / "reach.csv", reach_rows(s), REACH_COLUMNS)
+        wrote["progress"] = dict(fig4a=fig4a_rows(s), reach=reach_rows(s), pooled=s["spearman_vs_progress"]["pooled"])
+        _copy_figures(progress_dir, out, ("fig4a", "loss_curves"))
+    if dh_dir:
+        s = _summary(dh_dir)
+        dh, h = dh_rows(s)
+        write_csv(out / "dh_peak.csv", dh, DH_COLUMNS)
+        write_csv(out / "h_peak.csv", h, H_COLUMNS)
+        write_csv(out / "dh_reach.csv", reach_rows(s), REACH_COLUMNS)
+        wrote["dh"] = dict(dh_peak=dh, h_peak=h, ratios=s["fourier"]["dH_peak_ratios"])
+        _copy_figures(dh_dir, out, ("fig11", "fig4b", "fig4c"), prefix="dh_")
+    return wrote
+
+
+def _copy_figures(src, out: pathlib.Path, stems, prefix: str = "") -> None:
+    for p in sorted(pathlib.Path(src).glob("*.png")):
+        if p.stem.startswith(stems):
+            shutil.copyfile(p, out / f"{prefix}{p.name}")
+
+
+__all__ = ["fig4a_rows", "dh_rows", "reach_rows", "write_toy_tables"]

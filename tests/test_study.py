@@ -1,0 +1,128 @@
+"""The seeded study (spectral_jax.study, experiments/study.py) on a test-sized seeded sweep with a progress grid:
+every point at its exact step, alpha against a float64 NumPy fit, rho and ANOVA against direct computation, and
+the files it writes."""
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from spectral_jax.batch_sweep import SweepConfig, run_batch_sweep
+from spectral_jax.batch_sweep.early import progress_steps
+from spectral_jax.batch_sweep.seeds import seed_bootstrap
+from spectral_jax.presets import register_preset, unregister_preset
+from spectral_jax.study import analysis
+from spectral_jax.study.points import PAST_HEAD, load_seeded_sweep, points, spectrum, statistics, windows
+from spectral_jax.study.report import write_study
+from spectral_jax.train_config import TrainOverrides
+from tests.test_presets import SMALL
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    register_preset(SMALL)
+    out = tmp_path_factory.mktemp("study_sweep")
+    cfg = SweepConfig(
+        preset=SMALL.name,
+        tiers=(1, 2, 4),
+        seeds=2,
+        lr="sqrt",
+        out=str(out),
+        layers=(1, -1),
+        early_tokens=512,
+        early_loss=8.9,
+        progress_fractions=(0.3, 0.6),
+        progress_losses=(9.0, 8.95),
+        train=TrainOverrides(micro_batch=1, target_loss=8.8, probe_every_evals=2),
+    )
+    try:
+        run_batch_sweep(cfg, log=lambda m: None)
+        yield out
+    finally:
+        unregister_preset(SMALL.name)
+
+
+def test_points_sit_at_their_exact_steps(seeded):
+    sweep = load_seeded_sweep(seeded)
+    assert len(sweep.seeds) == 2 and sweep.batches == [1, 2, 4]
+    pts = points(sweep)
+    assert {p.series for p in pts} == {"activation/L1", "activation/L3", "gradient/L3.attn_out"}
+    for p in pts:
+        tier = sweep.tiers[p.seed][p.batch]
+        if p.definition in ("fraction", "loss"):
+            kind = f"{p.definition}@{p.value:g}"
+            assert progress_steps(tier, fractions=(p.value,), losses=(p.value,))[kind] == p.step
+        else:
+            assert p.tokens == p.value
+        assert p.step > 0
+
+
+def test_statistics_match_a_float64_numpy_fit(seeded):
+    sweep = load_seeded_sweep(seeded)
+    p = points(sweep)[0]
+    v = spectrum(sweep, p)
+    wins = windows(sweep, v.size)
+    got = statistics(v, wins)
+    lam = np.sort(np.asarray(v, np.float64))[::-1]
+    lam = lam / lam.sum()
+    for lo, hi in wins:
+        r = np.arange(lo, hi + 1)
+        slope = np.polyfit(np.log(r), np.log(lam[lo - 1 : hi]), 1)[0]
+        assert got[f"alpha[{lo},{hi}]"] == pytest.approx(-slope, rel=1e-9)
+    q = lam[lam > 0]
+    rankme = np.exp(-np.sum(q * np.log(q)))
+    assert got["rankme"] == pytest.approx(rankme, rel=1e-9)
+    start = int(np.ceil(2 * rankme))
+    if lam.size - start + 1 >= 4:
+        r = np.arange(start, lam.size + 1)
+        assert got[PAST_HEAD] == pytest.approx(-np.polyfit(np.log(r), np.log(lam[start - 1 :]), 1)[0], rel=1e-9)
+    else:
+        assert np.isnan(got[PAST_HEAD])
+
+
+def test_rho_and_anova_equal_direct_computation(seeded):
+    sweep = load_seeded_sweep(seeded)
+    rows = analysis.measurements(sweep, log=lambda m: None)
+    rho = analysis.rho_vs_progress(sweep, rows)
+    r = next(x for x in rho if x["definition"] == "fraction" and x["statistic"] == "rankme")
+    sel = [x for x in rows if all(x[k] == r[k] for k in ("definition", "value", "series", "statistic"))]
+    x_SxB = np.full((2, 3), np.nan)
+    for m in sel:
+        x_SxB[m["seed"], [1, 2, 4].index(m["batch"])] = m["x"]
+    direct = seed_bootstrap(sweep.tokens_to_target(), x_SxB, [1, 2, 4])
+    assert r["rho"] == pytest.approx(direct["rho_of_means"], nan_ok=True)
+    assert r["n_seeds"] == 2 and r["min_step"] == min(m["step"] for m in sel)
+    matched = analysis.matched_loss(rows)
+    for m in matched:
+        sel = [x for x in rows if x["definition"] == "loss" and x["value"] == m["loss"] and x["series"] == m["series"]]
+        sel = [x for x in sel if x["statistic"] == m["statistic"] and np.isfinite(x["x"])]
+        groups = [[x["x"] for x in sel if x["batch"] == b] for b in sorted({x["batch"] for x in sel})]
+        groups = [g for g in groups if len(g) > 1]
+        if len(groups) >= 2 and any(np.ptp(g) > 0 for g in groups):
+            assert m["anova_F"] == pytest.approx(stats.f_oneway(*groups).statistic, rel=1e-9)
+
+
+def test_write_study_writes_tables_and_figures(seeded, tmp_path):
+    summary = write_study(tmp_path, {"test": str(seeded)}, command="test", log=lambda m: None)
+    here = tmp_path / "test"
+    for name in ("measurements.csv", "rho_vs_progress.csv", "matched_loss.csv", "tokens_to_target.csv"):
+        rows = list(csv.DictReader((here / name).open()))
+        assert rows, name
+    for d in ("fraction", "tokens", "loss"):
+        assert (here / f"rho_vs_progress_{d}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (here / "matched_loss_separation.png").stat().st_size > 10_000
+    head = list(csv.DictReader((tmp_path / "headline.csv").open()))
+    assert {r["definition"] for r in head} == {"fraction", "tokens", "loss"} and summary["scales"]["test"]
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.study", f"--sweeps=tiny{tmp_path}", f"--out={tmp_path}/o"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 2 and "name=directory" in res.stderr.strip().splitlines()[-1]
+    cmd = [sys.executable, "-m", "experiments.study", f"--sweeps=tiny={tmp_path}", f"--out={tmp_path}/o"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 2 and "no sweep.json" in res.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o" / "summary.json").exists()
