@@ -32,7 +32,7 @@ class Record:
 class TierResult(Record):
     """result.json of one tier: how and where it stopped, T(B) if it reached the target, its throughput."""
 
-    status: str  # "reached" | "budget" | "diverged"
+    status: str  # "reached" | "budget" | "diverged" | "stopped" (train's stop_when)
     batch: int
     seq_len: int
     steps: int

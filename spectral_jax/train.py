@@ -108,6 +108,7 @@ class _TierRun:
         self.sched = Schedules.build(config, tc)
         self.accum = tc.batch_size // tc.resolved_micro_batch
         self.tag = f"[B={tc.batch_size}]"
+        self.stop_when: Callable[[EvalRow], bool] | None = None
         self.model = GPT(config, rngs=nnx.Rngs(tc.seed))
         self.graphdef, params = nnx.split(self.model, nnx.Param)
         self.step_fn = TrainStep(config, lrs, self.sched.step_scale, self.accum, mesh=make_mesh(tc.mesh))
@@ -281,7 +282,8 @@ class _TierRun:
             self.finish("diverged", step, None, msg)
             raise TrainingDiverged(msg)
         reached = step > 0 and val_loss <= self.tc.target_loss
-        final = reached or step >= sched.max_steps
+        stopped = not reached and step > 0 and self.stop_when is not None and bool(self.stop_when(row))
+        final = reached or stopped or step >= sched.max_steps
         if self.callbacks and (final or (step // sched.eval_every_steps) % self.tc.probe_every_evals == 0):
             nnx.update(self.model, self.params)
             state = RunState(step, tokens, val_loss, window, self.model, self.config, self.tc, self.out, is_final=final)
@@ -295,7 +297,7 @@ class _TierRun:
         if not final:
             return None
         self.save_checkpoint()
-        status = "reached" if reached else "budget"
+        status = "reached" if reached else "stopped" if stopped else "budget"
         result = self.finish(status, step, val_loss)
         q = result["throughput_tokens_per_s"]
         what = "T(B) = " if reached else ""
@@ -351,6 +353,7 @@ def train(
     run_info: Mapping[str, Any] | None = None,
     identity: Mapping[str, Any] | None = None,
     stop_after_steps: int | None = None,
+    stop_when: Callable[[EvalRow], bool] | None = None,
 ) -> dict:
     """Train one tier; returns (and writes, last) result.json's dict.
 
@@ -363,15 +366,28 @@ def train(
     (`checkpoints.result_answers`); a run that stopped at a smaller budget continues from its last checkpoint,
     which gives the same records as a straight run to the larger budget (the fingerprint leaves the budget out).
     stop_after_steps: simulate an interruption after that many optimizer steps of this call (tests).
+    stop_when: called with every eval's row (after step 0); True ends the run there as "stopped", probed and
+    checkpointed like a budget stop, so a later call with the same config continues it exactly (the batch sweep's
+    early decision stops at its early loss this way).
     """
     log = log or log_stderr
     with results_lock(out_dir, log):
         return _train(
-            config, tc, dataset, pathlib.Path(out_dir), callbacks, resume, log, run_info, identity, stop_after_steps
+            config,
+            tc,
+            dataset,
+            pathlib.Path(out_dir),
+            callbacks,
+            resume,
+            log,
+            run_info,
+            identity,
+            stop_after_steps,
+            stop_when,
         )
 
 
-def _train(config, tc, dataset, out, callbacks, resume, log, run_info, identity, stop_after_steps) -> dict:
+def _train(config, tc, dataset, out, callbacks, resume, log, run_info, identity, stop_after_steps, stop_when) -> dict:
     """train() under the run directory's lock."""
     sched = Schedules.build(config, tc)
     lrs = group_learning_rates(config, tc.lr)
@@ -409,6 +425,7 @@ def _train(config, tc, dataset, out, callbacks, resume, log, run_info, identity,
     )
     write_json(out / "run.json", dict(info, environment=environment(), identity=identity, fingerprint=fingerprint))
     run = _TierRun(config, tc, dataset, out, callbacks, log, fingerprint, lrs)
+    run.stop_when = stop_when
     run.restore(resume)
     return run.run(stop_after_steps)
 

@@ -288,3 +288,45 @@ def test_a_diverged_tier_stays_diverged_and_the_sweep_goes_on(tmp_path, monkeypa
     retried = run_batch_sweep(SweepConfig(**{**cfg.__dict__, "retry_diverged": True}), log=logs.append)
     assert any("retraining the diverged tier from step 0" in m for m in logs)
     assert {t["batch"]: t["status"] for t in retried["tiers"]}[2] != "diverged"
+
+
+@pytest.mark.parametrize("at", ["tokens:4096", "loss:7.0"])
+def test_early_decision_finishes_the_kept_tiers_exactly_and_counts_savings(sweep, tmp_path, at):
+    """--decide_at trains every tier to the early point, finishes the ranked-best ones: their records equal the
+    full sweep's (stopping and continuing is exact), and decision.json reports the tokens saved against it."""
+    cfg, out, _ = sweep
+    decide = dataclasses.replace(
+        cfg, out=str(tmp_path), decide_at=at, decide_keep=2, decide_reference=str(out), progress_fractions=()
+    )
+    run_batch_sweep(decide, log=lambda m: None)
+    rec = json.loads((tmp_path / "decision.json").read_text())
+    assert len(rec["tiers"]) == 3 and len(rec["kept"]) == 2
+    stopped = [t for t in rec["tiers"] if not t["kept"]]
+    assert len(stopped) == 1 and stopped[0]["step"] > 0
+    if at.startswith("loss"):
+        assert stopped[0]["val_loss"] <= 7.0
+    else:
+        assert stopped[0]["tokens"] == 4096
+    values = {t["batch"]: t["value"] for t in rec["tiers"]}
+    assert max(values, key=values.get) == stopped[0]["batch"], "the largest statistic is stopped (sign +1)"
+    for b in rec["kept"]:
+        ref = (out / f"tier_B{b}" / "metrics.jsonl").read_text().splitlines()
+        got = (tmp_path / f"tier_B{b}" / "metrics.jsonl").read_text().splitlines()
+        strip = lambda rows: [
+            {k: v for k, v in json.loads(r).items() if "throughput" not in k and "elapsed" not in k} for r in rows
+        ]  # noqa: E731
+        assert strip(got) == strip(ref), f"B={b}: stop + continue must equal the uninterrupted run"
+    full = sum(json.loads((out / f"tier_B{b}" / "result.json").read_text())["tokens"] for b in (1, 2, 4))
+    assert rec["full_sweep_tokens"] == full and rec["tokens_saved"] == full - rec["tokens_spent"] > 0
+    assert isinstance(rec["picked_is_best"], bool) and rec["reference_best"] in (1, 2, 4)
+
+
+def test_early_decision_rejects_bad_flags(tmp_path):
+    for flags, msg in (
+        (dict(decide_at="fraction:0.2"), "needs T"),
+        (dict(decide_at="tokens:-5"), "tokens:N or loss:L"),
+        (dict(decide_at="loss:3", decide_by="weight:rankme"), "--decide_by"),
+        (dict(decide_at="loss:3", decide_keep=6), "--decide_keep"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            SweepConfig(out=str(tmp_path), **flags).decision()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from spectral_jax import checkpoints, distributed, probes
+from spectral_jax.batch_sweep.decide import Decision, finish_decision, run_phase_one
 from spectral_jax.batch_sweep.early import EARLY_RECORDS, probe_exact_early_points
 from spectral_jax.batch_sweep.records import TierRecords, load_spectrum, load_sweep, load_tier
 from spectral_jax.batch_sweep.seeds import format_seeds_table, summarize_seeds
@@ -94,6 +95,13 @@ class SweepConfig(UsesPreset):
     progress_losses: tuple[float, ...] = option(
         (), "the study's grid: also probe exactly at the first eval at or below each of these val losses"
     )
+    decide_at: str = option(
+        "", "early decision: train every tier to tokens:N or loss:L, finish only the tiers ranked best (decide.py)"
+    )
+    decide_by: str = option("activation:rankme", "early decision statistic: <activation|gradient>:<rankme|...>")
+    decide_sign: int = option(1, "+1: a larger early statistic predicts a less token-efficient tier; -1: the reverse")
+    decide_keep: int = option(2, "early decision: tiers to finish")
+    decide_reference: str | None = option(None, "early decision: a completed full sweep to measure it against")
     train: TrainOverrides = option(TrainOverrides(), "changes to the preset's training config")
     probe: ProbeOverrides = option(ProbeOverrides(), "changes to the preset's probe sizes")
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={"flag": False})
@@ -102,6 +110,11 @@ class SweepConfig(UsesPreset):
     def out_dir(self) -> pathlib.Path:
         suffix = "" if self.tokenizer == "gpt2" else f"_{self.tokenizer}"
         return pathlib.Path(self.out or f"results/batch_sweep/{self.family}_{self.preset}{suffix}")
+
+    def decision(self) -> Decision | None:
+        if not self.decide_at:
+            return None
+        return Decision.parse(self.decide_at, self.decide_by, self.decide_sign, self.decide_keep, len(self.tiers))
 
     def early_defaults(self) -> tuple[int, float]:
         """(early tokens, early loss): the flags, else the sweep regime's."""
@@ -171,6 +184,7 @@ def check_config(cfg: SweepConfig, model_cfg) -> None:
     early_tokens, early_loss = cfg.early_defaults()
     if early_tokens < 1 or not early_loss > 0:
         raise UserError(f"--early_tokens and --early_loss must be positive, got {early_tokens} and {early_loss}")
+    cfg.decision()  # a bad --decide_* flag fails here
     try:
         probes.check_selection(model_cfg, cfg.layers, cfg.matrices)
     except ValueError as err:
@@ -304,17 +318,30 @@ def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
     callback = ProbeCallback(pool, **probe_args)
     early_callback = ProbeCallback(pool, **probe_args, records=EARLY_RECORDS, spectra_prefix="exact")
     t0 = time.perf_counter()
-    for i, batch in enumerate(sorted(cfg.tiers)):
+
+    def run_info(rule):
+        return dict(family=cfg.family, preset=cfg.preset, lr_rule=rule, vocab_map=vmap and vmap.describe())
+
+    def train_early(b, budget, stop_when):  # the early decision's first phase
+        tc = base_tc.for_batch(b, lr=lrs[b][0])
+        tc = tc.replace(max_tokens=budget(tc.max_tokens))
+        _train_tier(cfg, model_cfg, tc, dataset, out, callback, run_info(lrs[b][1]), identity, log, stop_when)
+
+    decision = cfg.decision()
+    tiers = sorted(cfg.tiers)
+    if decision:
+        tiers = run_phase_one(decision, tiers, out, train_early, probe_args, log)
+    for i, batch in enumerate(tiers):
         lr, rule = lrs[batch]
         log(
-            f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(cfg.tiers)}, B = {batch} sequences x "
+            f"== {cfg.family} {cfg.preset}: tier {i + 1}/{len(tiers)}, B = {batch} sequences x "
             f"{model_cfg.seq_len} tokens, LR {rule} = {lr} ({time.perf_counter() - t0:.0f}s elapsed)"
         )
-        run_info = dict(family=cfg.family, preset=cfg.preset, lr_rule=rule, vocab_map=vmap and vmap.describe())
-        if _train_tier(
-            cfg, model_cfg, base_tc.for_batch(batch, lr=lr), dataset, out, callback, run_info, identity, log
-        ):
-            _exact_early_points(cfg, model_cfg, base_tc.for_batch(batch, lr=lr), dataset, out, early_callback, log)
+        tc = base_tc.for_batch(batch, lr=lr)
+        if _train_tier(cfg, model_cfg, tc, dataset, out, callback, run_info(rule), identity, log):
+            _exact_early_points(cfg, model_cfg, tc, dataset, out, early_callback, log)
+    if decision:
+        finish_decision(decision, out, tiers, cfg.decide_reference)
     distributed.barrier(f"summary {out}")  # process 0's records are all written
     if not distributed.is_primary():
         return {}
@@ -323,7 +350,9 @@ def _run_seed(cfg: SweepConfig, model_cfg, lrs, dataset, vmap, log) -> dict:
     return summary
 
 
-def _train_tier(cfg: SweepConfig, model_cfg, tc, dataset, out, callback, run_info, identity, log) -> bool:
+def _train_tier(
+    cfg: SweepConfig, model_cfg, tc, dataset, out, callback, run_info, identity, log, stop_when=None
+) -> bool:
     """Train (or reuse) one tier; False when it diverged, now or in an earlier run (the sweep goes on without it)."""
     batch = tc.batch_size
     tier = out / f"tier_B{batch}"
@@ -342,6 +371,7 @@ def _train_tier(cfg: SweepConfig, model_cfg, tc, dataset, out, callback, run_inf
             log=log,
             run_info=run_info,
             identity=identity,
+            stop_when=stop_when,
         )
     except TrainingDiverged as err:
         log(f"[B={batch}] {err}; the sweep goes on without this tier (--retry_diverged retrains it)")

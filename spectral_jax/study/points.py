@@ -172,10 +172,15 @@ def spectrum(sweep: SeededSweep, point: Point) -> np.ndarray:
 
 
 def windows(sweep: SeededSweep, n: int) -> list[tuple[int, int]]:
+    """`windows_for` with the sweep's tail window and bank."""
+    return windows_for(n, sweep.tail_window, sweep.local_windows)
+
+
+def windows_for(n: int, tail: Sequence[int], bank: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
     """The rank windows that fit a length-n spectrum: the tail window, the preset's bank, the scaled paper bank
     (a window that differs from an earlier one by one rank at its end is the same window)."""
     out: list[tuple[int, int]] = []
-    for lo, hi in (sweep.tail_window, *sweep.local_windows, *scaled_bank(n)):
+    for lo, hi in (tuple(tail), *map(tuple, bank), *scaled_bank(n)):
         if hi <= n and not any(lo == a and abs(hi - b) <= 1 for a, b in out):  # (17, 33) and (17, 34) are one
             out.append((lo, hi))
     return sorted(out)
@@ -213,4 +218,5 @@ __all__ = [
     "study_grid",
     "tier_steps",
     "windows",
+    "windows_for",
 ]
