@@ -290,7 +290,7 @@ def test_a_diverged_tier_stays_diverged_and_the_sweep_goes_on(tmp_path, monkeypa
     assert {t["batch"]: t["status"] for t in retried["tiers"]}[2] != "diverged"
 
 
-@pytest.mark.parametrize("at", ["tokens:4096", "loss:7.0"])
+@pytest.mark.parametrize("at", ["tokens:4096", pytest.param("loss:7.0", marks=pytest.mark.slow)])
 def test_early_decision_finishes_the_kept_tiers_exactly_and_counts_savings(sweep, tmp_path, at):
     """--decide_at trains every tier to the early point, finishes the ranked-best ones: their records equal the
     full sweep's (stopping and continuing is exact), and decision.json reports the tokens saved against it."""

@@ -9,8 +9,6 @@ from scipy import stats
 
 from spectral_jax.batch_sweep import SweepConfig, format_seeds_table, run_batch_sweep, seed_configs, summarize_seeds
 from spectral_jax.batch_sweep.seeds import seed_bootstrap
-from spectral_jax.presets import register_preset, unregister_preset
-from spectral_jax.train_config import TrainOverrides
 from tests.test_presets import SMALL
 
 
@@ -47,23 +45,8 @@ def test_seed_configs_offset_init_and_data_order(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory):
-    register_preset(SMALL)
-    out = tmp_path_factory.mktemp("seeded")
-    cfg = SweepConfig(
-        preset=SMALL.name,
-        tiers=(1, 2, 4),
-        seeds=2,
-        lr="sqrt",
-        out=str(out),
-        early_tokens=512,
-        early_loss=8.9,
-        train=TrainOverrides(micro_batch=1, target_loss=8.8),
-    )
-    try:
-        yield cfg, out, run_batch_sweep(cfg, log=lambda m: None)
-    finally:
-        unregister_preset(SMALL.name)
+def seeded(seeded_sweep):
+    return seeded_sweep
 
 
 def test_seeded_sweep_summarises_mean_spread_and_intervals(seeded):

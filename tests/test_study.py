@@ -10,39 +10,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from spectral_jax.batch_sweep import SweepConfig, run_batch_sweep
 from spectral_jax.batch_sweep.early import progress_steps
 from spectral_jax.batch_sweep.seeds import seed_bootstrap
-from spectral_jax.presets import register_preset, unregister_preset
 from spectral_jax.study import analysis
 from spectral_jax.study.points import PAST_HEAD, load_seeded_sweep, points, spectrum, statistics, windows
 from spectral_jax.study.report import write_study
-from spectral_jax.train_config import TrainOverrides
-from tests.test_presets import SMALL
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory):
-    register_preset(SMALL)
-    out = tmp_path_factory.mktemp("study_sweep")
-    cfg = SweepConfig(
-        preset=SMALL.name,
-        tiers=(1, 2, 4),
-        seeds=2,
-        lr="sqrt",
-        out=str(out),
-        layers=(1, -1),
-        early_tokens=512,
-        early_loss=8.9,
-        progress_fractions=(0.3, 0.6),
-        progress_losses=(9.0, 8.95),
-        train=TrainOverrides(micro_batch=1, target_loss=8.8, probe_every_evals=2),
-    )
-    try:
-        run_batch_sweep(cfg, log=lambda m: None)
-        yield out
-    finally:
-        unregister_preset(SMALL.name)
+def seeded(seeded_sweep):
+    return seeded_sweep[1]
 
 
 def test_points_sit_at_their_exact_steps(seeded):
