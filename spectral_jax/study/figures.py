@@ -110,6 +110,44 @@ def plot_matched_loss(rows: Sequence[dict], *, title: str):
     return fig
 
 
+SCALE_STATISTICS = ("alpha_tail", "past_head", "rankme")
+
+
+def plot_scales(headline: Sequence[dict], *, title: str):
+    """rho(statistic, eps_tok) of the seed means with its 95 % bootstrap interval at each scale's headline early
+    point, one panel per definition, the deepest probed activation layer; alpha_tail is each scale's tail window."""
+    scales = list(dict.fromkeys(r["scale"] for r in headline))
+    defs = [d for d in X_LABELS if any(r["definition"] == d for r in headline)]
+    fig, axes = _panel_grid(max(len(defs), 1), w=4.4, h=3.6)
+    colors = series_colors(len(scales))
+    for ax, d in zip(axes, defs):
+        for k, (scale, color) in enumerate(zip(scales, colors)):
+            rows = [r for r in headline if r["scale"] == scale and r["definition"] == d and r.get("deepest")]
+            for j, stat in enumerate(SCALE_STATISTICS):
+                r = next((r for r in rows if r["role"] == stat), None)
+                if r is None or not np.isfinite(r["rho"]):
+                    continue
+                x = j + (k - (len(scales) - 1) / 2) * 0.18
+                if np.isfinite(r["rho_lo"]):  # the percentile interval, which need not contain the estimate
+                    ax.vlines(x, r["rho_lo"], r["rho_hi"], color=color, lw=1.5)
+                ax.plot([x], [r["rho"]], marker="o", color=color, ls="none", label=scale if j == 0 else None)
+                ax.plot([x], [r["rho_B"]], marker="x", color=color, ls="none")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axhline(PAPER_RHO, color="black", lw=0.8, ls=":")
+        ax.set_xticks(range(len(SCALE_STATISTICS)), ["alpha_tail", "alpha past head", "RankMe"])
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylabel("Spearman rho over tiers (seed means)", fontsize=8)
+        ax.set_title(DEFINITION_TITLES[d], fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(
+        f"{title}\no: rho(statistic, eps_tok) with 95 % bootstrap interval over seeds; x: rho(statistic, B); "
+        f"dotted: the paper's +{PAPER_RHO}",
+        fontsize=9,
+    )
+    return fig
+
+
 def _stat_order(stat: str):
     if stat.startswith("alpha["):
         lo, hi = stat[6:-1].split(",")
@@ -125,4 +163,4 @@ def _stat_label(stat: str) -> str:
     return "RankMe (effective rank)"
 
 
-__all__ = ["plot_rho_vs_progress", "plot_matched_loss", "X_LABELS"]
+__all__ = ["plot_rho_vs_progress", "plot_matched_loss", "plot_scales", "X_LABELS"]

@@ -18,6 +18,7 @@ from spectral_jax.study.toy import write_toy_tables
 
 HEADLINE_COLUMNS = (
     "scale",
+    "role",
     "definition",
     "value",
     "series",
@@ -60,8 +61,23 @@ def write_scale(name: str, directory, out: pathlib.Path, log: Callable[[str], No
     save_figure(figures.plot_matched_loss(matched, title=title), here / "matched_loss_separation.png")
     cfg = sweep.config
     headline_values = dict(fraction=cfg["early_fraction"], tokens=cfg["early_tokens"], loss=cfg["early_loss"])
-    headline = [dict(r, scale=name) for r in rho if _close(r["value"], headline_values[r["definition"]])]
+    tail = "alpha[{},{}]".format(*sweep.tail_window)
+    deepest = max((p for p in rho if p["series"].startswith("activation/")), key=lambda p: _layer(p["series"]))
+    headline = [
+        dict(
+            r,
+            scale=name,
+            role="alpha_tail" if r["statistic"] == tail else r["statistic"],
+            deepest=r["series"] == deepest["series"],
+        )
+        for r in rho
+        if _close(r["value"], headline_values[r["definition"]])
+    ]
     return dict(headline=headline, sweep_config=cfg, seeds=[str(s) for s in sweep.seeds], batches=sweep.batches)
+
+
+def _layer(series: str) -> int:
+    return int(series.split("/L")[1].split(".")[0])
 
 
 def _close(a: float, b: float) -> bool:
@@ -83,6 +99,11 @@ def write_study(
     scales = {name: write_scale(name, d, out, log) for name, d in sweeps.items()}
     headline = [r for s in scales.values() for r in s["headline"]]
     analysis.write_csv(out / "headline.csv", headline, HEADLINE_COLUMNS)
+    if headline:
+        title = (
+            "early forecast by scale (" + ", ".join(f"{k}: {len(s['seeds'])} seeds" for k, s in scales.items()) + ")"
+        )
+        save_figure(figures.plot_scales(headline, title=title), out / "rho_by_scale.png")
     toy = write_toy_tables(toy_progress, toy_dh, out / "toy") if (toy_progress or toy_dh) else {}
     summary = dict(
         command=command,
