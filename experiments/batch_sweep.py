@@ -4,6 +4,8 @@
     python -m experiments.batch_sweep --family=betterwin --seeds=3       # mean, spread and intervals over seeds
     python -m experiments.batch_sweep --family=betterwin --tokenizer=bytes --lr=sqrt   # UTF-8 byte tokens
     python -m experiments.batch_sweep --family=betterwin --preset=d12 --data=/data/fineweb10B --out=runs/bw
+    python -m experiments.batch_sweep --preset=small --seeds=3 --progress_fractions=0.1,0.2,0.4 --layers=2,-1
+    python -m experiments.batch_sweep --decide_at=tokens:61440 --decide_by=activation:rankme --decide_keep=2
 
 Every field of spectral_jax.batch_sweep.SweepConfig is a flag, and so is every field of the preset's training
 config (TrainConfig) and probe sizes (ProbeConfig); unset ones keep the preset's value.
