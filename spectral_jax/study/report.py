@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import shutil
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -59,6 +60,8 @@ def write_scale(name: str, directory, out: pathlib.Path, log: Callable[[str], No
     for d in DEFINITIONS:
         save_figure(figures.plot_rho_vs_progress(rho, d, title=title), here / f"rho_vs_progress_{d}.png")
     save_figure(figures.plot_matched_loss(matched, title=title), here / "matched_loss_separation.png")
+    for fig in sorted(sweep.dir.glob("seeds_*.png")):  # the seeded sweep's own summary figures
+        shutil.copyfile(fig, here / fig.name)
     cfg = sweep.config
     headline_values = dict(fraction=cfg["early_fraction"], tokens=cfg["early_tokens"], loss=cfg["early_loss"])
     tail = "alpha[{},{}]".format(*sweep.tail_window)
