@@ -82,6 +82,18 @@ def test_rho_and_anova_equal_direct_computation(seeded):
             assert m["anova_F"] == pytest.approx(stats.f_oneway(*groups).statistic, rel=1e-9)
 
 
+def test_forecast_cells_count_against_the_exact_spearman_null():
+    assert analysis._null_share(3, 1.0) == pytest.approx(1 / 6)
+    assert analysis._null_share(4, 0.8) == pytest.approx(4 / 24)  # rho 1 (one order) and 0.8 (three of 24)
+    rows = [
+        dict(definition="tokens", rho=0.9, rho_lo=0.2, n_tiers=4),
+        dict(definition="tokens", rho=0.9, rho_lo=-0.1, n_tiers=4),
+        dict(definition="tokens", rho=float("nan"), rho_lo=float("nan"), n_tiers=4),
+    ]
+    got = analysis.forecast_cells(rows)["tokens"]
+    assert (got["cells"], got["passing"], got["best"]) == (2, 1, rows[0])
+
+
 def test_write_study_writes_tables_and_figures(seeded, tmp_path):
     summary = write_study(tmp_path, {"test": str(seeded)}, command="test", log=lambda m: None)
     here = tmp_path / "test"

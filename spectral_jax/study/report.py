@@ -76,7 +76,13 @@ def write_scale(name: str, directory, out: pathlib.Path, log: Callable[[str], No
         for r in rho
         if _close(r["value"], headline_values[r["definition"]])
     ]
-    return dict(headline=headline, sweep_config=cfg, seeds=[str(s) for s in sweep.seeds], batches=sweep.batches)
+    return dict(
+        headline=headline,
+        forecast_cells=analysis.forecast_cells(rho),
+        sweep_config=cfg,
+        seeds=[str(s) for s in sweep.seeds],
+        batches=sweep.batches,
+    )
 
 
 def _layer(series: str) -> int:
