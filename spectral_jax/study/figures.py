@@ -139,7 +139,8 @@ def plot_scales(headline: Sequence[dict], *, title: str):
         ax.set_ylabel("Spearman rho over tiers (seed means)", fontsize=8)
         ax.set_title(DEFINITION_TITLES[d], fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower left")
     fig.suptitle(
         f"{title}\no: rho(statistic, eps_tok) with 95 % bootstrap interval over seeds; x: rho(statistic, B); "
         f"dotted: the paper's +{PAPER_RHO}",
