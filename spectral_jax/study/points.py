@@ -79,10 +79,13 @@ class SeededSweep:
 def load_seeded_sweep(directory: str | pathlib.Path) -> SeededSweep:
     """A batch sweep run with --seeds >= 1 (a single-seed directory counts as one seed)."""
     directory = pathlib.Path(directory)
-    if not (directory / "sweep.json").is_file():
+    seed_dirs = sorted(directory.glob("seed[0-9]*"), key=lambda d: int(d.name[4:]))
+    if (directory / "sweep.json").is_file():
+        dirs = [directory / d for d in read_json(directory / "sweep.json").get("seed_dirs", [])] or [directory]
+    elif seed_dirs:  # a seeded sweep still running: its seeds so far
+        dirs = seed_dirs
+    else:
         raise UserError(f"{directory} is not a batch-sweep results directory (no sweep.json); run the sweep first")
-    top = read_json(directory / "sweep.json")
-    dirs = [directory / d for d in top.get("seed_dirs", [])] or [directory]
     dirs = [d for d in dirs if (d / "sweep.json").is_file()]
     if not dirs:
         raise UserError(f"{directory} holds no started seed directory")

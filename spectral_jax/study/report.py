@@ -14,7 +14,7 @@ import numpy as np
 from spectral_jax.plots.base import save_figure
 from spectral_jax.records import log_stderr, write_json
 from spectral_jax.study import analysis, figures
-from spectral_jax.study.points import DEFINITIONS, load_seeded_sweep
+from spectral_jax.study.points import DEFINITIONS, SeededSweep, load_seeded_sweep
 from spectral_jax.study.toy import write_toy_tables
 
 HEADLINE_COLUMNS = (
@@ -38,9 +38,8 @@ HEADLINE_COLUMNS = (
 )
 
 
-def write_scale(name: str, directory, out: pathlib.Path, log: Callable[[str], None] = log_stderr) -> dict:
+def write_scale(name: str, sweep: SeededSweep, out: pathlib.Path, log: Callable[[str], None] = log_stderr) -> dict:
     """One LM scale's CSVs and figures under out/<name>/; returns its headline rows and T(B) table."""
-    sweep = load_seeded_sweep(directory)
     here = out / name
     here.mkdir(parents=True, exist_ok=True)
     rows = analysis.measurements(sweep, log=log)
@@ -104,8 +103,9 @@ def write_study(
 ) -> dict:
     """Every table and figure of the study into `out`; returns summary.json's dict."""
     out = pathlib.Path(out)
+    loaded = {name: load_seeded_sweep(d) for name, d in sweeps.items()}  # every source readable before any write
     out.mkdir(parents=True, exist_ok=True)
-    scales = {name: write_scale(name, d, out, log) for name, d in sweeps.items()}
+    scales = {name: write_scale(name, sweep, out, log) for name, sweep in loaded.items()}
     headline = [r for s in scales.values() for r in s["headline"]]
     analysis.write_csv(out / "headline.csv", headline, HEADLINE_COLUMNS)
     if headline:
