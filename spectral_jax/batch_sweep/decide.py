@@ -27,7 +27,7 @@ from spectral_jax.batch_sweep.records import load_sweep, load_tier
 from spectral_jax.errors import UserError
 from spectral_jax.records import read_json, read_jsonl, write_json
 from spectral_jax.schemas import spectrum_key
-from spectral_jax.study.points import statistics, windows_for
+from spectral_jax.study.statistics import statistics, windows_for
 
 DECISION_FILE = "decision.json"
 SERIES = ("activation", "gradient")

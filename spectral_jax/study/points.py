@@ -16,23 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import pathlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from spectral_jax import efficiency, spectra
+from spectral_jax import efficiency
 from spectral_jax.batch_sweep.early import progress_steps
 from spectral_jax.batch_sweep.records import TierRecords, load_sweep
 from spectral_jax.errors import UserError
-from spectral_jax.lens.spectrum import scaled_bank
 from spectral_jax.records import read_json
 from spectral_jax.schemas import spectrum_key
+from spectral_jax.study.statistics import PAST_HEAD, statistics, windows_for
 
 DEFINITIONS = ("fraction", "tokens", "loss")
-PAST_HEAD = "past_head"  # alpha over ranks [ceil(2 RankMe), n]
-MIN_PAST_HEAD_RANKS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +87,21 @@ def load_seeded_sweep(directory: str | pathlib.Path) -> SeededSweep:
     if not dirs:
         raise UserError(f"{directory} holds no started seed directory")
     first = read_json(dirs[0] / "sweep.json")
-    tiers = []
+    wanted = set(first["config"]["tiers"])
+    tiers, kept = [], []
     for d in dirs:
         try:
-            tiers.append(load_sweep(d)[1])
+            found = load_sweep(d)[1]
         except FileNotFoundError:
-            tiers.append({})
+            found = {}
+        if set(found) >= wanted:  # a seed still training would bias the seed means: only complete seeds count
+            tiers.append(found)
+            kept.append(d)
+    if not kept:
+        raise UserError(f"{directory} holds no seed with every tier finished yet; let the sweep run")
     return SeededSweep(
         dir=directory,
-        seeds=tuple(dirs),
+        seeds=tuple(kept),
         config=first["config"],
         tail_window=tuple(first["tail_window"]),
         local_windows=tuple(tuple(w) for w in first["local_windows"]),
@@ -177,36 +180,6 @@ def spectrum(sweep: SeededSweep, point: Point) -> np.ndarray:
 def windows(sweep: SeededSweep, n: int) -> list[tuple[int, int]]:
     """`windows_for` with the sweep's tail window and bank."""
     return windows_for(n, sweep.tail_window, sweep.local_windows)
-
-
-def windows_for(n: int, tail: Sequence[int], bank: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-    """The rank windows that fit a length-n spectrum: the tail window, the preset's bank, the scaled paper bank
-    (a window that differs from an earlier one by one rank at its end is the same window)."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in (tuple(tail), *map(tuple, bank), *scaled_bank(n)):
-        if hi <= n and not any(lo == a and abs(hi - b) <= 1 for a, b in out):  # (17, 33) and (17, 34) are one
-            out.append((lo, hi))
-    return sorted(out)
-
-
-def statistics(values: np.ndarray, wins: Sequence[tuple[int, int]]) -> dict[str, float]:
-    """alpha per window ("alpha[lo,hi]"), alpha past the head, and RankMe of one spectrum (NaN where undefined)."""
-    v = np.sort(np.clip(np.asarray(values, np.float64), 0, None))[::-1]
-    out = {}
-    for lo, hi in wins:
-        out[f"alpha[{lo},{hi}]"] = _alpha(v, (lo, hi))
-    r = spectra.rankme(v) if v.sum() > 0 else math.nan
-    lo = math.ceil(2 * r) if math.isfinite(r) else v.size + 1
-    out[PAST_HEAD] = _alpha(v, (lo, v.size)) if v.size - lo + 1 >= MIN_PAST_HEAD_RANKS else math.nan
-    out["rankme"] = float(r)
-    return out
-
-
-def _alpha(v: np.ndarray, window: tuple[int, int]) -> float:
-    try:
-        return float(spectra.alpha(v, window).alpha)
-    except ValueError:  # fewer than two positive values in the window
-        return math.nan
 
 
 __all__ = [
