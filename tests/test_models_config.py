@@ -55,7 +55,7 @@ SCALE_COUNTS = [
 
 def test_family_names_and_order():
     assert list(FAMILIES) == NAMES
-    assert preset_names()[:4] == ("tiny", "d12", "d36", "d48")
+    assert preset_names()[:5] == ("tiny", "small", "d12", "d36", "d48")
 
 
 def test_chain_branches_off_lswa():
@@ -78,7 +78,10 @@ def test_each_family_is_a_delta_over_its_parent(name):
     "bad,match",
     [
         (dict(family="nope", tier="d12"), "unknown family 'nope'; choose one of \\['baseline'"),
-        (dict(family="rope", tier="d24"), "unknown preset 'd24'; choose one of \\['d12', 'd36', 'd48', 'tiny'\\]"),
+        (
+            dict(family="rope", tier="d24"),
+            "unknown preset 'd24'; choose one of \\['d12', 'd36', 'd48', 'small', 'tiny'\\]",
+        ),
     ],
 )
 def test_unknown_family_or_tier(bad, match):
