@@ -14,8 +14,10 @@ import pytest
 from spectral_jax import efficiency
 from spectral_jax import train as train_module
 from spectral_jax.batch_sweep import SweepConfig, format_table, load_tier, run_batch_sweep, summarize_sweep
+from spectral_jax.batch_sweep.decide import Decision, rank_tiers
 from spectral_jax.batch_sweep.early import progress_steps
 from spectral_jax.presets import ProbeOverrides
+from spectral_jax.schemas import EvalRow
 from spectral_jax.train_config import TrainOverrides
 
 FIGURES = (
@@ -290,7 +292,8 @@ def test_a_diverged_tier_stays_diverged_and_the_sweep_goes_on(tmp_path, monkeypa
     assert {t["batch"]: t["status"] for t in retried["tiers"]}[2] != "diverged"
 
 
-@pytest.mark.parametrize("at", ["tokens:4096", pytest.param("loss:7.0", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["tokens:4096", "loss:7.0"])
 def test_early_decision_finishes_the_kept_tiers_exactly_and_counts_savings(sweep, tmp_path, at):
     """--decide_at trains every tier to the early point, finishes the ranked-best ones: their records equal the
     full sweep's (stopping and continuing is exact), and decision.json reports the tokens saved against it."""
@@ -319,6 +322,18 @@ def test_early_decision_finishes_the_kept_tiers_exactly_and_counts_savings(sweep
     full = sum(json.loads((out / f"tier_B{b}" / "result.json").read_text())["tokens"] for b in (1, 2, 4))
     assert rec["full_sweep_tokens"] == full and rec["tokens_saved"] == full - rec["tokens_spent"] > 0
     assert isinstance(rec["picked_is_best"], bool) and rec["reference_best"] in (1, 2, 4)
+
+
+def test_early_decision_ranks_and_stops_as_asked():
+    d = Decision.parse("loss:3.5", "activation:rankme", 1, 2, n_tiers=4)
+    row = EvalRow(step=5, tokens=1, val_loss=3.4, train_loss=None, window=8)
+    assert d.budget(10_000) == 10_000 and d.stop_when()(row)
+    assert not d.stop_when()(dataclasses.replace(row, val_loss=3.6))
+    t = Decision.parse("tokens:4096", "gradient:alpha[2,8]", -1, 1, n_tiers=3)
+    assert t.budget(10_000) == 4096 and t.stop_when() is None
+    values = {1: 9.0, 2: 7.0, 4: float("nan"), 8: 8.0}
+    assert rank_tiers(values, d) == ([2, 8], [1, 4]), "sign +1 keeps the smallest values; NaN is stopped"
+    assert rank_tiers({1: 9.0, 2: 7.0, 8: 8.0}, t) == ([1], [2, 8]), "sign -1 keeps the largest"
 
 
 def test_early_decision_rejects_bad_flags(tmp_path):
