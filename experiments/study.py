@@ -16,7 +16,7 @@ from absl import app, flags
 
 from experiments import _cli
 from spectral_jax.errors import UserError
-from spectral_jax.study.report import write_study
+from spectral_jax.study.report import parse_sweeps, write_study
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sweeps", [], "name=directory of each seeded batch sweep (a scale), e.g. tiny=results/x")
@@ -24,16 +24,6 @@ flags.DEFINE_string("toy", None, "toy experiment for Fig. 4a (five batch sizes),
 flags.DEFINE_string("toy_dh", None, "toy experiment for ΔH_peak (four stages), e.g. --preset=faithful_dh's --out")
 flags.DEFINE_string("out", "docs/results/study", "where the tables and figures go")
 flags.adopt_module_key_flags(_cli)
-
-
-def parse_sweeps(items) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, directory = item.partition("=")
-        if not sep or not name or not directory:
-            raise UserError(f"--sweeps takes name=directory items, got {item!r}")
-        out[name] = directory
-    return out
 
 
 @_cli.user_errors_exit_2

@@ -14,7 +14,7 @@ from spectral_jax.batch_sweep.early import progress_steps
 from spectral_jax.batch_sweep.seeds import seed_bootstrap
 from spectral_jax.study import analysis
 from spectral_jax.study.points import PAST_HEAD, load_seeded_sweep, points, spectrum, statistics, windows
-from spectral_jax.study.report import write_study
+from spectral_jax.study.report import parse_sweeps, write_study
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,15 @@ def test_write_study_writes_tables_and_figures(seeded, tmp_path):
     assert {r["definition"] for r in head} == {"fraction", "tokens", "loss"} and summary["scales"]["test"]
 
 
+def test_bad_sweeps_flag_and_missing_directory_are_user_errors(tmp_path):
+    with pytest.raises(ValueError, match="name=directory"):
+        parse_sweeps([f"tiny{tmp_path}"])
+    with pytest.raises(ValueError, match="no sweep.json"):
+        write_study(tmp_path / "o", {"tiny": str(tmp_path)}, log=lambda m: None)
+    assert not (tmp_path / "o").exists(), "nothing is written when a source is unreadable"
+
+
+@pytest.mark.slow
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     cmd = [sys.executable, "-m", "experiments.study", f"--sweeps=tiny{tmp_path}", f"--out={tmp_path}/o"]
     res = subprocess.run(cmd, capture_output=True, text=True)

@@ -171,6 +171,7 @@ def test_study_toy_tables_from_the_summaries(experiment, tmp_path):
     assert (tmp_path / "fig4a_spearman_vs_progress.png").is_file() and wrote["dh"]["ratios"] == four["dH_peak_ratios"]
 
 
+@pytest.mark.slow
 def test_reference_lrs_train_without_halving_and_leave_no_partial(tmp_path):
     cfg = ToyExperimentConfig(
         stages=("untied",),

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from spectral_jax.errors import UserError
 from spectral_jax.plots.base import save_figure
 from spectral_jax.records import log_stderr, write_json
 from spectral_jax.study import analysis, figures
@@ -92,6 +93,17 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-9)
 
 
+def parse_sweeps(items) -> dict[str, str]:
+    """--sweeps items "name=directory" as {name: directory}."""
+    out = {}
+    for item in items:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise UserError(f"--sweeps takes name=directory items, got {item!r}")
+        out[name] = directory
+    return out
+
+
 def write_study(
     out: str | pathlib.Path,
     sweeps: Mapping[str, str],
@@ -125,4 +137,4 @@ def write_study(
     return summary
 
 
-__all__ = ["write_scale", "write_study", "HEADLINE_COLUMNS"]
+__all__ = ["write_scale", "write_study", "parse_sweeps", "HEADLINE_COLUMNS"]
