@@ -141,6 +141,35 @@ def select_first_below(records: Sequence[Mapping], loss: float) -> Mapping | Non
 EARLY_KINDS = ("fraction", "tokens", "loss")
 
 
+def exact_steps(
+    evals: Sequence[Mapping],
+    *,
+    target: float,
+    tokens_per_step: int,
+    last_step: int,
+    fractions: Sequence[float] = (),
+    tokens: Sequence[float] = (),
+    losses: Sequence[float] = (),
+) -> dict[tuple[str, float], int | None]:
+    """The exact optimizer step of early points of one run, keyed ("fraction" | "tokens" | "loss", value) (>= 1,
+    <= last_step; None where it does not exist): a fraction of the interpolated T(B), a number of training tokens
+    (both rounded to the nearest step), and the first eval at or below a val loss."""
+    T = tokens_to_target_interpolated(evals, target)
+
+    def clip(step: int | None) -> int | None:
+        return None if step is None or step > last_step else max(1, step)
+
+    out: dict[tuple[str, float], int | None] = {}
+    for f in fractions:
+        out["fraction", f] = clip(round(f * T / tokens_per_step)) if T else None
+    for t in tokens:
+        out["tokens", t] = clip(round(t / tokens_per_step))
+    for loss in losses:
+        crossed = select_first_below(evals, loss)
+        out["loss", loss] = clip(crossed["step"]) if crossed else None
+    return out
+
+
 def exact_early_steps(
     evals: Sequence[Mapping],
     *,
@@ -151,20 +180,18 @@ def exact_early_steps(
     tokens: float,
     loss: float,
 ) -> dict[str, int | None]:
-    """The exact optimizer step of each early point of one run (>= 1, <= last_step; None where it does not exist):
-    "fraction" of the interpolated T(B), a fixed number of training "tokens", and the first eval at or below the
-    early "loss"."""
-    T = tokens_to_target_interpolated(evals, target)
-    crossed = select_first_below(evals, loss)
-
-    def clip(step: int | None) -> int | None:
-        return None if step is None or step > last_step else max(1, step)
-
-    return dict(
-        fraction=clip(round(fraction * T / tokens_per_step)) if T else None,
-        tokens=clip(round(tokens / tokens_per_step)),
-        loss=clip(crossed["step"]) if crossed else None,
+    """`exact_steps` of the three early points, keyed by kind: "fraction" of the interpolated T(B), a fixed number of
+    training "tokens", and the first eval at or below the early "loss"."""
+    steps = exact_steps(
+        evals,
+        target=target,
+        tokens_per_step=tokens_per_step,
+        last_step=last_step,
+        fractions=(fraction,),
+        tokens=(tokens,),
+        losses=(loss,),
     )
+    return {kind: step for (kind, _), step in steps.items()}
 
 
 def select_at_fraction(records: Sequence[Mapping], total_tokens: float, fraction: float = 0.2) -> Mapping:

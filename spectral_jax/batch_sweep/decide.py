@@ -106,13 +106,9 @@ def decision_record(
 ) -> dict:
     """decision.json's dict once the kept tiers finished: tokens spent, the pick, and the comparison."""
     finished = {b: load_tier(out / f"tier_B{b}") for b in kept}
-    T = {
-        b: efficiency.tokens_to_target_interpolated([e.to_dict() for e in t.evals], t.result.target_loss)
-        for b, t in finished.items()
-    }
+    T = {b: t.tokens_to_target() for b, t in finished.items()}
     spent = sum(finished[b].result.tokens for b in kept) + sum(e["tokens"] for b, e in early.items() if b not in kept)
-    reached = {b: v for b, v in T.items() if v}
-    picked = min(reached, key=reached.get) if reached else None
+    picked = _best(T)
     rec = dict(
         decision=dataclasses.asdict(decision),
         tiers=[dict(batch=b, **early[b], kept=b in kept, tokens_to_target=T.get(b)) for b in sorted(early)],
@@ -125,19 +121,21 @@ def decision_record(
     return rec
 
 
+def _best(T: Mapping[int, float | None]) -> int | None:
+    """The tier with the smallest T(B) among those that reached the target."""
+    reached = {b: v for b, v in T.items() if v}
+    return min(reached, key=reached.get) if reached else None
+
+
 def compare_with_reference(reference: str, picked: int | None, spent: int) -> dict:
     """Tokens of the full sweep (every tier trained to its stop) and whether `picked` is its best tier."""
     try:
         _, tiers = load_sweep(reference)
     except FileNotFoundError as err:
         raise UserError(f"--decide_reference: {err}") from None
-    T = {
-        b: efficiency.tokens_to_target_interpolated([e.to_dict() for e in t.evals], t.result.target_loss)
-        for b, t in tiers.items()
-    }
+    T = {b: t.tokens_to_target() for b, t in tiers.items()}
     full = sum(t.result.tokens for t in tiers.values())
-    reached = {b: v for b, v in T.items() if v}
-    best = min(reached, key=reached.get) if reached else None
+    best = _best(T)
     eps = efficiency.token_efficiency(T)
     return dict(
         reference=str(reference),

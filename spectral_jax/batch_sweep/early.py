@@ -17,7 +17,7 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable
 
-from spectral_jax import checkpoints, efficiency
+from spectral_jax import checkpoints
 from spectral_jax.batch_sweep.records import TierRecords, load_tier
 from spectral_jax.data.shards import TokenDataset
 from spectral_jax.models.config import ModelConfig
@@ -29,21 +29,10 @@ EARLY_RECORDS = "early_probes.jsonl"
 
 
 def progress_steps(tier: TierRecords, *, fractions=(), losses=()) -> dict[str, int | None]:
-    """The study's grid points of one tier: "fraction@f" at round(f T(B) / tokens per step) (T(B) interpolated),
-    "loss@L" at the first eval at or below L (step > 0); None where the point lies past the run's end."""
-    evals = [e.to_dict() for e in tier.evals]
-    res = tier.result
-    per_step, last = res.tokens // max(res.steps, 1), res.steps
-    T = efficiency.tokens_to_target_interpolated(evals, res.target_loss)
-
-    def clip(step):
-        return None if step is None or step > last else max(1, step)
-
-    out = {f"fraction@{f:g}": clip(round(f * T / per_step)) if T else None for f in fractions}
-    for loss in losses:
-        hit = efficiency.select_first_below(evals, loss)
-        out[f"loss@{loss:g}"] = clip(hit["step"]) if hit else None
-    return out
+    """The study's grid points of one tier (`TierRecords.exact_steps`), named "fraction@f" and "loss@L"; None where
+    the point lies past the run's end."""
+    steps = tier.exact_steps(fractions=fractions, losses=losses)
+    return {f"{kind}@{value:g}": step for (kind, value), step in steps.items()}
 
 
 def probe_exact_early_points(

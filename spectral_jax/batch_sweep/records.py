@@ -24,17 +24,26 @@ class TierRecords:
     probes: tuple[dict, ...]
     early: tuple[dict, ...] = ()  # probe rows at the exact early points (early_probes.jsonl)
 
-    def early_steps(self, *, fraction: float, tokens: float, loss: float) -> dict[str, int | None]:
-        """The exact step of each early point of this tier (`efficiency.exact_early_steps`)."""
-        return efficiency.exact_early_steps(
+    def tokens_to_target(self) -> float | None:
+        """T(B) interpolated below one eval (`efficiency.tokens_to_target_interpolated`); None if not reached."""
+        return efficiency.tokens_to_target_interpolated([e.to_dict() for e in self.evals], self.result.target_loss)
+
+    def exact_steps(self, *, fractions=(), tokens=(), losses=()) -> dict[tuple[str, float], int | None]:
+        """The exact step of early points of this tier (`efficiency.exact_steps`)."""
+        return efficiency.exact_steps(
             [e.to_dict() for e in self.evals],
             target=self.result.target_loss,
             tokens_per_step=self.result.tokens // max(self.result.steps, 1),
             last_step=self.result.steps,
-            fraction=fraction,
+            fractions=fractions,
             tokens=tokens,
-            loss=loss,
+            losses=losses,
         )
+
+    def early_steps(self, *, fraction: float, tokens: float, loss: float) -> dict[str, int | None]:
+        """The exact step of each early point of this tier, keyed by kind (`efficiency.exact_early_steps`)."""
+        steps = self.exact_steps(fractions=(fraction,), tokens=(tokens,), losses=(loss,))
+        return {kind: step for (kind, _), step in steps.items()}
 
     def records(self, kind: str, layer: int | None, matrix: str | None = None, *, early: bool = False) -> list[dict]:
         """Probe rows of one spectrum kind at one layer (and matrix), in step order; `early`: the exact early

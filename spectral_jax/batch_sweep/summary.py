@@ -91,10 +91,7 @@ def early_readout(
     point kind rho vs eps_tok and vs B, and the paper's fraction-of-T(B) point in `early_prediction`'s shape:
     {"tiers": [{batch, tokens_to_target, eps_tok, early_tokens, early_step, early_val_loss, early_alpha_tail,
     early_alpha_tail_normalized}], "spearman_within", "p_value", "n", "points", "by_kind"}."""
-    T = {
-        b: efficiency.tokens_to_target_interpolated([e.to_dict() for e in t.evals], t.result.target_loss)
-        for b, t in tiers.items()
-    }
+    T = {b: t.tokens_to_target() for b, t in tiers.items()}
     runs = {b: dict(tokens_to_target=T[b], records=t.records(kind, layer, matrix)) for b, t in tiers.items()}
     points = _early_points(tiers, runs, fraction, tokens, loss, kind=kind, layer=layer, matrix=matrix, key=key)
     eps = efficiency.token_efficiency(T)

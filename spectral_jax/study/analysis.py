@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import math
@@ -36,21 +37,9 @@ def measurements(sweep: SeededSweep, *, log: Callable[[str], None] = log_stderr)
     rows = []
     for p in pts:
         v = spectrum(sweep, p)
+        point = {k: val for k, val in dataclasses.asdict(p).items() if k != "file"}
         for name, x in statistics(v, windows(sweep, v.size)).items():
-            rows.append(
-                dict(
-                    seed=p.seed,
-                    batch=p.batch,
-                    definition=p.definition,
-                    value=p.value,
-                    series=p.series,
-                    statistic=name,
-                    x=x,
-                    step=p.step,
-                    tokens=p.tokens,
-                    val_loss=p.val_loss,
-                )
-            )
+            rows.append(dict(point, statistic=name, x=x))
     return rows
 
 

@@ -21,7 +21,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from spectral_jax import efficiency
 from spectral_jax.batch_sweep.early import progress_steps
 from spectral_jax.batch_sweep.records import TierRecords, load_sweep
 from spectral_jax.errors import UserError
@@ -67,8 +66,7 @@ class SeededSweep:
         out = np.full((len(self.seeds), len(self.batches)), np.nan)
         for i, tiers in enumerate(self.tiers):
             for j, b in enumerate(self.batches):
-                t = tiers.get(b)
-                T = t and efficiency.tokens_to_target_interpolated([e.to_dict() for e in t.evals], t.result.target_loss)
+                T = tiers[b].tokens_to_target() if b in tiers else None
                 out[i, j] = T if T else np.nan
         return out
 
