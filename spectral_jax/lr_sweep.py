@@ -250,13 +250,15 @@ def _flatness(selection: halving.HalvingResult, by_key: Mapping[str, float]) -> 
 def _grid(cfg: LRSweepConfig) -> dict:
     """lr_candidates' grid arguments: the flags, else the sweep regime's, else halving's defaults."""
     regime = cfg.regime()
-    multipliers = cfg.lr_multipliers or regime.lr_multipliers or halving.MULTIPLIERS
-    centers = cfg.lr_centers or regime.lr_centers or halving.CENTERS
-    if bad := [c for c in centers if c not in halving.CENTERS + ("none",)]:
-        raise UserError(f"--lr_centers: unknown centre(s) {bad}; use sqrt, linear or none")
-    if any(not (m > 0 and math.isfinite(m)) for m in multipliers):
-        raise UserError(f"--lr_multipliers must be positive and finite, got {multipliers}")
-    return dict(multipliers=tuple(multipliers), centers=tuple(centers))
+    grid = dict(
+        multipliers=tuple(cfg.lr_multipliers or regime.lr_multipliers or halving.MULTIPLIERS),
+        centers=tuple(cfg.lr_centers or regime.lr_centers or halving.CENTERS),
+    )
+    try:  # halving checks the grid; here its error becomes a user error naming the flags
+        halving.lr_candidates(1, 1, **grid)
+    except ValueError as err:
+        raise UserError(f"--lr_multipliers / --lr_centers: {err}") from None
+    return grid
 
 
 def _select_tier(ctx: _SweepContext, i: int, batch: int, t0: float) -> None:
@@ -319,6 +321,7 @@ def run_lr_sweep(cfg: LRSweepConfig, log: Callable[[str], None] = log_stderr) ->
     if cfg.train.keep_checkpoints is None:  # the sweep regime keeps many for the batch sweep's replay; not here
         base_tc = base_tc.replace(keep_checkpoints=get_preset(cfg.preset).train.keep_checkpoints)
     rungs = _sweep_rungs(cfg, base_tc)
+    _grid(cfg)  # a bad grid fails before any data is loaded
     with results_lock(cfg.out_dir(), log):
         return _run_locked(cfg, model_cfg, base_tc, rungs, log)
 

@@ -244,3 +244,18 @@ def test_tuned_lrs_ship_with_the_package_for_the_main_job():
         resolve_lr("tuned", 4, 8, "baseline", preset="tiny")
     with pytest.raises(ValueError, match="has no tier B=64"):
         resolve_lr("tuned", 64, 8, "betterwin", preset="tiny")
+
+
+def test_lr_grid_follows_the_regime_and_refuses_a_bad_grid_before_any_work(tmp_path):
+    """--preset=small's regime narrows the grid to the sqrt centre; a bad --lr_centers / --lr_multipliers is a user
+    error raised before anything is written."""
+    grid = lrs._grid(LRSweepConfig(preset="small"))
+    assert grid["centers"] == ("sqrt",) and grid["multipliers"] == get_preset("small").sweeps["gpt2"].lr_multipliers
+    assert lrs._grid(LRSweepConfig(preset="tiny"))["centers"] == sweep.CENTERS
+    for bad, match in (
+        (dict(lr_centers=("cube",)), "unknown LR scaling rule"),
+        (dict(lr_multipliers=(-1.0,)), "finite"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            run_lr_sweep(LRSweepConfig(preset="small", out=str(tmp_path / "o"), **bad), log=lambda m: None)
+    assert not (tmp_path / "o").exists()
