@@ -152,9 +152,8 @@ def run_phase_one(
     decision: Decision, tiers: Sequence[int], out: pathlib.Path, train_tier, probe_args, log
 ) -> list[int]:
     """Train every tier to the early point (`train_tier(batch, budget, stop_when)`, budget(max_tokens) giving the
-    phase's token budget), read the statistic there,
-    rank, and write decision.json's first half; returns the tiers to finish. Tiers measured by an earlier run of
-    the same decision are not trained again."""
+    phase's token budget), read the statistic there, rank, and write decision.json's first half; returns the tiers
+    to finish. Tiers measured by an earlier run of the same decision are not trained again."""
     path = out / DECISION_FILE
     spec = dataclasses.asdict(decision)
     early = {}

@@ -21,7 +21,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from spectral_jax.batch_sweep.early import progress_steps
 from spectral_jax.batch_sweep.records import TierRecords, load_sweep
 from spectral_jax.errors import UserError
 from spectral_jax.records import read_json
@@ -122,17 +121,13 @@ def _by_step(tier: TierRecords) -> dict[int, dict[str, dict]]:
 
 def tier_steps(tier: TierRecords, grid: dict[str, Sequence[float]]) -> Iterator[tuple[str, float, int]]:
     """(definition, value, exact step) of every grid point of one tier that lies inside its run."""
-    found = progress_steps(tier, fractions=grid.get("fraction", ()), losses=grid.get("loss", ()))
-    for f in grid.get("fraction", ()):
-        if (s := found[f"fraction@{f:g}"]) is not None:
-            yield "fraction", float(f), s
+    found = tier.exact_steps(fractions=grid.get("fraction", ()), losses=grid.get("loss", ()))
+    yield from ((d, float(v), s) for (d, v), s in found.items() if d == "fraction" and s is not None)
     per_step = tier.result.tokens // max(tier.result.steps, 1)
-    for t in grid.get("tokens", ()):
+    for t in grid.get("tokens", ()):  # only a token count that is a whole step (a training probe's)
         if t % per_step == 0 and 0 < t // per_step <= tier.result.steps:
             yield "tokens", float(t), int(t // per_step)
-    for loss in grid.get("loss", ()):
-        if (s := found[f"loss@{loss:g}"]) is not None:
-            yield "loss", float(loss), s
+    yield from ((d, float(v), s) for (d, v), s in found.items() if d == "loss" and s is not None)
 
 
 def study_grid(sweep: SeededSweep) -> dict[str, tuple[float, ...]]:
