@@ -27,7 +27,7 @@ from spectral_jax.batch_sweep.records import load_sweep, load_tier
 from spectral_jax.errors import UserError
 from spectral_jax.records import read_json, read_jsonl, write_json
 from spectral_jax.schemas import spectrum_key
-from spectral_jax.study.statistics import statistics, windows_for
+from spectral_jax.study.statistics import PAST_HEAD, RANKME, statistics, windows_for
 
 DECISION_FILE = "decision.json"
 SERIES = ("activation", "gradient")
@@ -56,7 +56,7 @@ class Decision:
         if definition not in ("tokens", "loss") or not number > 0:
             raise UserError(f"--decide_at must be tokens:N or loss:L with a positive number, got {at!r}")
         series, _, stat = by.partition(":")
-        if series not in SERIES or not (stat in ("rankme", "past_head") or stat.startswith("alpha[")):
+        if series not in SERIES or not (stat in (RANKME, PAST_HEAD) or stat.startswith("alpha[")):
             raise UserError(f"--decide_by must be <activation|gradient>:<rankme|past_head|alpha[lo,hi]>, got {by!r}")
         if sign not in (1, -1):
             raise UserError(f"--decide_sign must be +1 or -1, got {sign}")

@@ -16,6 +16,7 @@ from spectral_jax.plots.base import save_figure
 from spectral_jax.records import log_stderr, write_json
 from spectral_jax.study import analysis, figures
 from spectral_jax.study.points import DEFINITIONS, SeededSweep, load_seeded_sweep
+from spectral_jax.study.statistics import alpha_key
 from spectral_jax.study.toy import write_toy_tables
 
 HEADLINE_COLUMNS = (
@@ -64,7 +65,7 @@ def write_scale(name: str, sweep: SeededSweep, out: pathlib.Path, log: Callable[
         shutil.copyfile(fig, here / fig.name)
     cfg = sweep.config
     headline_values = dict(fraction=cfg["early_fraction"], tokens=cfg["early_tokens"], loss=cfg["early_loss"])
-    tail = "alpha[{},{}]".format(*sweep.tail_window)
+    tail = alpha_key(sweep.tail_window)
     deepest = max((p for p in rho if p["series"].startswith("activation/")), key=lambda p: _layer(p["series"]))
     headline = [
         dict(

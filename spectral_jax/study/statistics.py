@@ -13,6 +13,13 @@ from spectral_jax.lens.spectrum import scaled_bank
 
 PAST_HEAD = "past_head"  # alpha over ranks [ceil(2 RankMe), n]
 MIN_PAST_HEAD_RANKS = 4
+RANKME = "rankme"
+
+
+def alpha_key(window: Sequence[int]) -> str:
+    """The statistic's name for alpha over ranks [lo, hi]: "alpha[lo,hi]"."""
+    lo, hi = window
+    return f"alpha[{lo},{hi}]"
 
 
 def windows_for(n: int, tail: Sequence[int], bank: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
@@ -30,11 +37,11 @@ def statistics(values: np.ndarray, wins: Sequence[tuple[int, int]]) -> dict[str,
     v = np.sort(np.clip(np.asarray(values, np.float64), 0, None))[::-1]
     out = {}
     for lo, hi in wins:
-        out[f"alpha[{lo},{hi}]"] = _alpha(v, (lo, hi))
+        out[alpha_key((lo, hi))] = _alpha(v, (lo, hi))
     r = spectra.rankme(v) if v.sum() > 0 else math.nan
     lo = math.ceil(2 * r) if math.isfinite(r) else v.size + 1
     out[PAST_HEAD] = _alpha(v, (lo, v.size)) if v.size - lo + 1 >= MIN_PAST_HEAD_RANKS else math.nan
-    out["rankme"] = float(r)
+    out[RANKME] = float(r)
     return out
 
 
@@ -45,4 +52,4 @@ def _alpha(v: np.ndarray, window: tuple[int, int]) -> float:
         return math.nan
 
 
-__all__ = ["PAST_HEAD", "MIN_PAST_HEAD_RANKS", "statistics", "windows_for"]
+__all__ = ["PAST_HEAD", "RANKME", "MIN_PAST_HEAD_RANKS", "alpha_key", "statistics", "windows_for"]
