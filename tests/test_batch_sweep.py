@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import re
@@ -14,7 +15,7 @@ import pytest
 from spectral_jax import efficiency
 from spectral_jax import train as train_module
 from spectral_jax.batch_sweep import SweepConfig, format_table, load_tier, run_batch_sweep, summarize_sweep
-from spectral_jax.batch_sweep.decide import Decision, rank_tiers
+from spectral_jax.batch_sweep.decide import Decision, early_statistic, rank_tiers
 from spectral_jax.batch_sweep.early import progress_steps
 from spectral_jax.presets import ProbeOverrides
 from spectral_jax.schemas import EvalRow
@@ -334,6 +335,14 @@ def test_early_decision_ranks_and_stops_as_asked():
     values = {1: 9.0, 2: 7.0, 4: float("nan"), 8: 8.0}
     assert rank_tiers(values, d) == ([2, 8], [1, 4]), "sign +1 keeps the smallest values; NaN is stopped"
     assert rank_tiers({1: 9.0, 2: 7.0, 8: 8.0}, t) == ([1], [2, 8]), "sign -1 keeps the largest"
+
+
+def test_a_tier_diverged_before_the_early_point_is_ranked_last(tmp_path):
+    d = Decision.parse("tokens:4096", "activation:rankme", 1, 1, n_tiers=2)
+    (tmp_path / "result.json").write_text(json.dumps(dict(status="diverged", steps=3, tokens=3072)))
+    early = early_statistic(tmp_path, d, tail=(2, 8), bank=())
+    assert early["status"] == "diverged" and math.isnan(early["value"]) and early["tokens"] == 3072
+    assert rank_tiers({1: early["value"], 2: 40.0}, d) == ([2], [1])
 
 
 def test_early_decision_rejects_bad_flags(tmp_path):

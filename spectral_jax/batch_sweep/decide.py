@@ -76,9 +76,12 @@ class Decision:
 
 def early_statistic(tier_dir: pathlib.Path, decision: Decision, *, tail, bank) -> dict:
     """The statistic at the tier's stop (phase one's last step), read from its probe there: the deepest probed
-    layer's activations, or the first probed gradient matrix there."""
+    layer's activations, or the first probed gradient matrix there. A tier that diverged before the point has no
+    probe there; its value is NaN, which ranks it last (stopped)."""
     result = read_json(tier_dir / "result.json")
     step = result["steps"]
+    if result.get("status") == "diverged":
+        return dict(step=step, tokens=result["tokens"], val_loss=None, value=math.nan, status="diverged")
     kind = decision.series
     rows = [r for r in read_jsonl(tier_dir / "probes.jsonl") if r["step"] == step and r["kind"] == kind]
     if not rows:
@@ -92,7 +95,13 @@ def early_statistic(tier_dir: pathlib.Path, decision: Decision, *, tail, bank) -
             f"--decide_by statistic {decision.statistic!r} does not fit a length-{values.size} spectrum; "
             f"choose one of {', '.join(stats)}"
         )
-    return dict(step=step, tokens=result["tokens"], val_loss=result["final_val_loss"], value=stats[decision.statistic])
+    return dict(
+        step=step,
+        tokens=result["tokens"],
+        val_loss=result["final_val_loss"],
+        value=stats[decision.statistic],
+        status=result["status"],
+    )
 
 
 def rank_tiers(values: Mapping[int, float], decision: Decision) -> tuple[list[int], list[int]]:
