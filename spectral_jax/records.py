@@ -9,6 +9,7 @@ scalars and non-finite floats (-> null) to JSON.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
@@ -19,7 +20,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax
@@ -89,6 +90,27 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     if _secondary():
         return
     atomic_write_bytes(path, text.encode())
+
+
+def write_csv(
+    path: str | os.PathLike, rows: Sequence[Mapping], columns: Sequence[str] | None = None, *, digits: int | None = None
+) -> None:
+    """A tidy CSV of `rows` under `columns` (default: the first row's keys; other keys are left out), written
+    atomically by process 0: None and non-finite floats as empty cells, floats to `digits` significant digits
+    when given (else repr)."""
+
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if not math.isfinite(v) else (f"{v:.{digits}g}" if digits else v)
+        return "" if v is None else v
+
+    columns = list(columns or (rows[0] if rows else []))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: cell(row.get(k)) for k in columns})
+    write_text(path, buf.getvalue())
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -215,6 +237,7 @@ __all__ = [
     "atomic_write_bytes",
     "to_jsonable",
     "json_text",
+    "write_csv",
     "write_json",
     "write_text",
     "read_json",

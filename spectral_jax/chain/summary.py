@@ -3,13 +3,11 @@ taxonomy labels, the CSV table and the figures."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -18,7 +16,7 @@ from spectral_jax.batch_sweep import TierRecords, load_spectrum, load_tier
 from spectral_jax.chain.config import GRAD_MATRIX, transitions_of
 from spectral_jax.errors import UserError
 from spectral_jax.probes import ALIASES
-from spectral_jax.records import log_stderr, read_json, write_json, write_text
+from spectral_jax.records import log_stderr, read_json, write_csv, write_json
 from spectral_jax.taxonomy import TaxonomyThresholds, classify_transition
 
 
@@ -195,7 +193,7 @@ def summarize_chain(
         git_sha=first.run["environment"]["git_sha"],
     )
     write_json(out / "summary.json", summary)
-    _write_csv(out / "chain_table.csv", transitions)
+    write_csv(out / "chain_table.csv", transitions, CSV_COLUMNS)
     _figures(out, summary, runs, tuple(meta["tail_window"]))
     return summary
 
@@ -219,15 +217,6 @@ CSV_COLUMNS = (
     "label",
     "reason",
 )
-
-
-def _write_csv(path: pathlib.Path, transitions: Sequence[Mapping]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for t in transitions:
-        w.writerow({k: ("" if t.get(k) is None else t.get(k)) for k in CSV_COLUMNS})
-    write_text(path, buf.getvalue())
 
 
 def _figures(out: pathlib.Path, summary: dict, runs: Mapping[str, TierRecords], tail: tuple[int, int]) -> None:

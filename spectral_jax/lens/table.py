@@ -10,13 +10,10 @@ hard_rank, stable_rank, participation_ratio, head_mass10, warning. NaN where a v
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from collections.abc import Iterable, Mapping
 
 from spectral_jax.lens.spectrum import Spectrum
-from spectral_jax.records import atomic_write_bytes
+from spectral_jax.records import write_csv
 
 _FIRST = ("kind", "path", "quantity", "n", "samples", "shape", "tail_window")
 
@@ -31,12 +28,7 @@ class Rows(list):
         return [c for c in cols if c != "warning"] + ["warning"]
 
     def to_csv(self, path) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.columns(), lineterminator="\n")
-        writer.writeheader()
-        for row in self:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-        atomic_write_bytes(path, buf.getvalue().encode())
+        write_csv(path, self, self.columns())
 
 
 def _spectra(items) -> Iterable[Spectrum]:

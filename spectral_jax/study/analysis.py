@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
 import math
 import pathlib
@@ -22,9 +20,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from spectral_jax import records
 from spectral_jax.batch_sweep.seeds import _nanmean, seed_bootstrap
 from spectral_jax.efficiency import spearman
-from spectral_jax.records import atomic_write_bytes, log_stderr
+from spectral_jax.records import log_stderr
 from spectral_jax.study.points import SeededSweep, points, spectrum, statistics, windows
 
 MEASUREMENT_COLUMNS = ("seed", "batch", "definition", "value", "series", "statistic", "x", "step", "tokens", "val_loss")
@@ -163,20 +162,8 @@ def matched_loss(rows: Sequence[dict]) -> list[dict]:
 
 
 def write_csv(path: str | pathlib.Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> None:
-    """Tidy CSV, written atomically; NaN as an empty cell, floats to 6 significant digits."""
-    columns = list(columns or (rows[0] if rows else []))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in columns})
-    atomic_write_bytes(pathlib.Path(path), buf.getvalue().encode())
-
-
-def _cell(v):
-    if isinstance(v, float):
-        return "" if not math.isfinite(v) else f"{v:.6g}"
-    return "" if v is None else v
+    """The study's tidy CSV: floats to 6 significant digits, NaN as an empty cell (`records.write_csv`)."""
+    records.write_csv(path, rows, columns, digits=6)
 
 
 __all__ = [
