@@ -10,7 +10,16 @@ import pytest
 from spectral_jax.batch_sweep import SweepConfig, run_batch_sweep
 from spectral_jax.errors import CorruptRecordError, UserError
 from spectral_jax.lock import LOCK_NAME, results_lock
-from spectral_jax.records import append_jsonl, read_jsonl
+from spectral_jax.records import append_jsonl, read_jsonl, write_csv
+
+
+def test_csv_cells(tmp_path):
+    rows = [dict(a=1, b=float("nan"), c=0.123456789, extra="left out"), dict(a=None, b=2.0, c=float("inf"))]
+    write_csv(tmp_path / "t.csv", rows, ("a", "b", "c"), digits=3)
+    assert (tmp_path / "t.csv").read_text() == "a,b,c\n1,,0.123\n,2,\n"
+    write_csv(tmp_path / "t.csv", rows[:1])  # columns from the first row; repr floats
+    assert (tmp_path / "t.csv").read_text() == "a,b,c,extra\n1,,0.123456789,left out\n"
+    assert not list(tmp_path.glob(".*tmp")), "written atomically"
 
 
 def test_a_torn_final_line_is_dropped_and_cut_before_the_next_append(tmp_path):
