@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from spectral_jax.study.toy import write_toy_tables
@@ -80,6 +81,14 @@ def test_summary_runs_and_figures(experiment):
     assert set(on_disk["fourier"]["transitions"]) == set(on_disk["fourier"]["transition_order"])
     d = on_disk["fourier"]["transitions"]["muon->untied"]["dH_peak"]["ck1"]
     assert d["n"] == 4 and d["mean"] is not None  # 2 batches x 2 seeds, paired
+    rows = {(r["stage"], r["batch"], r["seed"], r["checkpoint"]): r for r in on_disk["fourier"]["by_run"]}
+    muon, untied = [
+        [v["H_peak"] for k, v in sorted(rows.items()) if k[0] == s and k[3] == "ck1"] for s in ("muon", "untied")
+    ]
+    assert d["mean"] == pytest.approx(np.mean(np.subtract(untied, muon)), rel=1e-9), "ΔH_peak: the runs' differences"
+    assert len(rows) == len(on_disk["fourier"]["checkpoints"]) * on_disk["n_runs"] and all(
+        r["val_loss"] is not None for r in rows.values()
+    )
     for name in FIGURES:
         png = out / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -169,6 +178,7 @@ def test_study_toy_tables_from_the_summaries(experiment, tmp_path):
     row = next(r for r in dh if r["transition"] == four["transition_order"][0] and r["checkpoint"] == "ck1")
     assert float(row["dH_peak_mean"]) == pytest.approx(first, rel=1e-5)
     assert (tmp_path / "fig4a_spearman_vs_progress.png").is_file() and wrote["dh"]["ratios"] == four["dH_peak_ratios"]
+    assert len(list(csv.DictReader((tmp_path / "h_peak_by_run.csv").open()))) == len(four["by_run"])
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ FIG4A_COLUMNS = ("stage", "seed", "fraction", "rho", "p_value", "n")
 REACH_COLUMNS = ("stage", "batch", "seed", "lr", "status", "steps", "tokens_to_target", "final_val_loss")
 DH_COLUMNS = ("transition", "checkpoint", "steps", "dH_peak_mean", "dH_peak_sd", "n_pairs")
 H_COLUMNS = ("stage", "checkpoint", "steps", "H_peak_mean", "H_peak_sd", "n")
+H_RUN_COLUMNS = ("stage", "batch", "seed", "checkpoint", "step", "val_loss", "H_peak")
 
 
 def _summary(directory: str | pathlib.Path) -> dict:
@@ -71,8 +72,9 @@ def dh_rows(summary: dict) -> tuple[list[dict], list[dict]]:
 
 
 def write_toy_tables(progress_dir, dh_dir, out: pathlib.Path) -> dict:
-    """fig4a.csv and reach.csv from the progress experiment (five batch sizes), dh_peak.csv and h_peak.csv from
-    the ΔH_peak experiment (four stages); their figures copied beside. Returns what it wrote."""
+    """fig4a.csv and reach.csv from the progress experiment (five batch sizes); dh_peak.csv, h_peak.csv and
+    h_peak_by_run.csv (each run at each checkpoint, with its val loss there) from the ΔH_peak experiment (four
+    stages); their figures copied beside. Returns what it wrote."""
     out.mkdir(parents=True, exist_ok=True)
     wrote = {}
     if progress_dir:
@@ -86,6 +88,7 @@ def write_toy_tables(progress_dir, dh_dir, out: pathlib.Path) -> dict:
         dh, h = dh_rows(s)
         write_csv(out / "dh_peak.csv", dh, DH_COLUMNS)
         write_csv(out / "h_peak.csv", h, H_COLUMNS)
+        write_csv(out / "h_peak_by_run.csv", s["fourier"]["by_run"], H_RUN_COLUMNS)
         write_csv(out / "dh_reach.csv", reach_rows(s), REACH_COLUMNS)
         wrote["dh"] = dict(dh_peak=dh, h_peak=h, ratios=s["fourier"]["dH_peak_ratios"])
         _copy_figures(dh_dir, out, ("fig11", "fig4b", "fig4c"), prefix="dh_")

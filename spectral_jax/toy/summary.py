@@ -90,6 +90,21 @@ def _fourier_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
         transition_order=names,
         transitions=transitions,
         dH_peak_ratios=ratios,
+        by_run=[_checkpoint_row(r, labels[i], ck(r, i)) for r in runs for i in range(n_ck)],
+    )
+
+
+def _checkpoint_row(run: Mapping, label: str, rec: Mapping) -> dict:
+    """One run at one checkpoint: the step probed (its stop when it stopped earlier), val loss there, H_peak."""
+    val = {e["step"]: e["val_loss"] for e in run.get("evals", [])}
+    return dict(
+        stage=run["stage"],
+        batch=run["batch"],
+        seed=run["seed"],
+        checkpoint=label,
+        step=rec["step"],
+        val_loss=val.get(rec["step"]),
+        H_peak=band_mean(rec, "H_peak"),
     )
 
 
