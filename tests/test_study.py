@@ -3,6 +3,7 @@ every point at its exact step, alpha against a float64 NumPy fit, rho and ANOVA 
 the files it writes."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -11,8 +12,10 @@ import pytest
 from scipy import stats
 
 from spectral_jax.batch_sweep.early import progress_steps
+from spectral_jax.batch_sweep.records import load_sweep
 from spectral_jax.batch_sweep.seeds import seed_bootstrap
 from spectral_jax.study import analysis
+from spectral_jax.study.decisions import decision_row, summarize_decisions
 from spectral_jax.study.points import PAST_HEAD, load_seeded_sweep, points, spectrum, statistics, windows
 from spectral_jax.study.report import parse_sweeps, write_study
 
@@ -124,3 +127,30 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 2 and "no sweep.json" in res.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_decision_rows_against_the_largest_tiers_rule(seeded, tmp_path):
+    """A decision that kept B = 1 against the rule "finish the largest": picks, ε_tok and tokens from the reference."""
+    ref = seeded / "seed0"
+    _, tiers = load_sweep(ref)
+    T = {b: t.tokens_to_target() for b, t in tiers.items()}
+    early = {str(b): dict(tokens=100 * b, value=float(b)) for b in tiers}
+    full = sum(t.result.tokens for t in tiers.values())
+    spent = tiers[1].result.tokens + 200 + 400
+    decision = dict(definition="tokens", value=512.0, series="activation", statistic="rankme", sign=-1, keep=1)
+    best = min((b for b in T if T[b]), key=T.get)
+    rec = dict(
+        decision=decision, early=early, kept=[1], picked=1, tokens_spent=spent, reference=str(ref),
+        full_sweep_tokens=full, tokens_saved_fraction=(full - spent) / full, reference_best=best,
+        picked_is_best=best == 1, picked_eps_tok=T[1] / T[best],
+    )  # fmt: skip
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "decision.json").write_text(json.dumps(rec))
+    row = decision_row(tmp_path / "d")
+    assert row["largest_pick"] == 4 and row["largest_is_best"] == (best == 4)
+    assert row["largest_eps_tok"] == pytest.approx(T[4] / T[best])
+    assert row["largest_tokens_spent"] == tiers[4].result.tokens + 100 + 200
+    s = summarize_decisions([row, row])
+    assert s["n"] == 2 and s["largest_best"] == 2 * (best == 4) and s["picked_eps_tok_mean"] == rec["picked_eps_tok"]
+    with pytest.raises(ValueError, match="holds no decision.json"):
+        decision_row(tmp_path)

@@ -1,20 +1,20 @@
 """Write the study's tables and figures (docs/results/study/): per LM scale its measurements, rho vs progress for
 every early definition, series and statistic, the matched-loss separation and T(B); one headline table across
-scales; the toy's Fig. 4a and ΔH_peak tables."""
+scales; the toy's Fig. 4a and ΔH_peak tables; the early decisions' outcomes."""
 
 from __future__ import annotations
 
 import math
 import pathlib
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from spectral_jax.errors import UserError
 from spectral_jax.plots.base import save_figure
 from spectral_jax.records import log_stderr, write_json
-from spectral_jax.study import analysis, figures
+from spectral_jax.study import analysis, decisions, figures
 from spectral_jax.study.points import DEFINITIONS, SeededSweep, load_seeded_sweep
 from spectral_jax.study.statistics import alpha_key
 from spectral_jax.study.toy import write_toy_tables
@@ -111,12 +111,14 @@ def write_study(
     *,
     toy_progress: str | None = None,
     toy_dh: str | None = None,
+    decision_runs: Sequence[str] = (),
     command: str = "",
     log: Callable[[str], None] = log_stderr,
 ) -> dict:
     """Every table and figure of the study into `out`; returns summary.json's dict."""
     out = pathlib.Path(out)
     loaded = {name: load_seeded_sweep(d) for name, d in sweeps.items()}  # every source readable before any write
+    decided = [decisions.decision_row(d) for d in decision_runs]
     out.mkdir(parents=True, exist_ok=True)
     scales = {name: write_scale(name, sweep, out, log) for name, sweep in loaded.items()}
     headline = [r for s in scales.values() for r in s["headline"]]
@@ -127,11 +129,14 @@ def write_study(
         )
         save_figure(figures.plot_scales(headline, title=title), out / "rho_by_scale.png")
     toy = write_toy_tables(toy_progress, toy_dh, out / "toy") if (toy_progress or toy_dh) else {}
+    if decided:
+        analysis.write_csv(out / "decisions.csv", decided, decisions.DECISION_COLUMNS)
     summary = dict(
         command=command,
         scales={k: {kk: v for kk, v in s.items() if kk != "headline"} for k, s in scales.items()},
-        sources=dict(sweeps=dict(sweeps), toy_progress=toy_progress, toy_dh=toy_dh),
+        sources=dict(sweeps=dict(sweeps), toy_progress=toy_progress, toy_dh=toy_dh, decisions=list(decision_runs)),
         toy=toy,
+        decisions=dict(decisions.summarize_decisions(decided), runs=decided) if decided else {},
     )
     write_json(out / "summary.json", summary)
     log(f"study tables and figures in {out}")
