@@ -1,6 +1,7 @@
 """Toy experiment end to end (spectral_jax.toy.experiment, experiments/toy_modarith.py) on a test-sized config."""
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from spectral_jax.toy.experiment import (
     summarize,
 )
 from spectral_jax.toy.probes import ToyProbeConfig
+from spectral_jax.toy.summary import _progress_tables
 from spectral_jax.toy.train import ToyRun
 
 TINY = ToyExperimentConfig(
@@ -86,6 +88,8 @@ def test_summary_runs_and_figures(experiment):
         [v["H_peak"] for k, v in sorted(rows.items()) if k[0] == s and k[3] == "ck1"] for s in ("muon", "untied")
     ]
     assert d["mean"] == pytest.approx(np.mean(np.subtract(untied, muon)), rel=1e-9), "ΔH_peak: the runs' differences"
+    for w in on_disk["spearman_vs_progress"]["within_stage"]:  # where the snapshots chosen for a fraction sit
+        assert 0 < w["realized_min"] <= w["realized_max"] <= 1, w
     assert len(rows) == len(on_disk["fourier"]["checkpoints"]) * on_disk["n_runs"] and all(
         r["val_loss"] is not None for r in rows.values()
     )
@@ -206,3 +210,25 @@ def test_reference_lrs_train_without_halving_and_leave_no_partial(tmp_path):
         assert run["selection"]["source"] == "reference" and run["selection"]["table"] == []
     assert not list((tmp_path / "runs").glob("*.partial.npz"))
     assert not any("LR halving" in m for m in logs)
+
+
+def test_fig4a_skips_step_0_and_reports_where_its_snapshots_sit():
+    """Within-stage and pooled rho read the same snapshots, never step 0 (the same initial model for every batch);
+    on a fixed snapshot grid each fraction's realized position is reported."""
+    cfg = dataclasses.replace(TINY, stages=("untied",), batches=(4, 8, 16), seeds=(0,), progress_fractions=(0.2,))
+    key = "alpha_{}_{}".format(*cfg.probe.local)
+    T = {4: 1000, 8: 2000, 16: 8000}
+    runs = [
+        dict(
+            stage="untied",
+            batch=b,
+            seed=0,
+            tokens_to_target=T[b],
+            records=[{"step": s, "tokens": 100 * s, key: float(b if s == 0 else -b)} for s in range(0, 101, 10)],
+        )
+        for b in T
+    ]
+    tables = _progress_tables(cfg, runs)
+    (within,), (pooled,) = tables["within_stage"], tables["pooled"]
+    assert within["rho"] == pytest.approx(-1.0) and pooled["rho"] == pytest.approx(-1.0), "step 0 would give +1"
+    assert (within["realized_min"], within["realized_max"]) == (0.25, 1.0)  # 2,000 / 8,000 and 1,000 / 1,000

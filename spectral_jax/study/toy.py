@@ -11,7 +11,7 @@ from spectral_jax.errors import UserError
 from spectral_jax.records import read_json
 from spectral_jax.study.analysis import write_csv
 
-FIG4A_COLUMNS = ("stage", "seed", "fraction", "rho", "p_value", "n")
+FIG4A_COLUMNS = ("stage", "seed", "fraction", "realized_min", "realized_max", "rho", "p_value", "n")
 REACH_COLUMNS = ("stage", "batch", "seed", "lr", "status", "steps", "tokens_to_target", "final_val_loss")
 DH_COLUMNS = ("transition", "checkpoint", "steps", "dH_peak_mean", "dH_peak_sd", "n_pairs")
 H_COLUMNS = ("stage", "checkpoint", "steps", "H_peak_mean", "H_peak_sd", "n")
@@ -29,7 +29,7 @@ def fig4a_rows(summary: dict) -> list[dict]:
     """Within-stage rho vs progress (Fig. 4a), one row per (stage, seed, fraction)."""
     rows = []
     for r in summary["spearman_vs_progress"]["within_stage"]:
-        rows.append({k: r[k] for k in FIG4A_COLUMNS})
+        rows.append({k: r.get(k) for k in FIG4A_COLUMNS})
     return rows
 
 

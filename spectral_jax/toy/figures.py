@@ -64,7 +64,8 @@ def loss_curves(cfg, runs: Sequence[Mapping]) -> Figure:
         ax.set_title(f"{stage} (seed {seed}); dashed: target {cfg.target:g}", fontsize=9)
         ax.set_xlabel("training tokens")
         ax.set_ylabel("validation loss (nats/token)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a stage without runs yet (a partial summary) has none
+            ax.legend(fontsize=7)
     return fig
 
 

@@ -126,14 +126,14 @@ def _progress_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
             if sum(v["tokens_to_target"] is not None for v in fam.values()) < 3:
                 continue
             for row in efficiency.spearman_vs_progress(fam, windows=[(lo, hi)], fractions=cfg.progress_fractions):
-                within.append(dict(row, stage=stage, seed=seed))
+                within.append(dict(row, stage=stage, seed=seed, **_realized(fam, row["fraction"])))
     pooled = []
     for seed in cfg.seeds:
         reached = [r for r in runs if r["seed"] == seed and r["tokens_to_target"] is not None]
         for f in cfg.progress_fractions:
             xs, ys = [], []
             for r in reached:
-                recs = [x for x in r["records"] if x.get(key) is not None]
+                recs = efficiency.after_start([x for x in r["records"] if x.get(key) is not None])
                 if recs:
                     xs.append(efficiency.select_at_fraction(recs, r["tokens_to_target"], f)[key])
                     ys.append(r["tokens_to_target"])
@@ -146,6 +146,17 @@ def _progress_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
         pooled_mean=_by_fraction(pooled),
         within_stage_mean=_by_fraction(within),
     )
+
+
+def _realized(fam: Mapping, fraction: float) -> dict:
+    """The fractions of T(B) the snapshots chosen for `fraction` actually sit at (min and max over the reached
+    runs): on a fixed snapshot grid a short run's early fractions land later."""
+    got = [
+        efficiency.select_at_fraction(recs, v["tokens_to_target"], fraction)["tokens"] / v["tokens_to_target"]
+        for v in fam.values()
+        if v["tokens_to_target"] and (recs := efficiency.after_start(v["records"]))
+    ]
+    return dict(realized_min=min(got, default=None), realized_max=max(got, default=None))
 
 
 def _by_fraction(rows: list[dict]) -> list[dict]:
