@@ -10,17 +10,20 @@ import time
 import numpy as np
 import pytest
 
+from spectral_jax.records import to_jsonable
 from spectral_jax.study.toy import write_toy_tables
 from spectral_jax.toy import task
 from spectral_jax.toy.experiment import (
     QUICK,
     ToyExperimentConfig,
+    config_from_dict,
     probe_steps,
     reference_lr,
     run_toy_experiment,
     summarize,
 )
 from spectral_jax.toy.probes import ToyProbeConfig
+from spectral_jax.toy.run_files import adopt_earlier_runs, belongs, run_fingerprint
 from spectral_jax.toy.summary import _progress_tables
 from spectral_jax.toy.train import ToyRun
 
@@ -232,3 +235,28 @@ def test_fig4a_skips_step_0_and_reports_where_its_snapshots_sit():
     (within,), (pooled,) = tables["within_stage"], tables["pooled"]
     assert within["rho"] == pytest.approx(-1.0) and pooled["rho"] == pytest.approx(-1.0), "step 0 would give +1"
     assert (within["realized_min"], within["realized_max"]) == (0.25, 1.0)  # 2,000 / 8,000 and 1,000 / 1,000
+
+
+def test_adding_a_seed_keeps_finished_runs_and_other_changes_retrain(tmp_path):
+    """Per-run fingerprints: a run keeps its fingerprint when seeds, stages or batches are added, not when its own
+    settings change; files stamped with an earlier whole-config fingerprint are adopted on the same terms."""
+    ref = dataclasses.replace(TINY, lrs="reference", stages=("untied",), batches=(32,), seeds=(0,))
+    more = dataclasses.replace(ref, stages=("muon", "untied"), batches=(32, 64), seeds=(0, 1))
+    assert run_fingerprint(ref, "untied", 32, 0) == run_fingerprint(more, "untied", 32, 0)
+    shorter = dataclasses.replace(ref, max_steps=7)
+    assert run_fingerprint(ref, "untied", 32, 0) != run_fingerprint(shorter, "untied", 32, 0)
+    halving = dataclasses.replace(TINY, seeds=(0, 1))  # seed 1 trains at the LR halving chose on seed 0
+    assert run_fingerprint(halving, "untied", 4, 1) != run_fingerprint(
+        dataclasses.replace(halving, seeds=(2, 1)), "untied", 4, 1
+    )
+    (tmp_path / "runs").mkdir()
+    old = ref.fingerprint()
+    (tmp_path / "config.json").write_text(json.dumps(dict(config=to_jsonable(ref), fingerprint=old)))
+    run = dict(stage="untied", batch=32, seed=0, fingerprint=old)
+    (tmp_path / "runs" / "untied_B32_seed0.json").write_text(json.dumps(run))
+    (tmp_path / "runs" / f"untied_B32_seed0.{old}.partial.npz").write_bytes(b"")
+    assert adopt_earlier_runs(tmp_path, shorter, config_from_dict, print) == 0
+    assert adopt_earlier_runs(tmp_path, more, config_from_dict, print) == 2
+    assert belongs(more, json.loads((tmp_path / "runs" / "untied_B32_seed0.json").read_text()))
+    new = run_fingerprint(more, "untied", 32, 0)
+    assert (tmp_path / "runs" / f"untied_B32_seed0.{new}.partial.npz").is_file()

@@ -28,6 +28,7 @@ from spectral_jax.toy import task as task_lib
 from spectral_jax.toy.model import STAGES, ToyDims, check_stage
 from spectral_jax.toy.probes import ToyProbeConfig, ToyProber
 from spectral_jax.toy.resume import advance_saving, load_run
+from spectral_jax.toy.run_files import adopt_earlier_runs, belongs, run_fingerprint, run_name
 from spectral_jax.toy.summary import band_mean, record_at_step, write_summary
 from spectral_jax.toy.train import ToyRun, ToyTrainConfig
 
@@ -59,7 +60,8 @@ def reference_lr(stage: str, batch: int) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class ToyExperimentConfig:
-    """Everything one toy experiment depends on (the run files' fingerprint is a hash of it)."""
+    """Everything one toy experiment depends on (each run file's fingerprint hashes it, narrowed to that run:
+    `run_files.run_fingerprint`)."""
 
     stages: tuple[str, ...] = option(STAGES, "stages of baseline,rope,muon,untied")
     batches: tuple[int, ...] = option((8, 16, 32, 64), "batch sizes (sequences per step)")
@@ -165,10 +167,6 @@ class ToyExperimentConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_name(stage: str, batch: int, seed: int) -> str:
-    return f"{stage}_B{batch}_seed{seed}"
-
-
 # ---- one (stage, batch, seed) ------------------------------------------------------------------------------------
 def _halving(cfg: ToyExperimentConfig, stage: str, batch: int, seed: int, splits, log) -> tuple[ToyRun, dict]:
     """Successive halving over the LR grid; returns the winner's run (trained to its stop) and the table."""
@@ -267,6 +265,7 @@ def run_toy_experiment(
     out = pathlib.Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     fp = cfg.fingerprint()
+    adopt_earlier_runs(out, cfg, config_from_dict, log)
     write_json(out / "config.json", dict(config=to_jsonable(cfg), fingerprint=fp, environment=environment()))
     t0 = time.perf_counter()
     chosen: dict[tuple[str, int], float] = {}
@@ -277,15 +276,16 @@ def run_toy_experiment(
         for stage in cfg.stages:
             for batch in cfg.batches:
                 path = out / "runs" / f"{run_name(stage, batch, seed)}.json"
+                run_fp = run_fingerprint(cfg, stage, batch, seed)
                 if path.is_file():
                     done = read_json(path)
-                    if done.get("fingerprint") == fp:
+                    if done.get("fingerprint") == run_fp:
                         log(f"[{stage} B={batch} seed={seed}] reusing {path}")
                         chosen.setdefault((stage, batch), done["lr"])
                         continue
                 reuse = seed != cfg.seeds[0] and cfg.selection == "first_seed"
                 lr = reference_lr(stage, batch) if cfg.lrs == "reference" else chosen.get((stage, batch))
-                partial = path.parent / f"{path.stem}.{fp}.partial.npz"  # mid-run save
+                partial = path.parent / f"{path.stem}.{run_fp}.partial.npz"  # mid-run save
                 result = _run_one(
                     cfg,
                     stage,
@@ -298,7 +298,7 @@ def run_toy_experiment(
                     partial,
                 )
                 chosen.setdefault((stage, batch), result["lr"])
-                write_json(path, dict(result, fingerprint=fp))
+                write_json(path, dict(result, fingerprint=run_fp))
                 partial.unlink(missing_ok=True)
     log(f"all runs done in {time.perf_counter() - t0:.0f}s; summarising")
     return summarize(out, figures=figures, wall_seconds=time.perf_counter() - t0)
@@ -306,14 +306,15 @@ def run_toy_experiment(
 
 # ---- summary -----------------------------------------------------------------------------------------------------
 def load_runs(out: str | pathlib.Path) -> tuple[ToyExperimentConfig, list[dict]]:
-    """The experiment's config and its run files (of the current fingerprint), sorted by seed, stage, batch."""
+    """The experiment's config and its run files (made under its settings: `run_files.belongs`, or stamped with
+    config.json's whole-config fingerprint by an earlier version), sorted by seed, stage, batch."""
     out = pathlib.Path(out)
     meta = read_json(out / "config.json")
     cfg = config_from_dict(meta["config"])
     runs = []
     for p in sorted((out / "runs").glob("*.json")):
         r = read_json(p)
-        if r.get("fingerprint") == meta["fingerprint"]:
+        if belongs(cfg, r) or r.get("fingerprint") == meta["fingerprint"]:
             runs.append(r)
     order = {s: i for i, s in enumerate(cfg.stages)}
     runs.sort(key=lambda r: (r["seed"], order.get(r["stage"], 99), r["batch"]))
