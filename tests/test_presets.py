@@ -55,9 +55,13 @@ SMALL = Preset(
 
 @pytest.fixture
 def small():
-    register_preset(SMALL)
+    """SMALL registered for one test. Under xdist the seeded-sweep session fixture (conftest) may already hold it
+    registered on this worker; it is then left registered for that fixture's later users."""
+    held = SMALL.name in preset_names()
+    register_preset(SMALL, replace=held)
     yield SMALL
-    unregister_preset(SMALL.name)
+    if not held:
+        unregister_preset(SMALL.name)
 
 
 def test_builtin_presets_and_derived_windows():
