@@ -117,7 +117,7 @@ def decision_record(
     finished = {b: load_tier(out / f"tier_B{b}") for b in kept}
     T = {b: t.tokens_to_target() for b, t in finished.items()}
     spent = sum(finished[b].result.tokens for b in kept) + sum(e["tokens"] for b, e in early.items() if b not in kept)
-    picked = _best(T)
+    picked = best_tier(T)
     rec = dict(
         decision=dataclasses.asdict(decision),
         tiers=[dict(batch=b, **early[b], kept=b in kept, tokens_to_target=T.get(b)) for b in sorted(early)],
@@ -130,7 +130,7 @@ def decision_record(
     return rec
 
 
-def _best(T: Mapping[int, float | None]) -> int | None:
+def best_tier(T: Mapping[int, float | None]) -> int | None:
     """The tier with the smallest T(B) among those that reached the target."""
     reached = {b: v for b, v in T.items() if v}
     return min(reached, key=reached.get) if reached else None
@@ -144,7 +144,7 @@ def compare_with_reference(reference: str, picked: int | None, spent: int) -> di
         raise UserError(f"--decide_reference: {err}") from None
     T = {b: t.tokens_to_target() for b, t in tiers.items()}
     full = sum(t.result.tokens for t in tiers.values())
-    best = _best(T)
+    best = best_tier(T)
     eps = efficiency.token_efficiency(T)
     return dict(
         reference=str(reference),
@@ -196,6 +196,7 @@ __all__ = [
     "Decision",
     "early_statistic",
     "rank_tiers",
+    "best_tier",
     "decision_record",
     "compare_with_reference",
     "run_phase_one",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from spectral_jax import efficiency
-from spectral_jax.batch_sweep.decide import DECISION_FILE
+from spectral_jax.batch_sweep.decide import DECISION_FILE, best_tier
 from spectral_jax.batch_sweep.records import load_sweep
 from spectral_jax.errors import UserError
 from spectral_jax.records import read_json
@@ -56,8 +56,7 @@ def decision_row(directory: str | pathlib.Path) -> dict:
     eps = efficiency.token_efficiency(T)
     early = {int(b): e for b, e in rec["early"].items()}
     largest = sorted(early)[-rec["decision"]["keep"] :]
-    reached = {b: T[b] for b in largest if T.get(b)}
-    pick = min(reached, key=reached.get) if reached else None
+    pick = best_tier({b: T.get(b) for b in largest})
     spent = sum(tiers[b].result.tokens for b in largest) + sum(
         e["tokens"] for b, e in early.items() if b not in largest
     )
