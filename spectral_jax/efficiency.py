@@ -170,30 +170,6 @@ def exact_steps(
     return out
 
 
-def exact_early_steps(
-    evals: Sequence[Mapping],
-    *,
-    target: float,
-    tokens_per_step: int,
-    last_step: int,
-    fraction: float,
-    tokens: float,
-    loss: float,
-) -> dict[str, int | None]:
-    """`exact_steps` of the three early points, keyed by kind: "fraction" of the interpolated T(B), a fixed number of
-    training "tokens", and the first eval at or below the early "loss"."""
-    steps = exact_steps(
-        evals,
-        target=target,
-        tokens_per_step=tokens_per_step,
-        last_step=last_step,
-        fractions=(fraction,),
-        tokens=(tokens,),
-        losses=(loss,),
-    )
-    return {kind: step for (kind, _), step in steps.items()}
-
-
 def select_at_fraction(records: Sequence[Mapping], total_tokens: float, fraction: float = 0.2) -> Mapping:
     """The record nearest to fraction * total_tokens (e.g. 20 % of T(B)); ties to the earlier one."""
     if total_tokens is None or not total_tokens > 0:

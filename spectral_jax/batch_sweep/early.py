@@ -1,7 +1,7 @@
 """Exact early points: after a tier trains, replay it to each early point's exact step and probe there.
 
 A probe is taken every few evals during training, so the nearest probe to "20 % of T(B)" can sit anywhere between
-probes. Here every early point (`efficiency.exact_early_steps`: fraction of T(B), fixed tokens, first eval at or
+probes. Here every early point (`efficiency.exact_steps`: fraction of T(B), fixed tokens, first eval at or
 below an early loss) is measured at its exact step: `train.replay` restarts from the newest checkpoint at or before
 it (else from the initial model) and trains deterministically, so the model is bitwise the uninterrupted run's.
 Records go to early_probes.jsonl (ProbeRecord rows plus "early_kinds", the kinds that share the step) and

@@ -41,7 +41,7 @@ class TierRecords:
         )
 
     def early_steps(self, *, fraction: float, tokens: float, loss: float) -> dict[str, int | None]:
-        """The exact step of each early point of this tier, keyed by kind (`efficiency.exact_early_steps`)."""
+        """The exact step of each early point of this tier, keyed by kind (`efficiency.exact_steps`)."""
         steps = self.exact_steps(fractions=(fraction,), tokens=(tokens,), losses=(loss,))
         return {kind: step for (kind, _), step in steps.items()}
 
