@@ -20,6 +20,12 @@ def option(default: Any, help: str, *, flag: bool = True, name: str | None = Non
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "name": name})
 
 
+def added_later(default: Any) -> Any:
+    """A dataclass field added after records exist: left out of records and fingerprints while it holds `default`
+    (records.to_jsonable), so runs made before the field existed keep matching the runs made at its default."""
+    return dataclasses.field(default=default, metadata={"omit_at_default": True})
+
+
 def help_of(field: dataclasses.Field) -> str:
     return field.metadata.get("help", field.name.replace("_", " "))
 
@@ -65,4 +71,4 @@ def overrides_of(cls: type, name: str) -> type:
     return made
 
 
-__all__ = ["option", "help_of", "is_flag", "flag_name", "Overrides", "overrides_of"]
+__all__ = ["option", "added_later", "help_of", "is_flag", "flag_name", "Overrides", "overrides_of"]

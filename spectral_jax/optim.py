@@ -41,8 +41,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from spectral_jax.errors import UserError
+from spectral_jax.fields import added_later
+
 GROUPS = ("embed", "head", "matrix", "scalar")
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
+NS_DTYPES = ("bfloat16", "float32")
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
 
 
@@ -74,11 +78,18 @@ class OptimConfig:
     momentum_warmup_steps: int = 0
     nesterov: bool = True
     ns_steps: int = 5
+    # Newton-Schulz precision: "bfloat16" as the reference; "float32" where two runs must agree to float32
+    # rounding (a bf16 rounding that flips amplifies summation-order differences, docs/method.md §3.4)
+    ns_dtype: str = added_later("bfloat16")
     grad_clip: float | None = 1.0  # global-norm clip over all params; None for Baseline
     schedule: str = "warmdown"  # "cosine" (to 0 over num_iterations) | "warmdown" | "constant"
     num_iterations: int = 10_000
     warmdown_frac: float = 0.1
     reference_batch: int = 8  # sequences per optimizer step the step counts above refer to
+
+    def __post_init__(self):
+        if self.ns_dtype not in NS_DTYPES:
+            raise UserError(f"OptimConfig.ns_dtype={self.ns_dtype!r} is not one of {NS_DTYPES}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -385,7 +396,11 @@ def make_optimizer(
     else:
         if optim.kind == "muon":
             matrix = muon(
-                lr("matrix"), momentum_schedule(optim, steps=steps), nesterov=optim.nesterov, ns_steps=optim.ns_steps
+                lr("matrix"),
+                momentum_schedule(optim, steps=steps),
+                nesterov=optim.nesterov,
+                ns_steps=optim.ns_steps,
+                ns_dtype=jnp.dtype(optim.ns_dtype),
             )
         else:
             matrix = adam("matrix", optim.betas_matrix)

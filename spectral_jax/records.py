@@ -54,9 +54,14 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
 
 
 def to_jsonable(x: Any) -> Any:
-    """Dataclasses -> dicts, tuples -> lists, numpy scalars -> Python, NaN/inf -> None (JSON has no NaN)."""
+    """Dataclasses -> dicts (without `fields.added_later` fields at their default), tuples -> lists, numpy scalars
+    -> Python, NaN/inf -> None (JSON has no NaN)."""
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {f.name: to_jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        return {
+            f.name: to_jsonable(getattr(x, f.name))
+            for f in dataclasses.fields(x)
+            if not (f.metadata.get("omit_at_default") and getattr(x, f.name) == f.default)
+        }
     if isinstance(x, Mapping):
         return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):

@@ -11,7 +11,8 @@ import optax
 import pytest
 from flax import nnx
 
-from spectral_jax import optim
+from spectral_jax import optim, records
+from spectral_jax.errors import UserError
 
 MUON_CONFIG = optim.OptimConfig(
     kind="muon",
@@ -383,6 +384,34 @@ def test_lrs_override_and_uniform_multiplier():
     assert optim.group_learning_rates(optim.OptimConfig(kind="adamw", lr=1e-3), {"lr": 3e-3}) == {"lr": 3e-3}
     with pytest.raises(ValueError, match="unknown LR groups"):
         optim.make_optimizer(MUON_CONFIG, {"lr": 0.1})
+
+
+def test_ns_dtype_float32_is_the_float32_muon_and_stays_out_of_default_records():
+    """OptimConfig.ns_dtype="float32" gives the matrix group the float32 Muon update (the bf16 default differs from
+    it by bf16 rounding); at its default the field is absent from records, so earlier fingerprints still match."""
+    model = TinyLM(rngs=nnx.Rngs(0))
+    params = nnx.as_pure(nnx.state(model, nnx.Param))
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(3), x.shape), params)
+    f32 = dataclasses.replace(MUON_CONFIG, ns_dtype="float32", grad_clip=None)
+    bf16 = dataclasses.replace(f32, ns_dtype="bfloat16")
+    ours, rounded = (
+        one_update(optim.make_optimizer(f32), grads, params),
+        one_update(optim.make_optimizer(bf16), grads, params),
+    )
+    alone = optim.muon(optim.group_learning_rates(f32)["matrix"], nesterov=f32.nesterov, ns_dtype=jnp.float32)
+    labels = jax.tree.leaves(optim.param_labels(params))
+    n_matrix = 0
+    for label, u, r, g, p in zip(
+        labels, jax.tree.leaves(ours), jax.tree.leaves(rounded), *map(jax.tree.leaves, (grads, params))
+    ):
+        if label == "matrix":
+            n_matrix += 1
+            assert rel_err(np.asarray(u), np.asarray(one_update(alone, g, p))) < 1e-5
+            assert 1e-4 < rel_err(np.asarray(r), np.asarray(u)) < 0.1  # bf16 rounding: 2-4 %
+    assert n_matrix >= 1
+    assert "ns_dtype" not in records.json_text(MUON_CONFIG) and '"ns_dtype": "float32"' in records.json_text(f32)
+    with pytest.raises(UserError, match="ns_dtype='float16' is not one of"):
+        dataclasses.replace(MUON_CONFIG, ns_dtype="float16")
 
 
 def test_grad_clip_bounds_adamw_moments_and_matches_preclipped_grads():
