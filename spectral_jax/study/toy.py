@@ -26,11 +26,11 @@ def _summary(directory: str | pathlib.Path) -> dict:
 
 
 def fig4a_rows(summary: dict) -> list[dict]:
-    """Within-stage rho vs progress (Fig. 4a), one row per (stage, seed, fraction)."""
-    rows = []
-    for r in summary["spearman_vs_progress"]["within_stage"]:
-        rows.append({k: r.get(k) for k in FIG4A_COLUMNS})
-    return rows
+    """rho vs progress (Fig. 4a), one row per (stage, seed, fraction): within each stage across its batch sizes,
+    then stage "pooled" over every stage's reached runs (the paper's figure; across stages it also ranks them)."""
+    sp = summary["spearman_vs_progress"]
+    rows = [{k: r.get(k) for k in FIG4A_COLUMNS} for r in sp["within_stage"]]
+    return rows + [{k: r.get(k) for k in FIG4A_COLUMNS} | {"stage": "pooled"} for r in sp["pooled"]]
 
 
 def reach_rows(summary: dict) -> list[dict]:
