@@ -192,6 +192,13 @@ def test_study_toy_tables_from_the_summaries(experiment, tmp_path):
     assert float(row["dH_peak_mean"]) == pytest.approx(first, rel=1e-5)
     assert (tmp_path / "fig4a_spearman_vs_progress.png").is_file() and wrote["dh"]["ratios"] == four["dH_peak_ratios"]
     assert len(list(csv.DictReader((tmp_path / "h_peak_by_run.csv").open()))) == len(four["by_run"])
+    # the ratios over all seeds are the summary's; per seed they come from that seed's runs alone
+    ratios = {
+        f"({r['numerator']})/({r['denominator']})": r["ratio"] for r in wrote["dh"]["by_seed"] if r["seed"] == "all"
+    }
+    assert set(ratios) == set(four["dH_peak_ratios"]) and (tmp_path / "dh_ratio.csv").is_file()
+    for k, v in four["dH_peak_ratios"].items():
+        assert (ratios[k] is None) if v is None or not np.isfinite(v) else ratios[k] == pytest.approx(v, rel=1e-9)
 
 
 @pytest.mark.slow

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pathlib
 import shutil
 
+import numpy as np
+
 from spectral_jax.errors import UserError
 from spectral_jax.records import read_json
 from spectral_jax.study.analysis import write_csv
@@ -16,6 +18,7 @@ REACH_COLUMNS = ("stage", "batch", "seed", "lr", "status", "steps", "tokens_to_t
 DH_COLUMNS = ("transition", "checkpoint", "steps", "dH_peak_mean", "dH_peak_sd", "n_pairs")
 H_COLUMNS = ("stage", "checkpoint", "steps", "H_peak_mean", "H_peak_sd", "n")
 H_RUN_COLUMNS = ("stage", "batch", "seed", "checkpoint", "step", "val_loss", "H_peak")
+RATIO_COLUMNS = ("seed", "numerator", "denominator", "numerator_mean", "denominator_mean", "ratio", "n_pairs")
 
 
 def _summary(directory: str | pathlib.Path) -> dict:
@@ -71,6 +74,38 @@ def dh_rows(summary: dict) -> tuple[list[dict], list[dict]]:
     return dh, h
 
 
+def dh_ratio_rows(summary: dict) -> list[dict]:
+    """The paper's ΔH_peak ratios (one transition's mean over checkpoints and batch sizes over another's), per seed
+    and over all seeds ("all"), from each run's H_peak: how much the ratio moves between seeds."""
+    four = summary["fourier"]
+    h = {(r["stage"], r["batch"], r["seed"], r["checkpoint"]): r["H_peak"] for r in four["by_run"]}
+    pairs = sorted({key[1:] for key in h})
+
+    def delta(transition: str, seeds) -> list[float]:
+        a, b = transition.split("->")
+        return [h[(b, *k)] - h[(a, *k)] for k in pairs if k[1] in seeds and (a, *k) in h and (b, *k) in h]
+
+    order = four["transition_order"]
+    rows = []
+    for seed in sorted({k[1] for k in pairs}) + ["all"]:
+        seeds = {k[1] for k in pairs} if seed == "all" else {seed}
+        for num, den in ((order[-1], order[-2]), (order[-1], order[0]), (order[-2], order[0])):
+            n, d = delta(num, seeds), delta(den, seeds)
+            ratio = float(np.mean(n) / np.mean(d)) if n and d and np.mean(d) != 0 else None
+            rows.append(
+                dict(
+                    seed=seed,
+                    numerator=num,
+                    denominator=den,
+                    numerator_mean=float(np.mean(n)) if n else None,
+                    denominator_mean=float(np.mean(d)) if d else None,
+                    ratio=ratio,
+                    n_pairs=len(n),
+                )
+            )
+    return rows
+
+
 def write_toy_tables(progress_dir, dh_dir, out: pathlib.Path) -> dict:
     """fig4a.csv and reach.csv from the progress experiment (five batch sizes); dh_peak.csv, h_peak.csv and
     h_peak_by_run.csv (each run at each checkpoint, with its val loss there) from the ΔH_peak experiment (four
@@ -90,7 +125,8 @@ def write_toy_tables(progress_dir, dh_dir, out: pathlib.Path) -> dict:
         write_csv(out / "h_peak.csv", h, H_COLUMNS)
         write_csv(out / "h_peak_by_run.csv", s["fourier"]["by_run"], H_RUN_COLUMNS)
         write_csv(out / "dh_reach.csv", reach_rows(s), REACH_COLUMNS)
-        wrote["dh"] = dict(dh_peak=dh, h_peak=h, ratios=s["fourier"]["dH_peak_ratios"])
+        write_csv(out / "dh_ratio.csv", dh_ratio_rows(s), RATIO_COLUMNS)
+        wrote["dh"] = dict(dh_peak=dh, h_peak=h, ratios=s["fourier"]["dH_peak_ratios"], by_seed=dh_ratio_rows(s))
         _copy_figures(dh_dir, out, ("fig11", "fig4b", "fig4c"), prefix="dh_")
     return wrote
 
@@ -101,4 +137,4 @@ def _copy_figures(src, out: pathlib.Path, stems, prefix: str = "") -> None:
             shutil.copyfile(p, out / f"{prefix}{p.name}")
 
 
-__all__ = ["fig4a_rows", "dh_rows", "reach_rows", "write_toy_tables"]
+__all__ = ["fig4a_rows", "dh_rows", "dh_ratio_rows", "reach_rows", "write_toy_tables"]
