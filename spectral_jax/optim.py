@@ -79,7 +79,7 @@ class OptimConfig:
     nesterov: bool = True
     ns_steps: int = 5
     # Newton-Schulz precision: "bfloat16" as the reference; "float32" where two runs must agree to float32
-    # rounding (a bf16 rounding that flips amplifies summation-order differences, docs/method.md §3.4)
+    # rounding (a bf16 rounding that flips amplifies summation-order differences, docs/method.md §8)
     ns_dtype: str = added_later("bfloat16")
     grad_clip: float | None = 1.0  # global-norm clip over all params; None for Baseline
     schedule: str = "warmdown"  # "cosine" (to 0 over num_iterations) | "warmdown" | "constant"
