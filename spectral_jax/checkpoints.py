@@ -20,6 +20,8 @@ import pathlib
 import re
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -246,12 +248,22 @@ def _quiet_orbax():
     try:
         yield
     except BaseException:
+        _join_orbax_threads(timeout=10.0)  # writers still failing log their tracebacks now, while quiet
         gc.collect()  # abandoned writer tasks report now, while quiet
         raise
     finally:
         absl_logging.set_verbosity(verbosity)
         sys.unraisablehook = hook
         asyncio_log.setLevel(level)
+
+
+def _join_orbax_threads(timeout: float) -> None:
+    """Wait (at most `timeout` seconds in all) for orbax's worker threads: after one write fails, the others may
+    still be failing, and each logs its traceback when it ends."""
+    deadline = time.monotonic() + timeout
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and type(t).__module__.startswith("orbax"):
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def remove_partial_saves(directory: str | os.PathLike) -> list[pathlib.Path]:
