@@ -12,6 +12,7 @@ import numpy as np
 from spectral_jax.errors import UserError
 from spectral_jax.records import read_json
 from spectral_jax.study.analysis import write_csv
+from spectral_jax.toy.summary import ratio_pairs
 
 FIG4A_COLUMNS = ("stage", "seed", "fraction", "realized_min", "realized_max", "rho", "p_value", "n")
 REACH_COLUMNS = ("stage", "batch", "seed", "lr", "status", "steps", "tokens_to_target", "final_val_loss")
@@ -75,32 +76,34 @@ def dh_rows(summary: dict) -> tuple[list[dict], list[dict]]:
 
 
 def dh_ratio_rows(summary: dict) -> list[dict]:
-    """The paper's ΔH_peak ratios (one transition's mean over checkpoints and batch sizes over another's), per seed
-    and over all seeds ("all"), from each run's H_peak: how much the ratio moves between seeds."""
+    """The paper's ΔH_peak ratios (`toy.summary.ratio_pairs`: one transition's mean over checkpoints and batch sizes
+    over another's), per seed and over all seeds ("all"), from each run's H_peak: how much the ratio moves between
+    seeds."""
     four = summary["fourier"]
     h = {(r["stage"], r["batch"], r["seed"], r["checkpoint"]): r["H_peak"] for r in four["by_run"]}
-    pairs = sorted({key[1:] for key in h})
+    pairs = sorted({key[1:] for key in h})  # (batch, seed, checkpoint)
+    all_seeds = sorted({k[1] for k in pairs})
 
-    def delta(transition: str, seeds) -> list[float]:
+    def mean_delta(transition: str, seeds) -> tuple[float | None, int]:
         a, b = transition.split("->")
-        return [h[(b, *k)] - h[(a, *k)] for k in pairs if k[1] in seeds and (a, *k) in h and (b, *k) in h]
+        d = [h[(b, *k)] - h[(a, *k)] for k in pairs if k[1] in seeds and (a, *k) in h and (b, *k) in h]
+        return (float(np.mean(d)) if d else None), len(d)
 
-    order = four["transition_order"]
     rows = []
-    for seed in sorted({k[1] for k in pairs}) + ["all"]:
-        seeds = {k[1] for k in pairs} if seed == "all" else {seed}
-        for num, den in ((order[-1], order[-2]), (order[-1], order[0]), (order[-2], order[0])):
-            n, d = delta(num, seeds), delta(den, seeds)
-            ratio = float(np.mean(n) / np.mean(d)) if n and d and np.mean(d) != 0 else None
+    for seed in all_seeds + ["all"]:
+        seeds = set(all_seeds) if seed == "all" else {seed}
+        for num, den in ratio_pairs(four["transition_order"]):
+            (n, n_pairs), (d, _) = mean_delta(num, seeds), mean_delta(den, seeds)
+            ratio = n / d if n is not None and d else None
             rows.append(
                 dict(
                     seed=seed,
                     numerator=num,
                     denominator=den,
-                    numerator_mean=float(np.mean(n)) if n else None,
-                    denominator_mean=float(np.mean(d)) if d else None,
+                    numerator_mean=n,
+                    denominator_mean=d,
                     ratio=ratio,
-                    n_pairs=len(n),
+                    n_pairs=n_pairs,
                 )
             )
     return rows
@@ -114,9 +117,10 @@ def write_toy_tables(progress_dir, dh_dir, out: pathlib.Path) -> dict:
     wrote = {}
     if progress_dir:
         s = _summary(progress_dir)
-        write_csv(out / "fig4a.csv", fig4a_rows(s), FIG4A_COLUMNS)
-        write_csv(out / "reach.csv", reach_rows(s), REACH_COLUMNS)
-        wrote["progress"] = dict(fig4a=fig4a_rows(s), reach=reach_rows(s), pooled=s["spearman_vs_progress"]["pooled"])
+        fig4a, reach = fig4a_rows(s), reach_rows(s)
+        write_csv(out / "fig4a.csv", fig4a, FIG4A_COLUMNS)
+        write_csv(out / "reach.csv", reach, REACH_COLUMNS)
+        wrote["progress"] = dict(fig4a=fig4a, reach=reach, pooled=s["spearman_vs_progress"]["pooled"])
         _copy_figures(progress_dir, out, ("fig4a", "loss_curves"))
     if dh_dir:
         s = _summary(dh_dir)
@@ -125,8 +129,9 @@ def write_toy_tables(progress_dir, dh_dir, out: pathlib.Path) -> dict:
         write_csv(out / "h_peak.csv", h, H_COLUMNS)
         write_csv(out / "h_peak_by_run.csv", s["fourier"]["by_run"], H_RUN_COLUMNS)
         write_csv(out / "dh_reach.csv", reach_rows(s), REACH_COLUMNS)
-        write_csv(out / "dh_ratio.csv", dh_ratio_rows(s), RATIO_COLUMNS)
-        wrote["dh"] = dict(dh_peak=dh, h_peak=h, ratios=s["fourier"]["dH_peak_ratios"], by_seed=dh_ratio_rows(s))
+        by_seed = dh_ratio_rows(s)
+        write_csv(out / "dh_ratio.csv", by_seed, RATIO_COLUMNS)
+        wrote["dh"] = dict(dh_peak=dh, h_peak=h, ratios=s["fourier"]["dH_peak_ratios"], by_seed=by_seed)
         _copy_figures(dh_dir, out, ("fig11", "fig4b", "fig4c"), prefix="dh_")
     return wrote
 

@@ -75,12 +75,11 @@ def _fourier_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
         transitions[f"{a}->{b}"] = rows
     names = list(transitions)
     ratios = {}
-    for i, n1 in enumerate(names):
-        for n2 in names[i + 1 :]:
-            m1 = transitions[n1]["dH_peak_mean_over_checkpoints"]
-            m2 = transitions[n2]["dH_peak_mean_over_checkpoints"]
-            if m1 is not None and m2 is not None and m1 != 0:
-                ratios[f"({n2})/({n1})"] = m2 / m1
+    for n2, n1 in ratio_pairs(names):
+        m1 = transitions[n1]["dH_peak_mean_over_checkpoints"]
+        m2 = transitions[n2]["dH_peak_mean_over_checkpoints"]
+        if m1 is not None and m2 is not None and m1 != 0:
+            ratios[f"({n2})/({n1})"] = m2 / m1
     steps = {str(b): cfg.checkpoint_steps(b) for b in cfg.batches}
     return dict(
         checkpoints=labels,
@@ -92,6 +91,11 @@ def _fourier_tables(cfg: ToyExperimentConfig, runs: list[dict]) -> dict:
         dH_peak_ratios=ratios,
         by_run=[_checkpoint_row(r, labels[i], ck(r, i)) for r in runs for i in range(n_ck)],
     )
+
+
+def ratio_pairs(transitions: Sequence[str]) -> list[tuple[str, str]]:
+    """The (numerator, denominator) transitions whose ΔH_peak ratio is reported: each later one over each earlier."""
+    return [(later, earlier) for i, earlier in enumerate(transitions) for later in transitions[i + 1 :]]
 
 
 def _checkpoint_row(run: Mapping, label: str, rec: Mapping) -> dict:
@@ -273,4 +277,4 @@ def write_summary(
     return summary
 
 
-__all__ = ["write_summary", "record_at_step", "band_mean"]
+__all__ = ["write_summary", "record_at_step", "band_mean", "ratio_pairs"]
